@@ -1,0 +1,173 @@
+"""Texts as data: error messages, step hints, card help and mails, per locale.
+
+Catalogues are TOML files (``locales/fr.toml`` is the default, ``en.toml`` ships too). A host adds a
+language, or overrides wording, by pointing :class:`Messages` at a folder of its own TOML files:
+no code changes. Missing keys fall back to French, so a partial translation never breaks a mail.
+"""
+
+from __future__ import annotations
+
+import html
+import tomllib
+from collections.abc import Mapping
+from email.message import EmailMessage
+from email.utils import formataddr, format_datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import attrs
+
+from email_change._errors import EmailChangeError
+from email_change._records import MailEffect, MailKind, OutboxItem
+from email_change._values import CardModel, parse_address
+
+__all__ = ["MailSettings", "Messages"]
+
+DEFAULT_LOCALE = "fr"
+
+
+def _absolute_url(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"{attribute.name} must be an absolute http(s) URL without query: {value!r}")
+
+
+def _address(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    parse_address(value)
+
+
+@attrs.frozen(kw_only=True)
+class MailSettings:
+    """Where links point, who mails come from, and the help contact shown in every mail."""
+
+    #: Page that confirms the new address (gets ``?token=...``); it must ask for a click (POST),
+    #: because mail scanners open links.
+    confirm_url: str = attrs.field(validator=_absolute_url)
+    #: Page that cancels a registered change from the notice to the previous address.
+    revert_url: str = attrs.field(validator=_absolute_url)
+    sender: str = attrs.field(default="ne-pas-repondre@assurance-maladie.fr", validator=_address)
+    sender_name: str = "L'Assurance Maladie"
+    help_phone: str = "3646"
+    cpam_address: str = attrs.field(
+        default="moncompteameli.cpam-isere@assurance-maladie.fr", validator=_address
+    )
+    #: Right-hand side of Message-IDs; a stable id per outbox item lets receivers drop duplicates.
+    message_id_domain: str = "email-change.assurance-maladie.fr"
+
+
+class _SafeFormat(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+class Messages:
+    """Localised texts. ``Messages()`` loads the shipped catalogues.
+
+    >>> m = Messages()
+    >>> m.error_text("code.wrong", "fr", tries_left=2)
+    'Le code de sécurité est incorrect. Il vous reste 2 essai(s) pour ce code.'
+    >>> m.error_text("code.wrong", "xx", tries_left=2)  # unknown locale: French
+    'Le code de sécurité est incorrect. Il vous reste 2 essai(s) pour ce code.'
+    >>> sorted(m.locales)
+    ['en', 'fr']
+    """
+
+    def __init__(self, extra_dir: Path | None = None) -> None:
+        catalogues: dict[str, dict[str, Any]] = {}
+        for entry in resources.files("email_change").joinpath("locales").iterdir():
+            if entry.name.endswith(".toml"):
+                catalogues[entry.name.removesuffix(".toml")] = tomllib.loads(entry.read_text("utf-8"))
+        if extra_dir is not None:
+            for path in sorted(extra_dir.glob("*.toml")):
+                base = catalogues.setdefault(path.stem, {})
+                _merge(base, tomllib.loads(path.read_text("utf-8")))
+        self._catalogues = catalogues
+
+    @property
+    def locales(self) -> frozenset[str]:
+        """Locales with a catalogue."""
+        return frozenset(self._catalogues)
+
+    def _lookup(self, locale: str, *path: str) -> str:
+        for candidate in (locale, DEFAULT_LOCALE):
+            node: Any = self._catalogues.get(candidate, {})
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, str):
+                return node
+        raise KeyError(".".join(path))
+
+    def text(self, locale: str, *path: str, **params: object) -> str:
+        """The text at ``path`` (e.g. ``"steps", "enter_code"``), formatted with ``params``."""
+        template = self._lookup(locale, *path)
+        return template.format_map(_SafeFormat({k: str(v) for k, v in params.items()}))
+
+    def error_text(self, code: str, locale: str = DEFAULT_LOCALE, **fields: object) -> str:
+        """The message a frontend shows for an error code."""
+        try:
+            return self.text(locale, "errors", code, **fields)
+        except KeyError:
+            return self.text(locale, "errors", "error")
+
+    def error_message(self, error: EmailChangeError, locale: str = DEFAULT_LOCALE) -> str:
+        """The message for an error instance, with its fields filled in."""
+        fields = {a.name: getattr(error, a.name) for a in attrs.fields(type(error))}
+        return self.error_text(error.code, locale, **fields)
+
+    def card_help(self, model: CardModel, locale: str = DEFAULT_LOCALE) -> str:
+        """Where the serial number is on this card model."""
+        return self.text(locale, "card_help", model.value)
+
+    def help_text(self, settings: MailSettings, locale: str = DEFAULT_LOCALE) -> str:
+        """The help line: 3646 and the CPAM's address."""
+        return self.text(
+            locale, "help", "text", phone=settings.help_phone, cpam_address=settings.cpam_address
+        )
+
+    def render(self, item: OutboxItem, secret: str | None, settings: MailSettings) -> EmailMessage:
+        """Build the MIME message (text and HTML) owed by an outbox item."""
+        effect = item.effect
+        if not isinstance(effect, MailEffect):
+            raise TypeError("not a mail effect")
+        params: dict[str, str] = dict(effect.params)
+        params["help"] = self.help_text(settings, effect.locale)
+        if effect.kind is MailKind.SECURITY_CODE:
+            params["code"] = _require(secret)
+        elif effect.kind is MailKind.CONFIRM_ADDRESS:
+            params["link"] = f"{settings.confirm_url}?{urlencode({'token': _require(secret)})}"
+        else:
+            params["link"] = f"{settings.revert_url}?{urlencode({'token': _require(secret)})}"
+        section = ("mail", effect.kind.value)
+        message = EmailMessage()
+        message["Subject"] = self.text(effect.locale, *section, "subject")
+        message["From"] = formataddr((settings.sender_name, settings.sender))
+        message["To"] = effect.to
+        message["Date"] = format_datetime(item.created_at)
+        # Stable per outbox item: a retried delivery carries the same id, so it can be deduplicated.
+        message["Message-ID"] = f"<{item.id}@{settings.message_id_domain}>"
+        message["Auto-Submitted"] = "auto-generated"
+        message["Content-Language"] = effect.locale
+        message.set_content(self.text(effect.locale, *section, "text", **params))
+        escaped = {k: html.escape(v, quote=True) for k, v in params.items()}
+        html_body = self.text(effect.locale, *section, "html", **escaped)
+        message.add_alternative(
+            f'<!doctype html><html lang="{html.escape(effect.locale)}"><body>{html_body}</body></html>',
+            subtype="html",
+        )
+        return message
+
+
+def _require(secret: str | None) -> str:
+    if secret is None:
+        raise ValueError("this mail needs its sealed secret")
+    return secret
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,310 @@
+"""What is stored: the procedure record, the insured's ledger, and the effects owed by a commit.
+
+Everything here is plain data with a JSON-ready codec (``to_dict``/``from_dict``), so every
+storage adapter persists the same thing and a contract test can compare stored bytes. No record
+holds a secret in clear: codes and link tokens are HMAC digests, and the one secret a pending
+mail must carry is sealed with AES-GCM (:class:`~email_change._crypto.SealedSecret`).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from email_change._crypto import KeyedDigest, SealedSecret
+from email_change._values import (
+    CardModel,
+    Channel,
+    ConsentPurpose,
+    ConsentRecord,
+    EmailAddress,
+)
+
+__all__ = [
+    "AccountAction",
+    "AuditRecord",
+    "AccountEffect",
+    "CodeIssue",
+    "Commit",
+    "Effect",
+    "LedgerEntry",
+    "LedgerKind",
+    "LinkIssue",
+    "MailEffect",
+    "MailKind",
+    "OutboxItem",
+    "Procedure",
+]
+
+
+@attrs.frozen(kw_only=True)
+class CodeIssue:
+    """The live security code: its digest, when it was sent, and the wrong tries it absorbed."""
+
+    digest: KeyedDigest
+    sent_at: datetime
+    expires_at: datetime
+    wrong_tries: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class LinkIssue:
+    """The live confirmation link: its digest and lifetime."""
+
+    digest: KeyedDigest
+    sent_at: datetime
+    expires_at: datetime
+
+
+@attrs.define(kw_only=True)
+class Procedure:
+    """One e-mail change procedure of one insured.
+
+    Mutable only because the state machine writes ``state``: the service always works on a
+    :meth:`copy` and saves it only when the event succeeded, with a version check.
+    """
+
+    id: str
+    insured_id: str
+    state: str
+    version: int = 0
+    channel: Channel
+    locale: str
+    created_at: datetime
+    updated_at: datetime
+    current_address: EmailAddress
+    code: CodeIssue | None = None
+    codes_sent: int = 0
+    last_code_sent_at: datetime | None = None
+    wrong_codes: int = 0
+    code_verified_at: datetime | None = None
+    card_models: tuple[CardModel, ...] = ()
+    wrong_serials: int = 0
+    identity_verified_at: datetime | None = None
+    new_address: EmailAddress | None = None
+    consents: tuple[ConsentRecord, ...] = ()
+    link: LinkIssue | None = None
+    link_sends: tuple[datetime, ...] = ()
+    revert_digest: KeyedDigest | None = attrs.field(default=None, repr=False)
+    registered_at: datetime | None = None
+    ended_at: datetime | None = None
+    #: When this open procedure expires if nothing happens (stored so a sweep can index it).
+    deadline: datetime | None = None
+
+    def copy(self) -> Procedure:
+        """A shallow copy: every field is immutable, so this is a full snapshot."""
+        return attrs.evolve(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (see :func:`procedure_from_dict`)."""
+        return _encode(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Procedure:
+        """Rebuild a procedure from :meth:`to_dict` output."""
+        return _decode_procedure(data)
+
+
+class LedgerKind(enum.StrEnum):
+    """What the insured's rolling ledger counts across procedures."""
+
+    WRONG_CODE = "wrong_code"
+    WRONG_SERIAL = "wrong_serial"
+    CODE_SENT = "code_sent"
+
+
+@attrs.frozen(kw_only=True)
+class LedgerEntry:
+    """One counted event of an insured, kept for the rolling budgets."""
+
+    insured_id: str
+    procedure_id: str
+    kind: LedgerKind
+    at: datetime
+
+
+class MailKind(enum.StrEnum):
+    """The mails the procedure sends."""
+
+    SECURITY_CODE = "security_code"
+    CONFIRM_ADDRESS = "confirm_address"
+    PREVIOUS_ADDRESS_NOTICE = "previous_address_notice"
+
+
+@attrs.frozen(kw_only=True)
+class MailEffect:
+    """A mail owed: rendered only when delivered, its secret sealed until then."""
+
+    kind: MailKind
+    to: str
+    locale: str
+    procedure_id: str
+    params: Mapping[str, str] = attrs.field(factory=dict)
+    sealed: SealedSecret | None = attrs.field(default=None, repr=False)
+
+
+class AccountAction(enum.StrEnum):
+    """Changes owed to the host's account directory."""
+
+    REGISTER_PENDING = "register_pending"
+    END_SESSIONS = "end_sessions"
+    RECORD_CONSENTS = "record_consents"
+    CONFIRM = "confirm"
+    CANCEL_PENDING = "cancel_pending"
+
+
+@attrs.frozen(kw_only=True)
+class AccountEffect:
+    """A change owed to the account directory (idempotent on the directory's side)."""
+
+    action: AccountAction
+    insured_id: str
+    procedure_id: str
+    address: EmailAddress | None = None
+    consents: tuple[ConsentRecord, ...] = ()
+
+
+Effect = MailEffect | AccountEffect
+
+
+@attrs.frozen(kw_only=True)
+class OutboxItem:
+    """An effect stored with the commit that owes it, delivered later by the relay."""
+
+    id: str
+    effect: Effect
+    created_at: datetime
+    attempts: int = 0
+    next_attempt_at: datetime
+    done_at: datetime | None = None
+    last_error: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Commit:
+    """Everything one successful event writes, atomically.
+
+    ``expected_version`` is the version read (``None`` for a new procedure); the store refuses
+    the commit with :class:`~email_change.ConcurrentUpdate` if the stored version differs, or if a
+    new procedure would make a second open procedure for the same insured.
+    """
+
+    procedure: Procedure
+    expected_version: int | None
+    ledger: tuple[LedgerEntry, ...] = ()
+    outbox: tuple[OutboxItem, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class AuditRecord:
+    """One audited fact: a transition, or a refused try. Addresses masked, never a secret."""
+
+    at: datetime
+    insured_id: str
+    procedure_id: str | None
+    event: str
+    #: ``"ok"`` for a transition, else the error code (``code.wrong``, ``link.invalid``...).
+    outcome: str
+    from_state: str | None = None
+    to_state: str | None = None
+    detail: Mapping[str, str] = attrs.field(factory=dict)
+
+
+# --- codec ---------------------------------------------------------------------------------------
+
+_DT = "$dt"
+_B = "$b64"
+
+
+def _encode(value: Any) -> Any:
+    if attrs.has(type(value)):
+        out = {"$type": type(value).__name__}
+        for field in attrs.fields(type(value)):
+            out[field.name] = _encode(getattr(value, field.name))
+        return out
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime in a record")
+        return {_DT: value.isoformat()}
+    if isinstance(value, bytes):
+        return {_B: base64.b64encode(value).decode("ascii")}
+    if isinstance(value, tuple | list):
+        return [_encode(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v) for k, v in value.items()}
+    return value
+
+
+_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        Procedure,
+        CodeIssue,
+        LinkIssue,
+        KeyedDigest,
+        SealedSecret,
+        EmailAddress,
+        ConsentRecord,
+        MailEffect,
+        AccountEffect,
+        OutboxItem,
+        LedgerEntry,
+        AuditRecord,
+    )
+}
+_ENUMS: dict[tuple[str, str], type[enum.Enum]] = {
+    ("Procedure", "channel"): Channel,
+    ("ConsentRecord", "purpose"): ConsentPurpose,
+    ("ConsentRecord", "channel"): Channel,
+    ("MailEffect", "kind"): MailKind,
+    ("AccountEffect", "action"): AccountAction,
+    ("LedgerEntry", "kind"): LedgerKind,
+}
+
+
+def decode(data: Any) -> Any:
+    """Decode what :func:`encode` made."""
+    if isinstance(data, list):
+        return tuple(decode(v) for v in data)
+    if not isinstance(data, dict):
+        return data
+    if _DT in data:
+        return datetime.fromisoformat(data[_DT])
+    if _B in data:
+        return base64.b64decode(data[_B])
+    type_name = data.get("$type")
+    if type_name is None:
+        return {k: decode(v) for k, v in data.items()}
+    cls = _TYPES[type_name]
+    kwargs: dict[str, Any] = {}
+    for field in attrs.fields(cls):
+        if not field.init or field.name not in data:
+            continue
+        raw = data[field.name]
+        enum_cls = _ENUMS.get((type_name, field.name))
+        if enum_cls is not None:
+            kwargs[field.name] = enum_cls(raw)
+        elif type_name == "Procedure" and field.name == "card_models":
+            kwargs[field.name] = tuple(CardModel(m) for m in raw)
+        else:
+            kwargs[field.name] = decode(raw)
+    return cls(**kwargs)
+
+
+def encode(value: Any) -> Any:
+    """Encode a record (or a tuple of them) into JSON-ready data."""
+    return _encode(value)
+
+
+def _decode_procedure(data: Mapping[str, Any]) -> Procedure:
+    result = decode(dict(data))
+    if not isinstance(result, Procedure):
+        raise TypeError("not a procedure record")
+    return result

@@ -1,0 +1,228 @@
+"""Value objects and input normalisation (pure).
+
+Codes and serials are ASCII digits once spaces are removed: ``str.isdigit`` would accept
+U+0660 (ARABIC-INDIC DIGIT ZERO) and friends, so the check is against ``string.digits``.
+Addresses go through ``email-validator`` (syntax, IDNA, lengths), never a hand-written regex.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import string
+from datetime import datetime
+
+import attrs
+import email_validator
+
+from email_change._errors import InvalidAddress, InvalidCodeFormat, InvalidSerialFormat
+
+__all__ = [
+    "Card",
+    "CardModel",
+    "CardStatus",
+    "Channel",
+    "ConsentPurpose",
+    "ConsentRecord",
+    "EmailAddress",
+    "VITALE2_PREFIX",
+    "mask_address",
+    "parse_address",
+    "parse_code",
+    "parse_serial",
+]
+
+_ASCII_DIGITS = frozenset(string.digits)
+#: Spaces a person or a copy-paste may put inside a code or a serial.
+_SPACES = str.maketrans("", "", " \t\u00a0\u202f\u2009-")
+#: Anything longer is refused before any parsing work (bounded time on hostile input).
+MAX_INPUT_LENGTH = 512
+#: The fixed prefix printed before the 11 digits the insured types, on photo cards.
+VITALE2_PREFIX = "8025000002"
+
+
+def _digits_only(raw: object, *, max_length: int) -> str | None:
+    if not isinstance(raw, str) or len(raw) > MAX_INPUT_LENGTH:
+        return None
+    compact = raw.translate(_SPACES)
+    if not compact or len(compact) > max_length or not _ASCII_DIGITS.issuperset(compact):
+        return None
+    return compact
+
+
+def parse_code(raw: object, *, length: int) -> str:
+    """Return the code as ASCII digits, or raise :class:`InvalidCodeFormat`.
+
+    >>> parse_code(" 12 34 ", length=4)
+    '1234'
+    >>> parse_code("\u0661\u0662\u0663\u0664", length=4)
+    Traceback (most recent call last):
+    ...
+    email_change._errors.InvalidCodeFormat: code.format (length=4)
+    """
+    compact = _digits_only(raw, max_length=length)
+    if compact is None or len(compact) != length:
+        raise InvalidCodeFormat(length=length)
+    return compact
+
+
+def parse_serial(raw: object) -> str:
+    """Return the serial as ASCII digits, or raise :class:`InvalidSerialFormat`.
+
+    A card without photo shows 8 to 13 digits; a photo card shows the prefix ``8025000002``
+    followed by the 11 digits the insured types. Both the 11 digits and the whole printed
+    number are accepted. No check digit is documented, so none is invented.
+
+    >>> parse_serial("8025000002 123 456 789 01")
+    '12345678901'
+    >>> parse_serial("1234 5678")
+    '12345678'
+    """
+    compact = _digits_only(raw, max_length=len(VITALE2_PREFIX) + 11)
+    if compact is None:
+        raise InvalidSerialFormat()
+    if len(compact) == len(VITALE2_PREFIX) + 11 and compact.startswith(VITALE2_PREFIX):
+        return compact[len(VITALE2_PREFIX) :]
+    if 8 <= len(compact) <= 13:
+        return compact
+    raise InvalidSerialFormat()
+
+
+@attrs.frozen(kw_only=True)
+class EmailAddress:
+    """An address as typed (normalised for delivery) and its comparison key.
+
+    ``value`` is what mail is sent to: the local part as typed, the domain lower-cased and
+    IDNA-normalised. ``key`` compares addresses case-insensitively.
+    """
+
+    value: str
+    key: str
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def parse_address(raw: object, *, allow_smtputf8: bool = False) -> EmailAddress:
+    """Validate and normalise an address with ``email-validator`` (no DNS lookup).
+
+    >>> parse_address(" Jeanne.Martin@Exemple.FR ")
+    EmailAddress(value='Jeanne.Martin@exemple.fr', key='jeanne.martin@exemple.fr')
+    >>> parse_address("jeanne@")
+    Traceback (most recent call last):
+    ...
+    email_change._errors.InvalidAddress: address.invalid (reason='syntax')
+    """
+    if not isinstance(raw, str):
+        raise InvalidAddress(reason="syntax")
+    text = raw.strip()
+    if not text:
+        raise InvalidAddress(reason="empty")
+    if len(text) > 320:
+        raise InvalidAddress(reason="too_long")
+    try:
+        valid = email_validator.validate_email(
+            text,
+            check_deliverability=False,
+            allow_smtputf8=allow_smtputf8,
+            allow_quoted_local=False,
+            allow_domain_literal=False,
+            allow_display_name=False,
+        )
+    except email_validator.EmailNotValidError as exc:
+        reason = "too_long" if "too long" in str(exc).lower() else "syntax"
+        raise InvalidAddress(reason=reason) from None
+    normalized: str = valid.normalized
+    return EmailAddress(value=normalized, key=normalized.casefold())
+
+
+def mask_address(address: EmailAddress | str | None) -> str | None:
+    """Mask an address for views, logs and audit: ``j*****n@e*****.fr``.
+
+    >>> mask_address(parse_address("jeanne.martin@exemple.fr"))
+    'j***********n@e*****e.fr'
+    >>> mask_address("a@b.fr")
+    '*@*.fr'
+    """
+    if address is None:
+        return None
+    text = str(address)
+    local, _, domain = text.rpartition("@")
+    host, dot, tld = domain.rpartition(".")
+    if not dot:
+        host, tld = domain, ""
+
+    def hide(part: str) -> str:
+        return "*" * len(part) if len(part) <= 2 else part[0] + "*" * (len(part) - 2) + part[-1]
+
+    return f"{hide(local)}@{hide(host)}{dot}{tld}"
+
+
+class CardModel(enum.StrEnum):
+    """Models of carte Vitale, which say where the serial number is printed."""
+
+    WITHOUT_PHOTO = "without_photo"
+    WITH_PHOTO = "with_photo"
+    APP = "app"
+
+
+class CardStatus(enum.StrEnum):
+    """Status of a card in the registry. Only ``ACTIVE`` cards can match."""
+
+    ACTIVE = "active"
+    OPPOSED = "opposed"
+    EXPIRED = "expired"
+
+
+@attrs.frozen(kw_only=True)
+class Card:
+    """One carte Vitale of an insured, as the registry knows it.
+
+    ``serial`` is ASCII digits; for photo cards either the 11 typed digits or the whole printed
+    number (the prefix is dropped when comparing).
+    """
+
+    serial: str = attrs.field(repr=False)
+    model: CardModel
+    status: CardStatus
+
+    @property
+    def usable(self) -> bool:
+        """Whether this card can prove the insured's identity at step 2."""
+        return self.status is CardStatus.ACTIVE and self.model is not CardModel.APP
+
+    def matches(self, typed: str) -> bool:
+        """Compare a parsed serial to this card, in constant time."""
+        if not self.usable:
+            return False
+        expected = self.serial
+        if self.model is CardModel.WITH_PHOTO and len(expected) == len(VITALE2_PREFIX) + 11:
+            expected = expected[len(VITALE2_PREFIX) :]
+        return hmac.compare_digest(expected.encode("ascii"), typed.encode("ascii"))
+
+
+class ConsentPurpose(enum.StrEnum):
+    """The two optional purposes the insured accepts or refuses, each on its own."""
+
+    GENERAL_INFORMATION = "general_information"
+    STUDIES_AND_RESEARCH = "studies_and_research"
+
+
+class Channel(enum.StrEnum):
+    """Where the insured made the change (recorded with each consent)."""
+
+    MOBILE_APP = "mobile_app"
+    WEBSITE = "website"
+    CALL_CENTRE = "call_centre"
+
+
+@attrs.frozen(kw_only=True)
+class ConsentRecord:
+    """One choice, its own record (GDPR art. 7(1)): who, what, yes or no, when, on which wording."""
+
+    insured_id: str
+    purpose: ConsentPurpose
+    granted: bool
+    at: datetime
+    wording_version: str
+    channel: Channel
