@@ -105,8 +105,12 @@ class Step:
     outcome: Outcome = attrs.field(factory=Outcome)
 
     def count(self, *kinds: LedgerKind) -> list[datetime]:
-        """Times of the insured's entries of these kinds in the window, oldest first."""
-        return sorted(e.at for e in self.history if e.kind in kinds)
+        """Times of the insured's entries of these kinds in the window, oldest first.
+
+        The window is ``(now - insured_window, now]``: an entry leaves it exactly one window later.
+        """
+        start = self.now - self.policy.insured_window
+        return sorted(e.at for e in self.history if e.kind in kinds and e.at > start)
 
     def retry_at(self, times: list[datetime], budget: int) -> datetime:
         """When the rolling window will hold fewer than ``budget`` of ``times`` again."""
