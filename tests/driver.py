@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email_change as ec
-
 from tests.support import CURRENT, INSURED, NEW, SERIAL, World, form
 
 

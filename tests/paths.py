@@ -30,7 +30,7 @@ def states() -> list[str]:
 
 
 def initial() -> str:
-    return next(s.id for s in EmailChangeMachine.states if s.initial)
+    return str(next(s.id for s in EmailChangeMachine.states if s.initial))
 
 
 def shortest_paths() -> dict[str, list[Edge]]:

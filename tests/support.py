@@ -36,8 +36,9 @@ class World:
     def mails(self, to: str) -> list[EmailMessage]:
         return self.mailer.to(to)
 
-    def code(self, to: str = CURRENT) -> str:
-        """The code of the newest code mail to ``to``."""
+    def code(self, to: str | None = None) -> str:
+        """The code of the newest code mail to ``to`` (default: the insured's current address)."""
+        to = to or str(self.directory.current_address(INSURED))
         for message in reversed(self.mails(to)):
             match = re.search(r"code de sécurité est : (\d+)", plain(message))
             if match:
@@ -47,7 +48,7 @@ class World:
     def token(self, to: str) -> str:
         """The token of the newest mail with a link to ``to``."""
         for message in reversed(self.mails(to)):
-            match = re.search(r"https://\S+", plain(message))
+            match = re.search(r"https://\S+token=\S+", plain(message))
             if match:
                 return parse_qs(urlsplit(match.group(0)).query)["token"][0]
         raise LookupError("no link mail")
@@ -75,7 +76,11 @@ def make_world(policy: ec.Policy | None = None, *, seed: int = 7) -> World:
         {
             INSURED: [
                 ec.Card(serial=SERIAL, model=ec.CardModel.WITH_PHOTO, status=ec.CardStatus.ACTIVE),
-                ec.Card(serial="99999999", model=ec.CardModel.WITHOUT_PHOTO, status=ec.CardStatus.OPPOSED),
+                ec.Card(
+                    serial="99999999",
+                    model=ec.CardModel.WITHOUT_PHOTO,
+                    status=ec.CardStatus.OPPOSED,
+                ),
             ],
             OTHER: [ec.Card(serial="0", model=ec.CardModel.APP, status=ec.CardStatus.ACTIVE)],
         }
@@ -90,7 +95,8 @@ def make_world(policy: ec.Policy | None = None, *, seed: int = 7) -> World:
         audit=audit,
         keyring=ec.Keyring(keys={"k1": KEY}, current="k1"),
         mail_settings=ec.MailSettings(
-            confirm_url="https://ameli.example/confirmer", revert_url="https://ameli.example/annuler"
+            confirm_url="https://ameli.example/confirmer",
+            revert_url="https://ameli.example/annuler",
         ),
         clock=clock,
         rng=memory.SeededRandom(seed),

@@ -26,9 +26,7 @@ def _replay(path: list[paths.Edge]) -> None:
         assert stored.state == target, f"{event} from {source} went to {stored.state}"
 
 
-@pytest.mark.parametrize(
-    "state", sorted(paths.shortest_paths()), ids=lambda s: f"to-{s}"
-)
+@pytest.mark.parametrize("state", sorted(paths.shortest_paths()), ids=lambda s: f"to-{s}")
 def test_shortest_path_to_state(state: str) -> None:
     path = paths.shortest_paths()[state]
     if not path:  # the initial state is never stored: nothing to replay
@@ -37,8 +35,6 @@ def test_shortest_path_to_state(state: str) -> None:
     _replay(path)
 
 
-@pytest.mark.parametrize(
-    "path", paths.covering_paths(), ids=lambda p: "{}-{}->{}".format(*p[-1])
-)
+@pytest.mark.parametrize("path", paths.covering_paths(), ids=lambda p: "{}-{}->{}".format(*p[-1]))
 def test_every_transition(path: list[paths.Edge]) -> None:
     _replay(path)

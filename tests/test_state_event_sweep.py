@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -29,7 +30,7 @@ def _reach(state: str) -> tuple[World, str]:
 def _attempt(world: World, pid: str, event: str) -> None:
     """Send ``event`` with inputs that would be right if the state accepted it."""
     service = world.service
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "resend_code": lambda: service.resend_code(INSURED, pid),
         "submit_code": lambda: service.submit_code(INSURED, pid, _code_or_dummy(world)),
         "submit_serial": lambda: service.submit_serial(INSURED, pid, SERIAL),

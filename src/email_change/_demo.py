@@ -51,7 +51,9 @@ class DemoWorld:
             registry=self.registry,
             audit=self.audit,
             # A fixed demo key: real deployments load theirs from a secret store.
-            keyring=Keyring(keys={"demo-2026": b"demo key, never use in production"}, current="demo-2026"),
+            keyring=Keyring(
+                keys={"demo-2026": b"demo key, never use in production"}, current="demo-2026"
+            ),
             mail_settings=MailSettings(
                 confirm_url="https://compte.ameli.example/email/confirmer",
                 revert_url="https://compte.ameli.example/email/annuler",
@@ -94,7 +96,9 @@ def main(out: TextIO | None = None) -> int:
         print(text, file=stream)
 
     def show(view: ProcedureView) -> None:
-        say(f"   -> state: {view.state}; next: {messages.text('fr', 'steps', view.next_step.value)}")
+        say(
+            f"   -> state: {view.state}; next: {messages.text('fr', 'steps', view.next_step.value)}"
+        )
 
     def refused(label: str, action: Callable[[], object]) -> None:
         try:
@@ -108,7 +112,8 @@ def main(out: TextIO | None = None) -> int:
         return world.mailer.to(address)
 
     say("Démarche « changement d'adresse mail » — compte ameli (in-memory demo)")
-    say(f"Insured {INSURED}, current address {CURRENT}, clock {world.clock.now():%Y-%m-%d %H:%M} UTC")
+    say(f"Insured {INSURED}, current address {CURRENT}")
+    say(f"Clock (fake): {world.clock.now():%Y-%m-%d %H:%M} UTC")
     say()
     say("0. « Mes informations »: the insured taps the pen on the Mail field.")
     view = service.start(INSURED, channel=Channel.MOBILE_APP)
@@ -127,10 +132,14 @@ def main(out: TextIO | None = None) -> int:
     code = last_code(mails_to(CURRENT))
     refused("a second resend right away", lambda: service.resend_code(INSURED, pid))
     view = service.submit_code(INSURED, pid, code)
-    say(f"   code from the new mail accepted (« Valider le code de sécurité »)")
+    say("   code from the new mail accepted (« Valider le code de sécurité »)")
     show(view)
 
-    say("2. The serial number of the carte Vitale (help: " + messages.card_help(CardModel.WITH_PHOTO) + ")")
+    say(
+        "2. The serial number of the carte Vitale (help: "
+        + messages.card_help(CardModel.WITH_PHOTO)
+        + ")"
+    )
     refused("serial 98765432109", lambda: service.submit_serial(INSURED, pid, "98765432109"))
     show(service.submit_serial(INSURED, pid, "8025000002 123 456 789 01"))
 
@@ -146,9 +155,10 @@ def main(out: TextIO | None = None) -> int:
             channel=Channel.MOBILE_APP,
         )
 
-    refused("a confirmation that differs", lambda: service.submit_new_address(
-        INSURED, pid, form("jeanne.martin@nouvelle-adress.fr")
-    ))
+    refused(
+        "a confirmation that differs",
+        lambda: service.submit_new_address(INSURED, pid, form("jeanne.martin@nouvelle-adress.fr")),
+    )
     view = service.submit_new_address(INSURED, pid, form(NEW.lower()))
     say("4. « Confirmer vos informations »: the address is registered; the insured is logged out.")
     show(view)
@@ -165,7 +175,9 @@ def main(out: TextIO | None = None) -> int:
     say(f"   account address now: {world.directory.current_address(INSURED)}")
     say(f"   may the insured log in? {service.may_log_in(INSURED)}")
     say()
-    consents = ", ".join(f"{c.purpose.value}={'yes' if c.granted else 'no'}" for c in world.directory.consents)
+    consents = ", ".join(
+        f"{c.purpose.value}={'yes' if c.granted else 'no'}" for c in world.directory.consents
+    )
     say(f"Consents recorded: {consents}")
     say(f"Mails sent: {len(world.mailer.outbox)}; audit records: {len(world.audit.records)}")
     return 0

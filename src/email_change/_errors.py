@@ -56,9 +56,7 @@ class EmailChangeError(Exception):
 
     def describe(self) -> str:
         """A technical one-line description (English, no secret), for logs."""
-        fields = ", ".join(
-            f"{a.name}={getattr(self, a.name)!r}" for a in attrs.fields(type(self))
-        )
+        fields = ", ".join(f"{a.name}={getattr(self, a.name)!r}" for a in attrs.fields(type(self)))
         return f"{self.code}" + (f" ({fields})" if fields else "")
 
     def __str__(self) -> str:
@@ -175,7 +173,7 @@ class ResendLimitReached(EmailChangeError):
 
 @attrs.define(kw_only=True, eq=False, str=False)
 class InsuredBudgetSpent(EmailChangeError):
-    """The insured's rolling failure budget (or code-mail budget) is spent; try after ``retry_at``."""
+    """The insured's rolling failure (or code-mail) budget is spent; try after ``retry_at``."""
 
     code = "insured.budget_spent"
     http_status = 429

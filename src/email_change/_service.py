@@ -88,7 +88,7 @@ class EmailChangeService:
         self._keyring = keyring
         self.policy = policy
 
-    # --- operations --------------------------------------------------------------------------------
+    # --- operations ------------------------------------------------------------------------------
 
     def start(
         self, insured_id: str, *, channel: Channel = Channel.WEBSITE, locale: str = "fr"
@@ -130,7 +130,7 @@ class EmailChangeService:
         raise ConcurrentUpdate()
 
     def resend_code(self, insured_id: str, procedure_id: str) -> ProcedureView:
-        """"Renvoyer le code par mail": a new code; the previous one dies."""
+        """ "Renvoyer le code par mail": a new code; the previous one dies."""
         return self._operate(insured_id, procedure_id, "resend_code")
 
     def submit_code(self, insured_id: str, procedure_id: str, code: str) -> ProcedureView:
@@ -168,9 +168,7 @@ class EmailChangeService:
         authenticates them with their login credentials before calling this."""
         proc = self._store.open_procedure_of(insured_id)
         if proc is None or proc.state != "awaiting_confirmation":
-            raise EventNotAllowed(
-                event="resend_confirmation", state=proc.state if proc else "none"
-            )
+            raise EventNotAllowed(event="resend_confirmation", state=proc.state if proc else "none")
         return self._operate(insured_id, proc.id, "resend_confirmation")
 
     def cancel(self, insured_id: str, procedure_id: str) -> ProcedureView:
@@ -208,7 +206,7 @@ class EmailChangeService:
                 continue
         return done
 
-    # --- engine --------------------------------------------------------------------------------------
+    # --- engine ----------------------------------------------------------------------------------
 
     def _now(self) -> Any:
         now = self._clock.now()
@@ -221,7 +219,7 @@ class EmailChangeService:
             return fn(*args)
         except EmailChangeError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a failing port becomes one typed answer
+        except Exception as exc:
             log.warning("%s failed: %s", dependency, type(exc).__name__)
             raise ServiceUnavailable(dependency=dependency) from exc
 
@@ -259,7 +257,9 @@ class EmailChangeService:
         assert stored is not None  # noqa: S101 - just committed
         return stored
 
-    def _operate(self, insured_id: str, procedure_id: str, event: str, **inputs: Any) -> ProcedureView:
+    def _operate(
+        self, insured_id: str, procedure_id: str, event: str, **inputs: Any
+    ) -> ProcedureView:
         first_state: str | None = None
         for _ in range(MAX_REPLAYS):
             proc = self._owned(insured_id, procedure_id)
@@ -348,7 +348,7 @@ class EmailChangeService:
     def _audit_record(self, record: AuditRecord) -> None:
         try:
             self._audit.record(record)
-        except Exception:  # noqa: BLE001 - the audit sink must not undo a committed step
+        except Exception:
             log.exception("audit sink failed for %s %s", record.event, record.outcome)
 
 
