@@ -277,7 +277,7 @@ class Journeys(RuleBasedStateMachine):
 
 
 Journeys.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=150,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
