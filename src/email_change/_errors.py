@@ -26,6 +26,7 @@ __all__ = [
     "InsuredBudgetSpent",
     "InvalidAddress",
     "InvalidCodeFormat",
+    "InvalidForm",
     "InvalidLink",
     "InvalidSerialFormat",
     "LinkExpired",
@@ -101,6 +102,14 @@ class SameAddress(EmailChangeError):
     """The new address is the current one (compared case-insensitively, IDNA-normalised)."""
 
     code = "address.same"
+
+
+@attrs.define(kw_only=True, eq=False, str=False)
+class InvalidForm(EmailChangeError):
+    """A form field has the wrong type or shape (``field`` names it). A frontend bug, not a try."""
+
+    code = "form.invalid"
+    field: str
 
 
 @attrs.define(kw_only=True, eq=False, str=False)

@@ -40,6 +40,7 @@ from email_change._errors import (
     ConsentMissing,
     EmailChangeError,
     InsuredBudgetSpent,
+    InvalidForm,
     InvalidLink,
     LinkExpired,
     MismatchedConfirmation,
@@ -282,6 +283,13 @@ class EmailChangeMachine(StateChart[Procedure]):
             raise CardNotUsable()
 
     def address_form_valid(self, step: Step, form: AddressForm) -> None:
+        if not isinstance(form, AddressForm):
+            raise InvalidForm(field="form")
+        version = form.wording_version
+        if not isinstance(version, str) or not 0 < len(version) <= 64 or not version.isprintable():
+            raise InvalidForm(field="wording_version")
+        if not isinstance(form.channel, Channel):
+            raise InvalidForm(field="channel")
         new = parse_address(form.new_address, allow_smtputf8=step.policy.allow_smtputf8)
         try:
             again = parse_address(form.confirmation, allow_smtputf8=step.policy.allow_smtputf8)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 from statemachine.exceptions import TransitionNotAllowed
 
@@ -42,7 +43,7 @@ from email_change._ports import (
     RandomSource,
     VitaleRegistry,
 )
-from email_change._records import AuditRecord, Commit, Procedure
+from email_change._records import AuditRecord, Commit, LedgerEntry, Procedure
 from email_change._relay import OutboxRelay
 from email_change._values import Card, Channel, mask_address, parse_code, parse_serial
 from email_change._views import ProcedureView
@@ -78,7 +79,7 @@ class EmailChangeService:
         keyring: Keyring,
         policy: Policy,
     ) -> None:
-        self._store = store
+        self._store = _GuardedStore(store)
         self._directory = directory
         self._registry = registry
         self._relay = relay
@@ -325,7 +326,10 @@ class EmailChangeService:
             )
         )
         if outcome.outbox:
-            self._relay.deliver([item.id for item in outcome.outbox])
+            try:
+                self._relay.deliver([item.id for item in outcome.outbox])
+            except Exception as exc:  # noqa: BLE001 - committed: the relay's next pass delivers
+                log.warning("immediate delivery failed, left to the relay: %s", type(exc).__name__)
         if outcome.refusal is not None:
             raise outcome.refusal
         return ProcedureView.of(draft, policy)
@@ -350,6 +354,37 @@ class EmailChangeService:
             self._audit.record(record)
         except Exception:
             log.exception("audit sink failed for %s %s", record.event, record.outcome)
+
+
+class _GuardedStore:
+    """The store, with every failure but a version conflict turned into one typed answer."""
+
+    def __init__(self, store: ProcedureStore) -> None:
+        self._inner = store
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except EmailChangeError:
+            raise
+        except Exception as exc:
+            log.warning("procedure store failed: %s", type(exc).__name__)
+            raise ServiceUnavailable(dependency="procedure_store") from exc
+
+    def load(self, procedure_id: str) -> Procedure | None:
+        return cast(Procedure | None, self._call(self._inner.load, procedure_id))
+
+    def open_procedure_of(self, insured_id: str) -> Procedure | None:
+        return cast(Procedure | None, self._call(self._inner.open_procedure_of, insured_id))
+
+    def ledger_since(self, insured_id: str, since: datetime) -> Sequence[LedgerEntry]:
+        return cast(Sequence[LedgerEntry], self._call(self._inner.ledger_since, insured_id, since))
+
+    def commit(self, commit: Commit) -> None:
+        self._call(self._inner.commit, commit)
+
+    def procedures_due(self, now: datetime, limit: int) -> Sequence[Procedure]:
+        return cast(Sequence[Procedure], self._call(self._inner.procedures_due, now, limit))
 
 
 def _detail(proc: Procedure) -> dict[str, str]:
