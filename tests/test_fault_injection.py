@@ -48,7 +48,7 @@ def _journey(plan: FaultPlan) -> tuple[World, Counter[str]]:
     for _ in range(MAX_ROUNDS):
         world.clock.advance(seconds=31)
         try:
-            world.service._relay.run_once()
+            world.service.relay.run_once()
         except (ConnectionError, TimeoutError):
             seen["relay pass failed"] += 1
         try:
@@ -100,7 +100,7 @@ def test_fault_at_call_k(k: int, timeout: bool) -> None:
     assert wrong >= seen["code.wrong"]
     # No owed mail lost, none sent twice under two identities.
     world.clock.advance(hours=1)
-    world.service._relay.run_once()
+    world.service.relay.run_once()
     _, _, outbox = world.store.snapshot()
     owed = {i for i, raw in outbox.items() if '"MailEffect"' in raw}
     delivered = Counter(m["Message-ID"].strip("<>").split("@")[0] for m in world.mailer.outbox)

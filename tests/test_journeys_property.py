@@ -191,7 +191,7 @@ class Journeys(RuleBasedStateMachine):
 
     @rule()
     def relay(self) -> None:
-        self.world.service._relay.run_once()
+        self.world.service.relay.run_once()
 
     # --- invariants -----------------------------------------------------------------------------
 

@@ -328,7 +328,7 @@ def test_no_secret_in_audit_logs_views_or_errors(caplog: pytest.LogCaptureFixtur
     world.mailer.fail_next = 1  # a failed delivery is logged
     pid = world.service.start(INSURED).procedure_id
     world.clock.advance(seconds=5)
-    world.service._relay.run_once()
+    world.service.relay.run_once()
     code = world.code()
     errors: list[str] = []
     try:

@@ -89,6 +89,11 @@ class EmailChangeService:
         self._keyring = keyring
         self.policy = policy
 
+    @property
+    def relay(self) -> OutboxRelay:
+        """The outbox relay: run :meth:`OutboxRelay.run_once` on a schedule (or ``run_forever``)."""
+        return self._relay
+
     # --- operations ------------------------------------------------------------------------------
 
     def start(
