@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import email_change as ec
@@ -34,10 +34,9 @@ def _world_at(state: str) -> tuple[World, str]:
     return world, pid
 
 
-WORLDS = {state: _world_at(state) for state in ("code_sent", "code_verified", "identity_verified")}
-
-
-def _only_typed_errors(world: World, action: Callable[[], object]) -> None:
+def _only_typed_errors(
+    world: World, action: Callable[[], object], *, may_succeed: bool = False
+) -> None:
     before = world.snapshot()
     try:
         action()
@@ -46,8 +45,8 @@ def _only_typed_errors(world: World, action: Callable[[], object]) -> None:
     except ec.EmailChangeError:
         assert world.snapshot() == before
     else:
-        # Accepted: only a right answer may change the store, and no input here is right.
-        assert world.snapshot() == before
+        if not may_succeed:  # no input given here is a right answer
+            assert world.snapshot() == before
 
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
@@ -65,7 +64,8 @@ def test_submit_code(value: object, which: str) -> None:
 @FUZZ
 @given(value=ANYTHING)
 def test_submit_serial(value: object) -> None:
-    world, pid = WORLDS["code_verified"]
+    assume(not (isinstance(value, str) and value.replace(" ", "").endswith(SERIAL)))
+    world, pid = _world_at("code_verified")
     _only_typed_errors(world, lambda: world.service.submit_serial(INSURED, pid, value))  # type: ignore[arg-type]
 
 
@@ -84,7 +84,7 @@ def test_submit_serial(value: object) -> None:
     value=ANYTHING,
 )
 def test_submit_new_address(field: str, value: object) -> None:
-    world, pid = WORLDS["identity_verified"]
+    world, pid = _world_at("identity_verified")
     fields = {
         "new_address": "nouvelle@exemple.fr",
         "confirmation": "nouvelle@exemple.fr",
@@ -95,21 +95,23 @@ def test_submit_new_address(field: str, value: object) -> None:
     }
     fields[field] = value
     bad = ec.AddressForm(**fields)  # type: ignore[arg-type]
-    _only_typed_errors(world, lambda: world.service.submit_new_address(INSURED, pid, bad))
+    _only_typed_errors(
+        world, lambda: world.service.submit_new_address(INSURED, pid, bad), may_succeed=True
+    )
     assert world.store.load(pid).state in ("identity_verified", "awaiting_confirmation")  # type: ignore[union-attr]
 
 
 @FUZZ
 @given(value=ANYTHING, op=st.sampled_from(["confirm", "revert"]))
 def test_tokens(value: object, op: str) -> None:
-    world, _ = WORLDS["code_sent"]
+    world, _ = _world_at("code_sent")
     _only_typed_errors(world, lambda: getattr(world.service, op)(value))
 
 
 @FUZZ
 @given(value=ANYTHING, op=st.sampled_from(["view", "cancel", "resend_code"]))
 def test_procedure_ids_and_insureds(value: object, op: str) -> None:
-    world, pid = WORLDS["code_sent"]
+    world, pid = _world_at("code_sent")
     _only_typed_errors(world, lambda: getattr(world.service, op)(INSURED, value))
     _only_typed_errors(world, lambda: getattr(world.service, op)(value, pid))
 
@@ -117,7 +119,7 @@ def test_procedure_ids_and_insureds(value: object, op: str) -> None:
 @FUZZ
 @given(value=ANYTHING)
 def test_start_and_login_gate(value: object) -> None:
-    world, _ = WORLDS["code_sent"]
+    world, _ = _world_at("code_sent")
     _only_typed_errors(world, lambda: world.service.may_log_in(value))  # type: ignore[arg-type]
     _only_typed_errors(world, lambda: world.service.resend_confirmation(value))  # type: ignore[arg-type]
 

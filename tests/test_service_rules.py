@@ -301,7 +301,7 @@ def test_a_down_mail_server_loses_no_mail() -> None:
     pid = world.service.start(INSURED).procedure_id
     assert world.mails(CURRENT) == []
     assert world.store.load(pid) is not None
-    relay = world.service._relay
+    relay = world.service.relay
     assert relay.run_once().delivered == 0  # not due yet: backoff
     world.clock.advance(seconds=5)
     assert relay.run_once().delivered == 1
