@@ -325,10 +325,18 @@ class EmailChangeService:
             )
         )
         if outcome.outbox:
-            self._relay.deliver([item.id for item in outcome.outbox])
+            self._deliver_now([item.id for item in outcome.outbox])
         if outcome.refusal is not None:
             raise outcome.refusal
         return ProcedureView.of(draft, policy)
+
+    def _deliver_now(self, ids: list[str]) -> None:
+        # The step is committed and its effects are safe in the outbox: a failure to deliver them
+        # now (store hiccup while marking a mail sent...) is the relay's to retry, not the caller's.
+        try:
+            self._relay.deliver(ids)
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.warning("outbox delivery deferred to the relay: %s", type(exc).__name__)
 
     def _audit_refusal(
         self, proc: Procedure | None, procedure_id: str, event: str, error: EmailChangeError
