@@ -117,7 +117,8 @@ class FileOutbox:
             entries.append(
                 MailboxEntry(
                     name=path.name,
-                    message_id=str(message.get("Message-ID", "")),
+                    # A long Message-ID is folded on the wire; the parser keeps the fold's space.
+                    message_id=str(message.get("Message-ID", "")).strip(),
                     to=str(message.get("To", "")),
                     subject=str(message.get("Subject", "")),
                     date=getattr(date_header, "datetime", None),
