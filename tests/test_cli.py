@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import types
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import attrs
 import pytest
 
 import email_change as ec
@@ -223,3 +230,91 @@ def test_python_dash_m_runs_the_command_line() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.startswith("stateDiagram-v2")
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (
+            ["relay", "--once", "--outbox-dir", "x", "--confirm-url", "/c", "--revert-url", "/r"],
+            ["absolute"],
+        ),
+        (["relay", "--once", "--smtp-host", "h", "--smtp-timeout", "0", *URLS], ["positive"]),
+    ],
+)
+def test_invalid_settings_are_one_line_errors(
+    keys: None, argv: list[str], words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    one_line_error(capsys, *words)
+
+
+def test_the_relay_loop_delivers_and_stops_on_sigterm(
+    keys: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = pending_world(monkeypatch)
+    backend = _cli._open_store(argparse.Namespace())  # the patched one
+    monkeypatch.setattr(_cli, "_open_store", lambda _args: attrs.evolve(backend, durable=True))
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stop_when_delivered() -> None:
+        for _ in range(500):  # bounded: 5 s at most
+            if list(tmp_path.glob("*.eml")):
+                break
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=stop_when_delivered, daemon=True)
+    killer.start()
+    assert main(["relay", "--interval", "0.01", "--outbox-dir", str(tmp_path), *URLS]) == 0
+    killer.join(timeout=5)
+    assert len(list(tmp_path.glob("*.eml"))) == 1
+    assert all(i.done_at is not None for i in store.outbox_items(list(store.snapshot()[2])))
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "SIGTERM" in capsys.readouterr().err
+
+
+class CsvRegistry(memory.InMemoryVitaleRegistry):
+    def import_csv(self, rows: Iterable[str]) -> int:
+        return sum(1 for _ in rows)
+
+
+def sql_like_backend(monkeypatch: pytest.MonkeyPatch, registry: ec.VitaleRegistry) -> None:
+    backend = _cli.Backend(
+        store=memory.InMemoryProcedureStore(),
+        directory=memory.InMemoryAccountDirectory(),
+        registry=registry,
+        durable=True,
+    )
+    monkeypatch.setattr(_cli, "_open_store", lambda _args: backend)
+
+
+def test_import_cards_hands_the_file_to_the_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sql_like_backend(monkeypatch, CsvRegistry())
+    csv = tmp_path / "cards.csv"
+    csv.write_text("insured-1,12345678901,with_photo,active\ninsured-2,0,app,active\n")
+    assert main(["import-cards", str(csv), "--sqlite", "db"]) == 0
+    assert capsys.readouterr().out.strip() == "imported 2 card(s)"
+    assert main(["import-cards", str(tmp_path / "missing.csv"), "--sqlite", "db"]) == 2
+    one_line_error(capsys, "cannot read", "missing.csv")
+
+
+def test_import_cards_needs_a_registry_that_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sql_like_backend(monkeypatch, memory.InMemoryVitaleRegistry())
+    assert main(["import-cards", str(tmp_path / "x.csv"), "--sqlite", "db"]) == 2
+    one_line_error(capsys, "no card registry")
+
+
+def test_a_library_error_is_one_line_with_its_code(
+    keys: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def down(_args: object) -> _cli.Backend:
+        raise ec.ServiceUnavailable(dependency="store")
+
+    monkeypatch.setattr(_cli, "_open_store", down)
+    assert main(["sweep"]) == 1
+    one_line_error(capsys, "service.unavailable")

@@ -165,13 +165,17 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         print(f"delivered {report.delivered}, failed {report.failed} (failed ones are retried)")
         return 1 if report.failed else 0
     stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():  # pragma: no cover - real runs
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:  # signal handlers can only be set there
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"relaying every {args.interval:g}s; stop with Ctrl-C or SIGTERM", file=sys.stderr)
     try:
         relay.run_forever(idle_seconds=args.interval, stop=stop, limit=args.limit)
     except KeyboardInterrupt:  # pragma: no cover - interactive
         stop.set()
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
