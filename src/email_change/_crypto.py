@@ -132,7 +132,8 @@ class Keyring:
     def digest(self, purpose: str, binding: str, secret: str) -> KeyedDigest:
         """HMAC ``secret`` for ``purpose`` (code, link...) bound to ``binding`` (a procedure id)."""
         return KeyedDigest(
-            key_id=self.current, mac=self._mac(self.current, self._message(purpose, binding, secret))
+            key_id=self.current,
+            mac=self._mac(self.current, self._message(purpose, binding, secret)),
         )
 
     def verify(self, purpose: str, binding: str, secret: str, expected: KeyedDigest) -> bool:

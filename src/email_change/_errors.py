@@ -26,6 +26,7 @@ __all__ = [
     "InsuredBudgetSpent",
     "InvalidAddress",
     "InvalidCodeFormat",
+    "InvalidForm",
     "InvalidLink",
     "InvalidSerialFormat",
     "LinkExpired",
@@ -56,9 +57,7 @@ class EmailChangeError(Exception):
 
     def describe(self) -> str:
         """A technical one-line description (English, no secret), for logs."""
-        fields = ", ".join(
-            f"{a.name}={getattr(self, a.name)!r}" for a in attrs.fields(type(self))
-        )
+        fields = ", ".join(f"{a.name}={getattr(self, a.name)!r}" for a in attrs.fields(type(self)))
         return f"{self.code}" + (f" ({fields})" if fields else "")
 
     def __str__(self) -> str:
@@ -103,6 +102,14 @@ class SameAddress(EmailChangeError):
     """The new address is the current one (compared case-insensitively, IDNA-normalised)."""
 
     code = "address.same"
+
+
+@attrs.define(kw_only=True, eq=False, str=False)
+class InvalidForm(EmailChangeError):
+    """A form field has the wrong type or shape (``field`` names it). A frontend bug, not a try."""
+
+    code = "form.invalid"
+    field: str
 
 
 @attrs.define(kw_only=True, eq=False, str=False)
@@ -175,7 +182,7 @@ class ResendLimitReached(EmailChangeError):
 
 @attrs.define(kw_only=True, eq=False, str=False)
 class InsuredBudgetSpent(EmailChangeError):
-    """The insured's rolling failure budget (or code-mail budget) is spent; try after ``retry_at``."""
+    """The insured's rolling failure (or code-mail) budget is spent; try after ``retry_at``."""
 
     code = "insured.budget_spent"
     http_status = 429

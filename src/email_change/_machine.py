@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import attrs
 from statemachine import State, StateChart
@@ -40,6 +40,7 @@ from email_change._errors import (
     ConsentMissing,
     EmailChangeError,
     InsuredBudgetSpent,
+    InvalidForm,
     InvalidLink,
     LinkExpired,
     MismatchedConfirmation,
@@ -105,8 +106,12 @@ class Step:
     outcome: Outcome = attrs.field(factory=Outcome)
 
     def count(self, *kinds: LedgerKind) -> list[datetime]:
-        """Times of the insured's entries of these kinds in the window, oldest first."""
-        return sorted(e.at for e in self.history if e.kind in kinds)
+        """Times of the insured's entries of these kinds in the window, oldest first.
+
+        The window is ``(now - insured_window, now]``: an entry leaves it exactly one window later.
+        """
+        start = self.now - self.policy.insured_window
+        return sorted(e.at for e in self.history if e.kind in kinds and e.at > start)
 
     def retry_at(self, times: list[datetime], budget: int) -> datetime:
         """When the rolling window will hold fewer than ``budget`` of ``times`` again."""
@@ -179,7 +184,10 @@ class EmailChangeMachine(StateChart[Procedure]):
     )
     submit_serial = (
         code_verified.to(
-            identity_verified, validators="has_usable_card", cond="serial_matches", on="accept_serial"
+            identity_verified,
+            validators="has_usable_card",
+            cond="serial_matches",
+            on="accept_serial",
         )
         | code_verified.to(locked, cond="last_serial_guess", on=["count_wrong_serial", "lock"])
         | code_verified.to.itself(internal=True, on="count_wrong_serial")
@@ -231,14 +239,18 @@ class EmailChangeMachine(StateChart[Procedure]):
             # The outbox id is the associated data: a sealed secret cannot be moved to another mail.
             sealed = step.keyring.seal(secret, nonce=step.rng.token_bytes(12), associated=outbox_id)
         effect = MailEffect(
-            kind=kind, to=to.value, locale=self.proc.locale, procedure_id=self.proc.id,
-            params=params, sealed=sealed,
+            kind=kind,
+            to=to.value,
+            locale=self.proc.locale,
+            procedure_id=self.proc.id,
+            params=params,
+            sealed=sealed,
         )
         step.outcome.outbox.append(
             OutboxItem(id=outbox_id, effect=effect, created_at=step.now, next_attempt_at=step.now)
         )
 
-    # --- validators (refuse, typed, before anything changes) ----------------------------------------
+    # --- validators (refuse, typed, before anything changes) -------------------------------------
 
     def may_send_code(self, step: Step) -> None:
         policy = step.policy
@@ -251,7 +263,9 @@ class EmailChangeMachine(StateChart[Procedure]):
         if sends and step.now < sends[-1] + policy.resend_cooldown:
             raise ResendTooSoon(retry_at=sends[-1] + policy.resend_cooldown)
         if len(sends) >= policy.codes_per_insured_per_window:
-            raise InsuredBudgetSpent(retry_at=step.retry_at(sends, policy.codes_per_insured_per_window))
+            raise InsuredBudgetSpent(
+                retry_at=step.retry_at(sends, policy.codes_per_insured_per_window)
+            )
 
     def code_left(self, step: Step) -> None:
         if self.proc.codes_sent >= step.policy.codes_per_procedure:
@@ -269,6 +283,13 @@ class EmailChangeMachine(StateChart[Procedure]):
             raise CardNotUsable()
 
     def address_form_valid(self, step: Step, form: AddressForm) -> None:
+        if not isinstance(form, AddressForm):
+            raise InvalidForm(field="form")
+        version = form.wording_version
+        if not isinstance(version, str) or not 0 < len(version) <= 64 or not version.isprintable():
+            raise InvalidForm(field="wording_version")
+        if not isinstance(form.channel, Channel):
+            raise InvalidForm(field="channel")
         new = parse_address(form.new_address, allow_smtputf8=step.policy.allow_smtputf8)
         try:
             again = parse_address(form.confirmation, allow_smtputf8=step.policy.allow_smtputf8)
@@ -306,7 +327,7 @@ class EmailChangeMachine(StateChart[Procedure]):
         if digest is None or not step.keyring.verify(REVERT, self.proc.id, secret, digest):
             raise InvalidLink()
 
-    # --- conditions (choose a branch) ----------------------------------------------------------------
+    # --- conditions (choose a branch) ------------------------------------------------------------
 
     def code_matches(self, step: Step, code: str) -> bool:
         assert self.proc.code is not None  # noqa: S101 - code_usable ran first
@@ -334,7 +355,7 @@ class EmailChangeMachine(StateChart[Procedure]):
         deadline = deadline_of(self.proc, step.policy)
         return deadline is not None and step.now >= deadline
 
-    # --- actions (change the copy, owe effects) ------------------------------------------------------
+    # --- actions (change the copy, owe effects) --------------------------------------------------
 
     def issue_code(self, step: Step) -> None:
         proc, policy = self.proc, step.policy
@@ -350,7 +371,7 @@ class EmailChangeMachine(StateChart[Procedure]):
         minutes = str(int(policy.code_lifetime.total_seconds() // 60))
         self._mail(step, MailKind.SECURITY_CODE, proc.current_address, code, minutes=minutes)
 
-    def accept_code(self, step: Step, cards: Sequence[Card] = ()) -> None:
+    def accept_code(self, step: Step) -> None:
         self.proc.code = None  # single use
         self.proc.code_verified_at = step.now
 
@@ -405,20 +426,32 @@ class EmailChangeMachine(StateChart[Procedure]):
             )
         )
         for action in (AccountAction.REGISTER_PENDING, AccountAction.RECORD_CONSENTS):
-            self._owe(step, AccountEffect(
-                action=action, insured_id=proc.insured_id, procedure_id=proc.id,
-                address=new, consents=proc.consents if action is AccountAction.RECORD_CONSENTS else (),
-            ))
-        self._owe(step, AccountEffect(
-            action=AccountAction.END_SESSIONS, insured_id=proc.insured_id, procedure_id=proc.id
-        ))
+            self._owe(
+                step,
+                AccountEffect(
+                    action=action,
+                    insured_id=proc.insured_id,
+                    procedure_id=proc.id,
+                    address=new,
+                    consents=proc.consents if action is AccountAction.RECORD_CONSENTS else (),
+                ),
+            )
+        self._owe(
+            step,
+            AccountEffect(
+                action=AccountAction.END_SESSIONS, insured_id=proc.insured_id, procedure_id=proc.id
+            ),
+        )
         self.issue_link(step)
         if policy.notify_previous_address:
             secret = new_token(step.rng)
             proc.revert_digest = step.keyring.digest(REVERT, proc.id, secret)
             self._mail(
-                step, MailKind.PREVIOUS_ADDRESS_NOTICE, proc.current_address,
-                f"{proc.id}.{secret}", new_address=mask_address(new) or "",
+                step,
+                MailKind.PREVIOUS_ADDRESS_NOTICE,
+                proc.current_address,
+                f"{proc.id}.{secret}",
+                new_address=mask_address(new) or "",
             )
 
     def issue_link(self, step: Step) -> None:
@@ -432,21 +465,33 @@ class EmailChangeMachine(StateChart[Procedure]):
         )
         proc.link_sends = (*proc.link_sends, step.now)
         hours = str(int(step.policy.link_lifetime.total_seconds() // 3600))
-        self._mail(step, MailKind.CONFIRM_ADDRESS, proc.new_address, f"{proc.id}.{secret}", hours=hours)
+        self._mail(
+            step, MailKind.CONFIRM_ADDRESS, proc.new_address, f"{proc.id}.{secret}", hours=hours
+        )
 
     def confirm_address(self, step: Step) -> None:
         proc = self.proc
-        self._owe(step, AccountEffect(
-            action=AccountAction.CONFIRM, insured_id=proc.insured_id, procedure_id=proc.id,
-            address=proc.new_address,
-        ))
+        self._owe(
+            step,
+            AccountEffect(
+                action=AccountAction.CONFIRM,
+                insured_id=proc.insured_id,
+                procedure_id=proc.id,
+                address=proc.new_address,
+            ),
+        )
         self._close(step)
 
     def restore_address(self, step: Step) -> None:
         proc = self.proc
-        self._owe(step, AccountEffect(
-            action=AccountAction.CANCEL_PENDING, insured_id=proc.insured_id, procedure_id=proc.id
-        ))
+        self._owe(
+            step,
+            AccountEffect(
+                action=AccountAction.CANCEL_PENDING,
+                insured_id=proc.insured_id,
+                procedure_id=proc.id,
+            ),
+        )
         self._close(step)
 
     def _close(self, step: Step) -> None:
@@ -457,4 +502,3 @@ class EmailChangeMachine(StateChart[Procedure]):
     def end(self, step: Step) -> None:
         self.proc.code = None
         self.proc.ended_at = step.now
-

@@ -11,7 +11,7 @@ import html
 import tomllib
 from collections.abc import Mapping
 from email.message import EmailMessage
-from email.utils import formataddr, format_datetime
+from email.utils import format_datetime, formataddr
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,12 @@ DEFAULT_LOCALE = "fr"
 def _absolute_url(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError(f"{attribute.name} must be an absolute http(s) URL without query: {value!r}")
+        raise ValueError(
+            f"{attribute.name} must be an absolute http(s) URL without query: {value!r}"
+        )
 
 
-def _address(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+def _address(_inst: object, _attribute: attrs.Attribute[str], value: str) -> None:
     parse_address(value)
 
 
@@ -78,7 +80,9 @@ class Messages:
         catalogues: dict[str, dict[str, Any]] = {}
         for entry in resources.files("email_change").joinpath("locales").iterdir():
             if entry.name.endswith(".toml"):
-                catalogues[entry.name.removesuffix(".toml")] = tomllib.loads(entry.read_text("utf-8"))
+                catalogues[entry.name.removesuffix(".toml")] = tomllib.loads(
+                    entry.read_text("utf-8")
+                )
         if extra_dir is not None:
             for path in sorted(extra_dir.glob("*.toml")):
                 base = catalogues.setdefault(path.stem, {})
@@ -153,9 +157,9 @@ class Messages:
         message.set_content(self.text(locale, *section, "text", **params))
         escaped = {k: html.escape(v, quote=True) for k, v in params.items()}
         html_body = self.text(locale, *section, "html", **escaped)
+        lang = html.escape(locale)
         message.add_alternative(
-            f'<!doctype html><html lang="{html.escape(locale)}"><body>{html_body}</body></html>',
-            subtype="html",
+            f'<!doctype html><html lang="{lang}"><body>{html_body}</body></html>', subtype="html"
         )
         # After the parts: set_content() clears every Content-* header set before it.
         message["Content-Language"] = locale

@@ -48,9 +48,7 @@ class Policy:
     #: Digits in the security code mailed to the current address.
     code_length: int = attrs.field(default=4)
     #: A code dies this long after it was sent.
-    code_lifetime: timedelta = attrs.field(
-        default=timedelta(minutes=15), validator=_positive_delta
-    )
+    code_lifetime: timedelta = attrs.field(default=timedelta(minutes=15), validator=_positive_delta)
     #: Wrong tries allowed on one code before it dies.
     wrong_tries_per_code: int = attrs.field(default=3, validator=_positive)
     #: Codes issued in one procedure, the first one included.

@@ -27,8 +27,8 @@ from email_change._values import (
 
 __all__ = [
     "AccountAction",
-    "AuditRecord",
     "AccountEffect",
+    "AuditRecord",
     "CodeIssue",
     "Commit",
     "Effect",
@@ -221,7 +221,7 @@ _DT = "$dt"
 _B = "$b64"
 
 
-def _encode(value: Any) -> Any:
+def _encode(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value, read as a table
     if attrs.has(type(value)):
         out = {"$type": type(value).__name__}
         for field in attrs.fields(type(value)):

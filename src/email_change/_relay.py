@@ -41,7 +41,7 @@ class Backoff:
 
     def after(self, attempts: int) -> timedelta:
         """Delay before attempt number ``attempts + 1``."""
-        return min(self.first * (2 ** max(0, attempts - 1)), self.cap)
+        return min(self.first * (1 << max(0, attempts - 1)), self.cap)
 
 
 class OutboxRelay:
@@ -122,7 +122,9 @@ class OutboxRelay:
             )
             log.warning(
                 "outbox item %s not delivered (attempt %d): %s",
-                item.id, attempts, type(exc).__name__,
+                item.id,
+                attempts,
+                type(exc).__name__,
             )
             return False
         effect = item.effect
@@ -130,7 +132,10 @@ class OutboxRelay:
             effect = attrs.evolve(effect, sealed=None)  # the secret is not kept once sent
         self._store.update_outbox(
             attrs.evolve(
-                item, effect=effect, attempts=item.attempts + 1, done_at=self._clock.now(),
+                item,
+                effect=effect,
+                attempts=item.attempts + 1,
+                done_at=self._clock.now(),
                 last_error=None,
             )
         )

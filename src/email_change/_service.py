@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 from statemachine.exceptions import TransitionNotAllowed
 
@@ -42,7 +43,7 @@ from email_change._ports import (
     RandomSource,
     VitaleRegistry,
 )
-from email_change._records import AuditRecord, Commit, Procedure
+from email_change._records import AuditRecord, Commit, LedgerEntry, Procedure
 from email_change._relay import OutboxRelay
 from email_change._values import Card, Channel, mask_address, parse_code, parse_serial
 from email_change._views import ProcedureView
@@ -78,7 +79,7 @@ class EmailChangeService:
         keyring: Keyring,
         policy: Policy,
     ) -> None:
-        self._store = store
+        self._store = _GuardedStore(store)
         self._directory = directory
         self._registry = registry
         self._relay = relay
@@ -88,7 +89,12 @@ class EmailChangeService:
         self._keyring = keyring
         self.policy = policy
 
-    # --- operations --------------------------------------------------------------------------------
+    @property
+    def relay(self) -> OutboxRelay:
+        """The outbox relay: run :meth:`OutboxRelay.run_once` on a schedule (or ``run_forever``)."""
+        return self._relay
+
+    # --- operations ------------------------------------------------------------------------------
 
     def start(
         self, insured_id: str, *, channel: Channel = Channel.WEBSITE, locale: str = "fr"
@@ -130,7 +136,7 @@ class EmailChangeService:
         raise ConcurrentUpdate()
 
     def resend_code(self, insured_id: str, procedure_id: str) -> ProcedureView:
-        """"Renvoyer le code par mail": a new code; the previous one dies."""
+        """ "Renvoyer le code par mail": a new code; the previous one dies."""
         return self._operate(insured_id, procedure_id, "resend_code")
 
     def submit_code(self, insured_id: str, procedure_id: str, code: str) -> ProcedureView:
@@ -168,9 +174,7 @@ class EmailChangeService:
         authenticates them with their login credentials before calling this."""
         proc = self._store.open_procedure_of(insured_id)
         if proc is None or proc.state != "awaiting_confirmation":
-            raise EventNotAllowed(
-                event="resend_confirmation", state=proc.state if proc else "none"
-            )
+            raise EventNotAllowed(event="resend_confirmation", state=proc.state if proc else "none")
         return self._operate(insured_id, proc.id, "resend_confirmation")
 
     def cancel(self, insured_id: str, procedure_id: str) -> ProcedureView:
@@ -208,7 +212,7 @@ class EmailChangeService:
                 continue
         return done
 
-    # --- engine --------------------------------------------------------------------------------------
+    # --- engine ----------------------------------------------------------------------------------
 
     def _now(self) -> Any:
         now = self._clock.now()
@@ -221,7 +225,7 @@ class EmailChangeService:
             return fn(*args)
         except EmailChangeError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a failing port becomes one typed answer
+        except Exception as exc:
             log.warning("%s failed: %s", dependency, type(exc).__name__)
             raise ServiceUnavailable(dependency=dependency) from exc
 
@@ -259,7 +263,9 @@ class EmailChangeService:
         assert stored is not None  # noqa: S101 - just committed
         return stored
 
-    def _operate(self, insured_id: str, procedure_id: str, event: str, **inputs: Any) -> ProcedureView:
+    def _operate(
+        self, insured_id: str, procedure_id: str, event: str, **inputs: Any
+    ) -> ProcedureView:
         first_state: str | None = None
         for _ in range(MAX_REPLAYS):
             proc = self._owned(insured_id, procedure_id)
@@ -325,18 +331,13 @@ class EmailChangeService:
             )
         )
         if outcome.outbox:
-            self._deliver_now([item.id for item in outcome.outbox])
+            try:
+                self._relay.deliver([item.id for item in outcome.outbox])
+            except Exception as exc:  # noqa: BLE001 - committed: the relay's next pass delivers
+                log.warning("immediate delivery failed, left to the relay: %s", type(exc).__name__)
         if outcome.refusal is not None:
             raise outcome.refusal
         return ProcedureView.of(draft, policy)
-
-    def _deliver_now(self, ids: list[str]) -> None:
-        # The step is committed and its effects are safe in the outbox: a failure to deliver them
-        # now (store hiccup while marking a mail sent...) is the relay's to retry, not the caller's.
-        try:
-            self._relay.deliver(ids)
-        except Exception as exc:  # noqa: BLE001 - see above
-            log.warning("outbox delivery deferred to the relay: %s", type(exc).__name__)
 
     def _audit_refusal(
         self, proc: Procedure | None, procedure_id: str, event: str, error: EmailChangeError
@@ -356,8 +357,39 @@ class EmailChangeService:
     def _audit_record(self, record: AuditRecord) -> None:
         try:
             self._audit.record(record)
-        except Exception:  # noqa: BLE001 - the audit sink must not undo a committed step
+        except Exception:
             log.exception("audit sink failed for %s %s", record.event, record.outcome)
+
+
+class _GuardedStore:
+    """The store, with every failure but a version conflict turned into one typed answer."""
+
+    def __init__(self, store: ProcedureStore) -> None:
+        self._inner = store
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except EmailChangeError:
+            raise
+        except Exception as exc:
+            log.warning("procedure store failed: %s", type(exc).__name__)
+            raise ServiceUnavailable(dependency="procedure_store") from exc
+
+    def load(self, procedure_id: str) -> Procedure | None:
+        return cast(Procedure | None, self._call(self._inner.load, procedure_id))
+
+    def open_procedure_of(self, insured_id: str) -> Procedure | None:
+        return cast(Procedure | None, self._call(self._inner.open_procedure_of, insured_id))
+
+    def ledger_since(self, insured_id: str, since: datetime) -> Sequence[LedgerEntry]:
+        return cast(Sequence[LedgerEntry], self._call(self._inner.ledger_since, insured_id, since))
+
+    def commit(self, commit: Commit) -> None:
+        self._call(self._inner.commit, commit)
+
+    def procedures_due(self, now: datetime, limit: int) -> Sequence[Procedure]:
+        return cast(Sequence[Procedure], self._call(self._inner.procedures_due, now, limit))
 
 
 def _detail(proc: Procedure) -> dict[str, str]:

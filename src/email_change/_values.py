@@ -18,6 +18,7 @@ import email_validator
 from email_change._errors import InvalidAddress, InvalidCodeFormat, InvalidSerialFormat
 
 __all__ = [
+    "VITALE2_PREFIX",
     "Card",
     "CardModel",
     "CardStatus",
@@ -25,7 +26,6 @@ __all__ = [
     "ConsentPurpose",
     "ConsentRecord",
     "EmailAddress",
-    "VITALE2_PREFIX",
     "mask_address",
     "parse_address",
     "parse_code",

@@ -128,7 +128,8 @@ class InMemoryAccountDirectory:
 
     def __init__(self, accounts: dict[str, str] | None = None) -> None:
         self._accounts: dict[str, _Account] = {
-            insured: _Account(address=parse_address(addr)) for insured, addr in (accounts or {}).items()
+            insured: _Account(address=parse_address(addr))
+            for insured, addr in (accounts or {}).items()
         }
         self.consents: list[ConsentRecord] = []
         self._lock = threading.Lock()
@@ -237,7 +238,8 @@ class InMemoryProcedureStore:
 
     def procedures_due(self, now: datetime, limit: int) -> Sequence[Procedure]:
         due = [
-            p for p in self._all()
+            p
+            for p in self._all()
             if p.state not in _FINAL and p.deadline is not None and p.deadline <= now
         ]
         return sorted(due, key=lambda p: p.deadline or now)[:limit]

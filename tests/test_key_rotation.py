@@ -1,0 +1,79 @@
+"""Rotating the HMAC/sealing key while procedures are in flight."""
+
+from __future__ import annotations
+
+import pytest
+
+import email_change as ec
+from email_change.adapters import memory
+from tests.support import INSURED, NEW, SERIAL, form, make_world
+
+OLD_KEY, NEW_KEY = b"o" * 32, b"n" * 32
+
+
+def _rebuild(world_service_parts: dict[str, object], keyring: ec.Keyring) -> ec.EmailChangeService:
+    return ec.build_service(keyring=keyring, **world_service_parts)  # type: ignore[arg-type]
+
+
+def test_codes_links_and_pending_mails_survive_a_rotation() -> None:
+    world = make_world()
+    parts: dict[str, object] = {
+        "store": world.store,
+        "mailer": world.mailer,
+        "directory": world.directory,
+        "registry": world.registry,
+        "audit": world.audit,
+        "clock": world.clock,
+        "rng": memory.SeededRandom(11),
+        "mail_settings": ec.MailSettings(
+            confirm_url="https://ameli.example/confirmer",
+            revert_url="https://ameli.example/annuler",
+        ),
+    }
+    before = _rebuild(parts, ec.Keyring(keys={"2026-01": OLD_KEY}, current="2026-01"))
+    world.mailer.fail_next = 1  # the code mail stays sealed in the outbox under the old key
+    pid = before.start(INSURED).procedure_id
+    stored = world.store.load(pid)
+    assert stored is not None and stored.code is not None
+    assert stored.code.digest.key_id == "2026-01"
+
+    # Step 1 of the rotation: add the new key and make it current; keep the old one.
+    rotated = _rebuild(
+        parts, ec.Keyring(keys={"2026-01": OLD_KEY, "2026-07": NEW_KEY}, current="2026-07")
+    )
+    world.clock.advance(seconds=10)
+    assert rotated.relay.run_once().delivered == 1
+    world.service = rotated
+    assert rotated.submit_code(INSURED, pid, world.code()).state == "code_verified"
+    rotated.submit_serial(INSURED, pid, SERIAL)
+    rotated.submit_new_address(INSURED, pid, form())
+    stored = world.store.load(pid)
+    assert stored is not None and stored.link is not None
+    assert stored.link.digest.key_id == "2026-07"
+
+    # Step 2, once every secret made under the old key has expired: drop it.
+    retired = _rebuild(parts, ec.Keyring(keys={"2026-07": NEW_KEY}, current="2026-07"))
+    assert retired.confirm(world.token(NEW)).state == "confirmed"
+
+
+def test_a_code_made_under_a_removed_key_is_refused_not_crashed() -> None:
+    world = make_world()
+    parts: dict[str, object] = {
+        "store": world.store,
+        "mailer": world.mailer,
+        "directory": world.directory,
+        "registry": world.registry,
+        "audit": world.audit,
+        "clock": world.clock,
+        "rng": memory.SeededRandom(12),
+        "mail_settings": ec.MailSettings(
+            confirm_url="https://ameli.example/confirmer",
+            revert_url="https://ameli.example/annuler",
+        ),
+    }
+    old = _rebuild(parts, ec.Keyring(keys={"2026-01": OLD_KEY}, current="2026-01"))
+    pid = old.start(INSURED).procedure_id
+    too_early = _rebuild(parts, ec.Keyring(keys={"2026-07": NEW_KEY}, current="2026-07"))
+    with pytest.raises(ec.WrongCode) as error:
+        too_early.submit_code(INSURED, pid, world.code())
+    assert error.value.tries_left == 2
