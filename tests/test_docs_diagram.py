@@ -30,5 +30,7 @@ def test_diagram_names_every_state_and_event() -> None:
         assert f"as {state.id}" in text
     # Internal self-transitions (resend_code, resend_confirmation, counted wrong tries) are drawn as
     # state annotations, the others as arrows labelled with the event's name.
-    for event in EmailChangeMachine.events:
+    events = {e for s in EmailChangeMachine.states for t in s.transitions for e in t.events}
+    assert len(events) == 10
+    for event in events:
         assert event.id in text or event.name in text, event.id
