@@ -11,21 +11,34 @@ from typing import Any
 from email_change._values import CardModel, Channel
 from email_change._views import NextStep
 
-_STATES = ["code_sent", "code_verified", "identity_verified", "awaiting_confirmation",
-           "confirmed", "cancelled", "expired", "locked", "reverted"]
+_STATES = [
+    "code_sent",
+    "code_verified",
+    "identity_verified",
+    "awaiting_confirmation",
+    "confirmed",
+    "cancelled",
+    "expired",
+    "locked",
+    "reverted",
+]
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 
 
 def _problem_ref(description: str) -> dict[str, Any]:
     return {
         "description": description,
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
     }
 
 
 _ERRORS = {
-    "400": _problem_ref("Invalid input (malformed body, wrong code or serial, invalid address, "
-                        "missing consent choice)."),
+    "400": _problem_ref(
+        "Invalid input (malformed body, wrong code or serial, invalid address, "
+        "missing consent choice)."
+    ),
     "401": _problem_ref("No authenticated insured (the host's hook returned nothing)."),
     "403": _problem_ref("Cross-origin request from a browser."),
     "404": _problem_ref("Unknown procedure (or another insured's), unknown or used link."),
@@ -54,9 +67,17 @@ def _body(ref: str, *, required: bool = True) -> dict[str, Any]:
     }
 
 
-def _post(summary: str, op_id: str, *, body: str | None = None, body_required: bool = True,
-          ok: str = "The procedure after the step.", extra: dict[str, Any] | None = None,
-          params: bool = True, secured: bool = True) -> dict[str, Any]:
+def _post(
+    summary: str,
+    op_id: str,
+    *,
+    body: str | None = None,
+    body_required: bool = True,
+    ok: str = "The procedure after the step.",
+    extra: dict[str, Any] | None = None,
+    params: bool = True,
+    secured: bool = True,
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
         "operationId": op_id,
@@ -80,7 +101,14 @@ def _schemas(locales: list[str]) -> dict[str, Any]:
     return {
         "Procedure": {
             "type": "object",
-            "required": ["procedure_id", "state", "next_step", "login_allowed", "card_help", "hint"],
+            "required": [
+                "procedure_id",
+                "state",
+                "next_step",
+                "login_allowed",
+                "card_help",
+                "hint",
+            ],
             "properties": {
                 "procedure_id": {"type": "string"},
                 "state": {"type": "string", "enum": _STATES},
@@ -112,7 +140,7 @@ def _schemas(locales: list[str]) -> dict[str, Any]:
         "Problem": {
             "type": "object",
             "description": "RFC 9457 problem details, plus the library's stable code and the "
-                           "error's typed fields (tries_left, retry_at, ...).",
+            "error's typed fields (tries_left, retry_at, ...).",
             "required": ["type", "title", "status", "detail", "code"],
             "properties": {
                 "type": {"type": "string"},
@@ -139,7 +167,7 @@ def _schemas(locales: list[str]) -> dict[str, Any]:
                 general_information={
                     "type": ["boolean", "null"],
                     "description": "Yes/no to general information (e.g. the newsletter). "
-                                   "No default: missing or null is refused.",
+                    "No default: missing or null is refused.",
                 },
                 studies_and_research={
                     "type": ["boolean", "null"],
@@ -162,69 +190,111 @@ def openapi_document(locales: list[str] | None = None) -> dict[str, Any]:
             "title": "email_change: account e-mail change",
             "version": "1",
             "description": "Change the e-mail address of a compte ameli. Errors are "
-                           "application/problem+json with a stable `code`.",
+            "application/problem+json with a stable `code`.",
         },
         "security": [{"session": []}],
         "paths": {
-            p: {"post": {
-                "summary": "Step 0: start (mails a code to the current address)",
-                "operationId": "start",
-                "requestBody": _body("StartRequest", required=False),
-                "responses": {"201": _view("Started; a code was mailed."),
-                              "200": _view("An open procedure was resumed; no mail sent."),
-                              **_ERRORS},
-            }},
-            f"{p}/current": {"get": {
-                "summary": "The insured's open procedure", "operationId": "current",
-                "responses": {"200": _view("The open procedure."), **_READ_ERRORS},
-            }},
-            f"{p}/{{procedure_id}}": {"get": {
-                "summary": "Where a procedure stands", "operationId": "view",
-                "parameters": [{"$ref": "#/components/parameters/ProcedureId"}],
-                "responses": {"200": _view("The procedure."), **_READ_ERRORS},
-            }},
+            p: {
+                "post": {
+                    "summary": "Step 0: start (mails a code to the current address)",
+                    "operationId": "start",
+                    "requestBody": _body("StartRequest", required=False),
+                    "responses": {
+                        "201": _view("Started; a code was mailed."),
+                        "200": _view("An open procedure was resumed; no mail sent."),
+                        **_ERRORS,
+                    },
+                }
+            },
+            f"{p}/current": {
+                "get": {
+                    "summary": "The insured's open procedure",
+                    "operationId": "current",
+                    "responses": {"200": _view("The open procedure."), **_READ_ERRORS},
+                }
+            },
+            f"{p}/{{procedure_id}}": {
+                "get": {
+                    "summary": "Where a procedure stands",
+                    "operationId": "view",
+                    "parameters": [{"$ref": "#/components/parameters/ProcedureId"}],
+                    "responses": {"200": _view("The procedure."), **_READ_ERRORS},
+                }
+            },
             f"{p}/{{procedure_id}}/code": _post(
-                "Step 1: submit the security code", "submitCode", body="CodeRequest"),
-            f"{p}/{{procedure_id}}/code/resend": _post(
-                "Renvoyer le code par mail", "resendCode"),
+                "Step 1: submit the security code", "submitCode", body="CodeRequest"
+            ),
+            f"{p}/{{procedure_id}}/code/resend": _post("Renvoyer le code par mail", "resendCode"),
             f"{p}/{{procedure_id}}/serial": _post(
-                "Step 2: submit the carte Vitale serial number", "submitSerial",
-                body="SerialRequest"),
+                "Step 2: submit the carte Vitale serial number",
+                "submitSerial",
+                body="SerialRequest",
+            ),
             f"{p}/{{procedure_id}}/address": _post(
                 "Step 3: the new address twice and both consent choices; logs the insured out",
-                "submitAddress", body="AddressRequest"),
+                "submitAddress",
+                body="AddressRequest",
+            ),
             f"{p}/{{procedure_id}}/cancel": _post("Cancel before registering", "cancel"),
             "/api/v1/confirmation/resend": _post(
                 "A new confirmation mail (the insured authenticated by credentials)",
-                "resendConfirmation", params=False),
+                "resendConfirmation",
+                params=False,
+            ),
             "/api/v1/links/confirm": _post(
-                "Step 5: Confirmer mon e-mail (token from the link)", "confirm",
-                body="TokenRequest", params=False, secured=False),
+                "Step 5: Confirmer mon e-mail (token from the link)",
+                "confirm",
+                body="TokenRequest",
+                params=False,
+                secured=False,
+            ),
             "/api/v1/links/revert": _post(
                 "Cancel a registered change (token from the notice to the previous address)",
-                "revert", body="TokenRequest", params=False, secured=False),
-            "/api/v1/login-allowed": {"get": {
-                "summary": "The login gate: false while an address awaits confirmation",
-                "operationId": "loginAllowed",
-                "responses": {
-                    "200": {"description": "Whether the insured may log in.", "content": {
-                        "application/json": {"schema": {
-                            "type": "object", "required": ["login_allowed"],
-                            "properties": {"login_allowed": {"type": "boolean"}}}}}},
-                    "401": _ERRORS["401"],
-                },
-            }},
+                "revert",
+                body="TokenRequest",
+                params=False,
+                secured=False,
+            ),
+            "/api/v1/login-allowed": {
+                "get": {
+                    "summary": "The login gate: false while an address awaits confirmation",
+                    "operationId": "loginAllowed",
+                    "responses": {
+                        "200": {
+                            "description": "Whether the insured may log in.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["login_allowed"],
+                                        "properties": {"login_allowed": {"type": "boolean"}},
+                                    }
+                                }
+                            },
+                        },
+                        "401": _ERRORS["401"],
+                    },
+                }
+            },
         },
         "components": {
-            "securitySchemes": {"session": {
-                "type": "apiKey", "in": "cookie", "name": "email_change_session",
-                "description": "The host's authentication. The reference app reads the insured "
-                               "from its signed session cookie; a host plugs its own hook.",
-            }},
-            "parameters": {"ProcedureId": {
-                "name": "procedure_id", "in": "path", "required": True,
-                "schema": {"type": "string"},
-            }},
+            "securitySchemes": {
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "email_change_session",
+                    "description": "The host's authentication. The reference app reads the insured "
+                    "from its signed session cookie; a host plugs its own hook.",
+                }
+            },
+            "parameters": {
+                "ProcedureId": {
+                    "name": "procedure_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            },
             "schemas": _schemas(sorted(locales or ["en", "fr"])),
         },
     }

@@ -22,18 +22,12 @@ synchronizer token kept in the signed session, and the session cookie is ``SameS
 
 from __future__ import annotations
 
-import json
 import secrets
-from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
-from email.message import EmailMessage
-from http import HTTPStatus
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-import attrs
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -44,125 +38,48 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from email_change._errors import EmailChangeError
-from email_change._machine import AddressForm
-from email_change._messages import MailSettings, Messages
+from email_change._messages import Messages
 from email_change._service import EmailChangeService
-from email_change._values import Channel
-from email_change._views import ProcedureView
+from email_change.adapters import _asgi_render, _asgi_web
+from email_change.adapters._asgi_api import Api
+from email_change.adapters._asgi_common import (
+    PROBLEM_JSON,
+    SESSION_INSURED,
+    ApiProblem,
+    Authenticator,
+    InsuredHook,
+    MailboxReader,
+    WebSettings,
+    problem,
+    session_insured,
+    view_json,
+)
 from email_change.adapters._asgi_openapi import openapi_document
 
 __all__ = [
+    "PROBLEM_JSON",
+    "SESSION_INSURED",
     "Authenticator",
     "InsuredHook",
     "MailboxReader",
+    "SecurityHeaders",
     "WebSettings",
     "create_app",
+    "new_secret_key",
     "session_insured",
+    "view_json",
 ]
 
-#: Returns the authenticated insured's id for a request, or ``None``.
-InsuredHook = Callable[[Request], str | None]
-#: Checks login credentials (login id, password) and returns the insured's id, or ``None``.
-Authenticator = Callable[[str, str], str | None]
-#: Returns the messages a demo mailbox holds, oldest first (demo mode only).
-MailboxReader = Callable[[], Sequence[EmailMessage]]
 
-PROBLEM_JSON = "application/problem+json"
-#: Session key under which the web UI keeps the logged-in insured (see :func:`session_insured`).
-SESSION_INSURED = "insured"
-_API = "/api/v1"
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_MAX_BODY = 16 * 1024
 _CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
 
 
-@attrs.frozen(kw_only=True)
-class WebSettings:
-    """What the web app needs besides the service."""
-
-    mail_settings: MailSettings
-    #: Signs the session cookie (itsdangerous). At least 32 random bytes in production.
-    secret_key: str = attrs.field(repr=False)
-    #: Version of the consent wording shown by the web UI, recorded with each choice.
-    consent_wording_version: str = "web-fr-2026-01"
-    #: Send the session cookie over HTTPS only. Off only for a local demo over plain HTTP.
-    https_only: bool = True
-    session_max_age: int = 30 * 60
-    #: Set only by the demo: the mailbox page lists these messages.
-    demo_mailbox: MailboxReader | None = None
-    #: Set only by the demo: credentials and card serial shown on the login page.
-    demo_hints: Mapping[str, str] = attrs.field(factory=dict)
-
-
-def session_insured(request: Request) -> str | None:
-    """An :data:`InsuredHook` reading the insured the web UI's login put in the signed session."""
-    value = request.session.get(SESSION_INSURED)
-    return value if isinstance(value, str) else None
-
-
-class ApiProblem(Exception):
-    """A refusal of the HTTP layer itself (bad request, no authentication, cross-site request)."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(code)
-        self.status, self.code, self.detail = status, code, detail
-
-
-def problem(status: int, code: str, detail: str, **fields: Any) -> JSONResponse:
-    """An RFC 9457 problem response."""
-    body = {
-        "type": f"tag:email-change,2026:problem:{code}",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        "code": code,
-        **{k: _jsonable(v) for k, v in fields.items()},
-    }
-    headers = {}
-    retry_at = fields.get("retry_at")
-    if isinstance(retry_at, datetime):
-        seconds = max(1, int((retry_at - datetime.now(retry_at.tzinfo)).total_seconds()) + 1)
-        headers["Retry-After"] = str(seconds)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
-def error_fields(error: EmailChangeError) -> dict[str, Any]:
-    """The typed fields of an error (none of them is a secret)."""
-    return {a.name: getattr(error, a.name) for a in attrs.fields(type(error))}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def view_json(view: ProcedureView, messages: Messages, locale: str) -> dict[str, Any]:
-    """The JSON form of a view, with the localised step hint and card help."""
-    body = {a.name: _jsonable(getattr(view, a.name)) for a in attrs.fields(ProcedureView)}
-    body["card_help"] = [
-        {"model": m.value, "text": messages.card_help(m, locale)} for m in view.card_help
-    ]
-    body["hint"] = messages.text(locale, "steps", view.next_step.value)
-    return body
-
-
-def pick_locale(request: Request, messages: Messages) -> str:
-    """The first ``Accept-Language`` tag with a catalogue, else French."""
-    for part in request.headers.get("accept-language", "").split(","):
-        tag = part.split(";")[0].strip().lower().split("-")[0]
-        if tag in messages.locales:
-            return tag
-    return "fr"
-
-
 class SecurityHeaders:
-    """Pure ASGI middleware: security headers on every response, cross-origin unsafe requests refused.
+    """ASGI middleware: security headers on every response; cross-origin unsafe requests refused.
 
     ``Cache-Control: no-store`` goes on everything but static files, since pages and API answers
     may show a masked address, a code (demo mailbox) or a link token.
@@ -177,9 +94,7 @@ class SecurityHeaders:
             return
         static = scope["path"].startswith("/static/")
         if scope["method"] in _UNSAFE and _cross_origin(scope):
-            response = problem(
-                403, "csrf.cross_origin", "Cross-origin request refused."
-            )
+            response = problem(403, "csrf.cross_origin", "Cross-origin request refused.")
             await _with_headers(response, static=False)(scope, receive, send)
             return
 
@@ -214,7 +129,9 @@ def _with_headers(response: Response, *, static: bool) -> Response:
 
 
 def _cross_origin(scope: Scope) -> bool:
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    headers: dict[str, str] = {
+        k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+    }
     site = headers.get("sec-fetch-site")
     if site is not None:
         return site not in ("same-origin", "none")
@@ -241,15 +158,18 @@ def create_app(
     and ``current_insured`` reads its own session. ``account_address`` (insured id to current
     address) lets "Mes informations" show the address on the Mail field.
     """
-    from email_change.adapters import _asgi_web
-
     msgs = messages or Messages()
-    api = _Api(service, msgs, current_insured)
+    api = Api(service, msgs, current_insured)
     routes: list[BaseRoute] = [
         Route("/openapi.json", _openapi(sorted(msgs.locales)), methods=["GET"]),
         *api.routes(),
         *_asgi_web.routes(
-            service, msgs, settings, current_insured, authenticate, account_address
+            service=service,
+            messages=msgs,
+            settings=settings,
+            hook=current_insured,
+            authenticate=authenticate,
+            account_address=account_address,
         ),
         Mount("/static", StaticFiles(directory=str(_package_dir("static"))), name="static"),
     ]
@@ -267,12 +187,12 @@ def create_app(
             ),
         ],
         exception_handlers={
-            EmailChangeError: _asgi_web.error_handler(msgs, settings),
-            ApiProblem: _asgi_web.problem_handler(msgs, settings),
-            HTTPException: _asgi_web.http_error_handler(
+            EmailChangeError: _asgi_render.error_handler(msgs, settings),
+            ApiProblem: _asgi_render.problem_handler,
+            HTTPException: _asgi_render.http_error_handler(
                 msgs, settings, login_page=authenticate is not None
             ),
-            Exception: _asgi_web.server_error_handler(msgs, settings),
+            Exception: _asgi_render.server_error_handler(msgs),
         },
     )
 
@@ -288,173 +208,6 @@ def _openapi(locales: list[str]) -> Callable[[Request], Any]:
         return JSONResponse(document)
 
     return serve
-
-
-class _Api:
-    """The JSON endpoints; each maps one facade operation."""
-
-    def __init__(self, service: EmailChangeService, messages: Messages, hook: InsuredHook) -> None:
-        self.service, self.messages, self.hook = service, messages, hook
-
-    def routes(self) -> list[Route]:
-        p = f"{_API}/procedures"
-        return [
-            Route(p, self.start, methods=["POST"]),
-            Route(f"{p}/current", self.current, methods=["GET"]),
-            Route(f"{p}/{{procedure_id}}", self.view, methods=["GET"]),
-            Route(f"{p}/{{procedure_id}}/code", self.submit_code, methods=["POST"]),
-            Route(f"{p}/{{procedure_id}}/code/resend", self.resend_code, methods=["POST"]),
-            Route(f"{p}/{{procedure_id}}/serial", self.submit_serial, methods=["POST"]),
-            Route(f"{p}/{{procedure_id}}/address", self.submit_address, methods=["POST"]),
-            Route(f"{p}/{{procedure_id}}/cancel", self.cancel, methods=["POST"]),
-            Route(f"{_API}/confirmation/resend", self.resend_confirmation, methods=["POST"]),
-            Route(f"{_API}/links/confirm", self.confirm, methods=["POST"]),
-            Route(f"{_API}/links/revert", self.revert, methods=["POST"]),
-            Route(f"{_API}/login-allowed", self.login_allowed, methods=["GET"]),
-        ]
-
-    def _insured(self, request: Request) -> str:
-        insured = self.hook(request)
-        if not insured:
-            raise ApiProblem(401, "auth.required", "Authentication required.")
-        return insured
-
-    def _ok(self, request: Request, view: ProcedureView, status: int = 200) -> JSONResponse:
-        locale = pick_locale(request, self.messages)
-        return JSONResponse(view_json(view, self.messages, locale), status_code=status)
-
-    async def start(self, request: Request) -> Response:
-        insured = self._insured(request)
-        body = await _body(request, optional={"channel": str, "locale": str})
-        channel = _channel(body.get("channel", Channel.WEBSITE.value))
-        locale = body.get("locale") or pick_locale(request, self.messages)
-        if locale not in self.messages.locales:
-            raise ApiProblem(400, "request.invalid", "Unknown locale.")
-        view = await run_in_threadpool(self.service.start, insured, channel=channel, locale=locale)
-        return self._ok(request, view, 200 if view.resumed else 201)
-
-    async def current(self, request: Request) -> Response:
-        view = await run_in_threadpool(self.service.current, self._insured(request))
-        if view is None:
-            raise ApiProblem(404, "procedure.not_found", "No open procedure.")
-        return self._ok(request, view)
-
-    async def view(self, request: Request) -> Response:
-        insured = self._insured(request)
-        view = await run_in_threadpool(self.service.view, insured, _pid(request))
-        return self._ok(request, view)
-
-    async def submit_code(self, request: Request) -> Response:
-        insured = self._insured(request)
-        body = await _body(request, required={"code": str})
-        fn = self.service.submit_code
-        return self._ok(request, await run_in_threadpool(fn, insured, _pid(request), body["code"]))
-
-    async def resend_code(self, request: Request) -> Response:
-        insured = self._insured(request)
-        await _body(request)
-        view = await run_in_threadpool(self.service.resend_code, insured, _pid(request))
-        return self._ok(request, view)
-
-    async def submit_serial(self, request: Request) -> Response:
-        insured = self._insured(request)
-        body = await _body(request, required={"serial": str})
-        fn = self.service.submit_serial
-        return self._ok(request, await run_in_threadpool(fn, insured, _pid(request), body["serial"]))
-
-    async def submit_address(self, request: Request) -> Response:
-        insured = self._insured(request)
-        body = await _body(
-            request,
-            required={"new_address": str, "confirmation": str, "wording_version": str},
-            optional={"general_information": (bool, type(None)),
-                      "studies_and_research": (bool, type(None)), "channel": str},
-        )
-        if not body["wording_version"] or len(body["wording_version"]) > 64:
-            raise ApiProblem(400, "request.invalid", "wording_version: 1 to 64 characters.")
-        form = AddressForm(
-            new_address=body["new_address"],
-            confirmation=body["confirmation"],
-            general_information=body.get("general_information"),
-            studies_and_research=body.get("studies_and_research"),
-            wording_version=body["wording_version"],
-            channel=_channel(body.get("channel", Channel.WEBSITE.value)),
-        )
-        view = await run_in_threadpool(self.service.submit_new_address, insured, _pid(request), form)
-        # The insured is logged out at step 4; the host's sessions end through the directory.
-        request.session.clear()
-        return self._ok(request, view)
-
-    async def cancel(self, request: Request) -> Response:
-        insured = self._insured(request)
-        await _body(request)
-        return self._ok(request, await run_in_threadpool(self.service.cancel, insured, _pid(request)))
-
-    async def resend_confirmation(self, request: Request) -> Response:
-        insured = self._insured(request)
-        await _body(request)
-        return self._ok(request, await run_in_threadpool(self.service.resend_confirmation, insured))
-
-    async def confirm(self, request: Request) -> Response:
-        body = await _body(request, required={"token": str})
-        return self._ok(request, await run_in_threadpool(self.service.confirm, body["token"]))
-
-    async def revert(self, request: Request) -> Response:
-        body = await _body(request, required={"token": str})
-        return self._ok(request, await run_in_threadpool(self.service.revert, body["token"]))
-
-    async def login_allowed(self, request: Request) -> Response:
-        insured = self._insured(request)
-        allowed = await run_in_threadpool(self.service.may_log_in, insured)
-        return JSONResponse({"login_allowed": allowed})
-
-
-def _pid(request: Request) -> str:
-    value: str = request.path_params["procedure_id"]
-    return value
-
-
-def _channel(raw: object) -> Channel:
-    try:
-        return Channel(raw)
-    except ValueError:
-        raise ApiProblem(400, "request.invalid", "channel: unknown value.") from None
-
-
-async def _body(
-    request: Request,
-    *,
-    required: dict[str, type | tuple[type, ...]] | None = None,
-    optional: dict[str, type | tuple[type, ...]] | None = None,
-) -> dict[str, Any]:
-    """The JSON object of the request, with the listed fields checked; no other field allowed."""
-    required, optional = required or {}, optional or {}
-    raw = await request.body()
-    if not raw.strip():
-        data: Any = {}
-        if required:
-            raise ApiProblem(400, "request.invalid", "A JSON object body is required.")
-    else:
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json":
-            raise ApiProblem(415, "request.media_type", "Send application/json.")
-        if len(raw) > _MAX_BODY:
-            raise ApiProblem(413, "request.too_large", "Body too large.")
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise ApiProblem(400, "request.invalid", "Malformed JSON.") from None
-    if not isinstance(data, dict):
-        raise ApiProblem(400, "request.invalid", "The body must be a JSON object.")
-    for name in data:
-        if name not in required and name not in optional:
-            raise ApiProblem(400, "request.invalid", f"Unknown field: {name[:40]}.")
-    for name, kind in {**required, **optional}.items():
-        if name in required and name not in data:
-            raise ApiProblem(400, "request.invalid", f"Missing field: {name}.")
-        if name in data and not isinstance(data[name], kind):
-            raise ApiProblem(400, "request.invalid", f"Wrong type: {name}.")
-    return data
 
 
 def new_secret_key() -> str:

@@ -59,8 +59,11 @@ def memory_wiring(mail_settings: MailSettings) -> DemoWiring:
     mailer = memory.InMemoryMailer()
     directory = memory.InMemoryAccountDirectory({DEMO_INSURED: DEMO_ADDRESS})
     registry = memory.InMemoryVitaleRegistry(
-        {DEMO_INSURED: [Card(serial=DEMO_SERIAL, model=CardModel.WITH_PHOTO,
-                             status=CardStatus.ACTIVE)]}
+        {
+            DEMO_INSURED: [
+                Card(serial=DEMO_SERIAL, model=CardModel.WITH_PHOTO, status=CardStatus.ACTIVE)
+            ]
+        }
     )
     service = build_service(
         store=memory.InMemoryProcedureStore(),
