@@ -8,6 +8,7 @@ only unknown ids.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import schemathesis
 from asgi_support import INSURED, wire
@@ -56,7 +57,7 @@ def _real_procedure() -> str:
     suppress_health_check=list(HealthCheck),
     derandomize=True,
 )
-def test_api_conforms_to_its_document(case: schemathesis.Case) -> None:
+def test_api_conforms_to_its_document(case: schemathesis.Case[Any]) -> None:
     if case.path_parameters and "procedure_id" in case.path_parameters and next(_turn) % 2 == 0:
         case.path_parameters["procedure_id"] = _real_procedure()
     case.call_and_validate(
