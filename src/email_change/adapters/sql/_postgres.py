@@ -71,6 +71,8 @@ class PostgresDatabase:
         if schema is not None and not _IDENTIFIER.fullmatch(schema):
             raise ValueError("schema must be a plain identifier: letters, digits, underscores")
         self.schema = schema
+        #: Kept so a worker process can open the same database (it may hold a password).
+        self.dsn = dsn
 
         def configure(conn: psycopg.Connection[Any]) -> None:
             if schema is not None:
