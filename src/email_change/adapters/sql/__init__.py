@@ -94,12 +94,17 @@ def open_database(db: Database) -> SQLStorage:
     return SQLStorage(db, SQLProcedureStore(db), SQLVitaleRegistry(db))
 
 
-def open_sqlite(path: str | Path, *, busy_timeout_ms: int = 10_000) -> SQLStorage:
+def open_sqlite(
+    path: str | Path, *, busy_timeout_ms: int = 10_000, synchronous: str = "FULL"
+) -> SQLStorage:
     """Open (or create) the SQLite file at ``path``: the embedded default.
 
-    The file and its folder are created on first use; the schema is migrated in place.
+    The file and its folder are created on first use; the schema is migrated in place. See
+    :class:`SQLiteDatabase` for the options.
     """
-    return open_database(SQLiteDatabase(path, busy_timeout_ms=busy_timeout_ms))
+    return open_database(
+        SQLiteDatabase(path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous)
+    )
 
 
 def open_postgres(dsn: str, *, schema: str | None = None, **pool: Any) -> SQLStorage:
