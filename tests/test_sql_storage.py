@@ -431,3 +431,19 @@ def test_a_bad_csv_imports_nothing(
     assert (caught.value.line, caught.value.column) == (line, column)
     assert "12345678" not in str(caught.value)
     assert list(sql_storage.registry.cards_of("i")) == []
+
+
+def test_sqlite_connections_of_ended_threads_are_closed(tmp_path: Path) -> None:
+    import gc
+
+    with open_sqlite(tmp_path / "threads.sqlite3") as storage:
+        db = storage.db
+        assert isinstance(db, SQLiteDatabase)
+        for _ in range(20):
+            thread = threading.Thread(target=storage.store.load, args=("p1",))
+            thread.start()
+            thread.join()
+        del thread
+        gc.collect()
+        # The opener's own connection, and none of the 20 threads'.
+        assert len(db._all) == 1

@@ -16,6 +16,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -161,6 +162,10 @@ class _SQLiteTransaction:
         return self._conn.execute(sql, params).fetchall()
 
 
+class _Connection(sqlite3.Connection):
+    """A plain connection that can be weakly referenced (the C type cannot)."""
+
+
 class SQLiteDatabase:
     """A SQLite file (created on first use, with its folder), shared by the SQL stores.
 
@@ -181,13 +186,15 @@ class SQLiteDatabase:
         self._busy_timeout_ms = busy_timeout_ms
         self._synchronous = synchronous
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # Weak: a thread's connection is closed when the thread object goes away (see _conn), so
+        # a host that runs each request in a new thread does not pile up connections.
+        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        conn: _Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
         if self._closed:
@@ -195,7 +202,11 @@ class SQLiteDatabase:
         try:
             # isolation_level=None: no implicit BEGIN; we say when a transaction starts.
             conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=0
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=0,
+                factory=_Connection,
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -206,8 +217,9 @@ class SQLiteDatabase:
         except sqlite3.Error as exc:
             raise Unavailable(type(exc).__name__) from exc
         self._local.conn = conn
+        weakref.finalize(threading.current_thread(), conn.close)
         with self._lock:
-            self._all.append(conn)
+            self._all.add(conn)
         return conn
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -247,7 +259,7 @@ class SQLiteDatabase:
         """Close every thread's connection. The stores fail with ``ServiceUnavailable`` after."""
         with self._lock:
             self._closed = True
-            conns, self._all = self._all, []
+            conns, self._all = list(self._all), weakref.WeakSet()
         for conn in conns:
             conn.close()
         self._local = threading.local()
