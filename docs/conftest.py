@@ -4,10 +4,21 @@ Each page is one namespace: its ``python`` blocks run top to bottom, so a page r
 session. Blocks in other languages (shell, Mermaid, TOML) are not run.
 """
 
+import os
+from typing import Any
+
 from sybil import Sybil
-from sybil.parsers.markdown import PythonCodeBlockParser
+from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
+
+
+def _setup(namespace: dict[str, Any]) -> None:
+    # Examples that need a PostgreSQL server read it from the test DSN, and say why they skip
+    # without it. In CI the DSN is set, so they run.
+    namespace["PG_DSN"] = os.environ.get("EMAIL_CHANGE_TEST_PG_DSN")
+
 
 pytest_collect_file = Sybil(
-    parsers=[PythonCodeBlockParser()],
+    parsers=[PythonCodeBlockParser(), SkipParser()],
     patterns=["*.md"],
+    setup=_setup,
 ).pytest()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from email_change import EmailChangeError, EmailChangeService, Policy
-from storage_helpers import address_form, service_on
+from tests.storage_helpers import address_form, service_on
 
 
 def answer(call: Callable[[], object]) -> str:

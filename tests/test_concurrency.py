@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from concurrency_workers import race_in_process, race_in_threads
 from email_change import LedgerKind, Policy
 from email_change.adapters.sql import PostgresDatabase, SQLStorage
 from email_change.testing import T0
-from storage_helpers import INSURED, SERIAL, card, live_code, service_on, wrong_code
+from tests.concurrency_workers import race_in_process, race_in_threads
+from tests.storage_helpers import INSURED, SERIAL, card, live_code, service_on, wrong_code
 
 SUBMISSIONS = 50
 #: (policy, the most wrong tries it lets one procedure count)

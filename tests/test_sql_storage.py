@@ -41,7 +41,7 @@ from email_change.adapters.sql import (
     open_sqlite,
 )
 from email_change.testing import T0, full_procedure, mail_item, make_procedure
-from storage_helpers import INSURED, card, complete_procedure, service_on
+from tests.storage_helpers import INSURED, card, complete_procedure, service_on
 
 LATEST = MIGRATIONS[-1].version
 

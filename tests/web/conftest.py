@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tests.web.asgi_support import INSURED, Wired, header_insured, web_app, wire
 from starlette.testclient import TestClient
 
 from email_change.adapters.asgi import create_app
+from tests.web.asgi_support import INSURED, Wired, header_insured, web_app, wire
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.web.asgi_support import INSURED, OTHER, SERIAL, Wired, header_insured
 from starlette.testclient import TestClient
 
 from email_change.adapters.asgi import create_app
+from tests.web.asgi_support import INSURED, OTHER, SERIAL, Wired, header_insured
 
 P = "/api/v1/procedures"
 NEW = "jeanne.nouvelle@exemple.fr"

@@ -11,7 +11,6 @@ import itertools
 from typing import Any
 
 import schemathesis
-from tests.web.asgi_support import INSURED, wire
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -23,6 +22,7 @@ from starlette.requests import Request
 
 from email_change import AwaitingConfirmation, InsuredBudgetSpent, ResendTooSoon
 from email_change.adapters.asgi import create_app
+from tests.web.asgi_support import INSURED, wire
 
 _wired = wire()
 

@@ -6,11 +6,11 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from tests.web.asgi_support import INSURED, SERIAL, Wired, web_app, wire
 from starlette.testclient import TestClient
 
 from email_change import CardModel, Messages, mask_address
 from email_change.adapters.asgi_demo import DEMO_INSURED, DEMO_PASSWORD, create_demo_app
+from tests.web.asgi_support import INSURED, SERIAL, Wired, web_app, wire
 
 NEW = "jeanne.nouvelle@exemple.fr"
 _TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
