@@ -6,10 +6,18 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
-from email_change import Card, ProcedureStore, VitaleRegistry
-from email_change.adapters.memory import InMemoryProcedureStore, InMemoryVitaleRegistry
+from email_change import AccountDirectory, Card, ProcedureStore, VitaleRegistry
+from email_change.adapters.memory import (
+    InMemoryAccountDirectory,
+    InMemoryProcedureStore,
+    InMemoryVitaleRegistry,
+)
 from email_change.adapters.sql import SQLStorage, SQLVitaleRegistry
-from email_change.testing import ProcedureStoreContract, VitaleRegistryContract
+from email_change.testing import (
+    AccountDirectoryContract,
+    ProcedureStoreContract,
+    VitaleRegistryContract,
+)
 
 ENGINES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 #: The conftest fixture that opens each SQL engine.
@@ -50,3 +58,20 @@ class TestVitaleRegistry(VitaleRegistryContract):
                 registry.db.close()
 
         return down
+
+
+class TestAccountDirectory(AccountDirectoryContract):
+    @pytest.fixture(params=ENGINES)
+    def directory_with(
+        self, request: pytest.FixtureRequest
+    ) -> Callable[[Mapping[str, str]], AccountDirectory]:
+        if request.param == "memory":
+            return lambda accounts: InMemoryAccountDirectory(dict(accounts))
+        storage: SQLStorage = request.getfixturevalue(STORAGE[request.param])
+
+        def fill(accounts: Mapping[str, str]) -> AccountDirectory:
+            for insured, address in accounts.items():
+                storage.directory.add(insured, address)
+            return storage.directory
+
+        return fill

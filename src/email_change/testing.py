@@ -31,7 +31,7 @@ import pytest
 
 from email_change._crypto import KeyedDigest, SealedSecret
 from email_change._errors import ConcurrentUpdate, ServiceUnavailable
-from email_change._ports import ProcedureStore, VitaleRegistry
+from email_change._ports import AccountDirectory, ProcedureStore, VitaleRegistry
 from email_change._records import (
     AccountAction,
     AccountEffect,
@@ -57,6 +57,7 @@ from email_change._values import (
 
 __all__ = [
     "T0",
+    "AccountDirectoryContract",
     "ProcedureStoreContract",
     "VitaleRegistryContract",
     "full_procedure",
@@ -495,3 +496,81 @@ class VitaleRegistryContract:
         with pytest.raises(ServiceUnavailable) as caught:
             registry.cards_of("insured-1")
         assert caught.value.dependency == "vitale_registry"
+
+
+class AccountDirectoryContract:
+    """What every :class:`~email_change.AccountDirectory` must do, as the relay drives it.
+
+    Needs a fixture ``directory_with`` (accounts as ``{insured_id: address}`` -> a directory
+    holding exactly those). The checks read back through ``current_address`` only, plus
+    ``pending_address`` when the directory has it (the reference adapters do).
+    """
+
+    def test_current_address(
+        self, directory_with: Callable[[Mapping[str, str]], AccountDirectory]
+    ) -> None:
+        directory = directory_with({"insured-1": "Jeanne@Exemple.FR"})
+        address = directory.current_address("insured-1")
+        assert address is not None
+        assert address.key == "jeanne@exemple.fr"
+        assert directory.current_address("nobody") is None
+
+    def test_pending_then_confirm_is_idempotent(
+        self, directory_with: Callable[[Mapping[str, str]], AccountDirectory]
+    ) -> None:
+        directory = directory_with({"insured-1": "jeanne@exemple.fr"})
+        new = parse_address("jeanne@nouveau.fr")
+        for _ in range(2):  # the relay may deliver an effect twice
+            directory.register_pending("insured-1", new, at=T0)
+        assert _pending(directory, "insured-1") in (None, new.value)
+        assert str(directory.current_address("insured-1")) == "jeanne@exemple.fr"
+        for _ in range(2):
+            directory.confirm("insured-1", new, at=T0 + timedelta(minutes=5))
+        assert str(directory.current_address("insured-1")) == "jeanne@nouveau.fr"
+        assert _pending(directory, "insured-1") is None
+
+    def test_cancel_pending_keeps_the_previous_address(
+        self, directory_with: Callable[[Mapping[str, str]], AccountDirectory]
+    ) -> None:
+        directory = directory_with({"insured-1": "jeanne@exemple.fr"})
+        directory.register_pending("insured-1", parse_address("typo@nouveau.fr"), at=T0)
+        for _ in range(2):
+            directory.cancel_pending("insured-1", at=T0)
+        assert str(directory.current_address("insured-1")) == "jeanne@exemple.fr"
+        assert _pending(directory, "insured-1") is None
+
+    def test_end_sessions_and_consents_are_idempotent(
+        self, directory_with: Callable[[Mapping[str, str]], AccountDirectory]
+    ) -> None:
+        directory = directory_with({"insured-1": "jeanne@exemple.fr"})
+        directory.end_sessions("insured-1", at=T0)
+        directory.end_sessions("insured-1", at=T0)
+        consents = [
+            ConsentRecord(
+                insured_id="insured-1",
+                purpose=purpose,
+                granted=granted,
+                at=T0,
+                wording_version="v1",
+                channel=Channel.WEBSITE,
+            )
+            for purpose, granted in (
+                (ConsentPurpose.GENERAL_INFORMATION, False),
+                (ConsentPurpose.STUDIES_AND_RESEARCH, True),
+            )
+        ]
+        directory.record_consents(consents)
+        directory.record_consents(consents)
+        reader = getattr(directory, "consents_of", None)
+        if reader is not None:
+            assert reader("insured-1") == consents
+        elif hasattr(directory, "consents"):
+            assert [c for c in directory.consents if c.insured_id == "insured-1"] == consents
+
+
+def _pending(directory: AccountDirectory, insured_id: str) -> str | None:
+    reader = getattr(directory, "pending_address", None)
+    if reader is None:
+        return None
+    pending = reader(insured_id)
+    return None if pending is None else str(pending)

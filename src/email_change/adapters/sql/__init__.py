@@ -24,6 +24,7 @@ import attrs
 
 from email_change._errors import ServiceUnavailable
 from email_change.adapters.sql._db import Database, SQLiteDatabase, Unavailable
+from email_change.adapters.sql._directory import SQLAccountDirectory
 from email_change.adapters.sql._maintenance import Maintenance, MaintenanceReport, Retention
 from email_change.adapters.sql._migrations import MIGRATIONS, SchemaTooNew, current_version, migrate
 from email_change.adapters.sql._registry import CardImportError, SQLVitaleRegistry
@@ -40,6 +41,7 @@ __all__ = [
     "MaintenanceReport",
     "PostgresDatabase",
     "Retention",
+    "SQLAccountDirectory",
     "SQLProcedureStore",
     "SQLStorage",
     "SQLVitaleRegistry",
@@ -60,6 +62,8 @@ class SQLStorage:
     db: Database
     store: SQLProcedureStore
     registry: SQLVitaleRegistry
+    #: The reference account directory (embedded default, demos); hosts usually bring their own.
+    directory: SQLAccountDirectory
 
     def maintenance(self, **options: Any) -> Maintenance:
         """A :class:`Maintenance` on this database (options: ``retention``, ``policy``...)."""
@@ -91,7 +95,7 @@ def open_database(db: Database) -> SQLStorage:
     except BaseException:
         db.close()
         raise
-    return SQLStorage(db, SQLProcedureStore(db), SQLVitaleRegistry(db))
+    return SQLStorage(db, SQLProcedureStore(db), SQLVitaleRegistry(db), SQLAccountDirectory(db))
 
 
 def open_sqlite(

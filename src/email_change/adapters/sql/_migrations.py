@@ -124,6 +124,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        version=3,
+        description="reference account directory: accounts and consent records",
+        statements=(
+            # The embedded default's account system; a host with its own keeps these tables empty.
+            """CREATE TABLE accounts (
+                insured_id TEXT PRIMARY KEY,
+                address TEXT,
+                pending_address TEXT,
+                pending_since {time},
+                sessions_ended_at {time},
+                updated_at {time} NOT NULL
+            )""",
+            # One row per choice (GDPR art. 7(1)); the key makes a retried delivery a no-op.
+            """CREATE TABLE consents (
+                insured_id TEXT NOT NULL,
+                purpose TEXT NOT NULL,
+                at {time} NOT NULL,
+                granted BOOLEAN NOT NULL,
+                wording_version TEXT NOT NULL,
+                channel TEXT NOT NULL,
+                PRIMARY KEY (insured_id, purpose, at)
+            )""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
