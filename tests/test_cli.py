@@ -10,9 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
@@ -27,7 +26,7 @@ from tests.smtp_server import free_port
 KEY = b"k" * 32
 KEYS = f"k1={base64.b64encode(KEY).decode()}"
 URLS = ["--confirm-url", "https://ameli.example/c", "--revert-url", "https://ameli.example/r"]
-COMMANDS = ["demo", "diagram", "relay", "sweep", "import-cards"]
+COMMANDS = ["demo", "serve", "diagram", "relay", "sweep", "import-cards"]
 
 
 @pytest.fixture
@@ -102,21 +101,56 @@ def test_diagram_dot_without_pydot_is_a_clear_error(
     one_line_error(capsys, "pydot", "diagrams")
 
 
-def test_demo_runs_the_demo_module(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_demo_on_the_embedded_default_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake = types.ModuleType("email_change._demo")
-    fake.main = lambda: 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "email_change._demo", fake)
-    assert main(["demo"]) == 0
+    var = tmp_path / "var"
+    assert main(["demo", "--var", str(var)]) == 0
+    first = capsys.readouterr().out
+    assert "First run on this folder." in first
+    assert "state: confirmed" in first
+    assert (var / "email_change.sqlite3").exists()
+    assert len(list((var / "outbox").glob("*.eml"))) == 4
+    assert main(["demo", "--var", str(var)]) == 0
+    second = capsys.readouterr().out
+    assert "A previous run left this folder" in second
+    assert "starting a fresh one" in second
+    assert "state: confirmed" in second
+    assert len(list((var / "outbox").glob("*.eml"))) == 8
 
 
-def test_demo_missing_is_a_clear_error(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_demo_resumes_a_registration_left_awaiting_confirmation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "email_change._demo", None)
-    assert main(["demo"]) == 2
-    one_line_error(capsys, "demo")
+    var = tmp_path / "var"
+    from email_change import _demo
+
+    world = _demo.DemoWorld(var)  # a run that stops right after step 4
+    pid = world.service.start(_demo.INSURED).procedure_id
+    world.service.submit_code(_demo.INSURED, pid, _demo.last_code(world.mails_to(_demo.CURRENT)))
+    world.service.submit_serial(_demo.INSURED, pid, _demo.SERIAL)
+    world.service.submit_new_address(
+        _demo.INSURED,
+        pid,
+        ec.AddressForm(
+            new_address=_demo.NEW,
+            confirmation=_demo.NEW,
+            general_information=True,
+            studies_and_research=True,
+            wording_version="v1",
+            channel=ec.Channel.WEBSITE,
+        ),
+    )
+    world.close()
+    assert main(["demo", "--var", str(var)]) == 0
+    out = capsys.readouterr().out
+    assert "awaiting confirmation: resuming it" in out
+    assert "state: confirmed" in out
+
+
+def test_demo_in_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--memory"]) == 0
+    assert "nothing is kept" in capsys.readouterr().out
 
 
 def test_relay_once_on_the_in_memory_store(
@@ -179,13 +213,11 @@ def test_relay_once_exits_1_when_a_delivery_fails(
     ("argv", "words"),
     [
         (["relay", *URLS, "--outbox-dir", "x"], ["durable store", "--sqlite"]),
-        (["relay", "--once", "--sqlite", "db.sqlite", "--outbox-dir", "x", *URLS], ["SQLite"]),
         (["relay", "--once", *URLS], ["--smtp-host", "--outbox-dir"]),
         (["relay", "--once", "--outbox-dir", "x"], ["--confirm-url"]),
         (["relay", "--once", "--smtp-host", "h", "--smtp-user", "u", *URLS], ["PASSWORD"]),
         (["import-cards", "cards.csv"], ["needs --sqlite PATH or --postgres DSN"]),
-        (["import-cards", "cards.csv", "--postgres", "dbname=x"], ["PostgreSQL"]),
-        (["sweep", "--sqlite", "db.sqlite"], ["SQLite"]),
+        (["sweep"], ["sweep needs", "--sqlite"]),
     ],
 )
 def test_configuration_errors_are_one_line_with_status_2(
@@ -215,9 +247,59 @@ def test_bad_keys_are_one_line_errors(
     one_line_error(capsys, *words)
 
 
-def test_sweep_on_the_in_memory_store(keys: None, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sweep"]) == 0
+def test_sweep_expires_what_is_due_in_sqlite(
+    keys: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from email_change.adapters.sql import open_sqlite
+
+    db = tmp_path / "db.sqlite3"
+    with open_sqlite(db) as storage:
+        storage.directory.add("insured-1", "jeanne@exemple.fr")
+        clock = memory.FakeClock(datetime.now(UTC) - timedelta(hours=2))
+        service = ec.build_service(
+            store=storage.store,
+            registry=storage.registry,
+            directory=storage.directory,
+            mailer=memory.InMemoryMailer(),
+            audit=memory.InMemoryAuditSink(),
+            keyring=ec.Keyring(keys={"k1": b"k" * 32}, current="k1"),
+            mail_settings=ec.MailSettings(
+                confirm_url="https://a.example/c", revert_url="https://a.example/r"
+            ),
+            clock=clock,
+        )
+        service.start("insured-1")  # abandoned two hours ago: its deadline has passed
+    assert main(["sweep", "--sqlite", str(db)]) == 0
+    assert capsys.readouterr().out.strip() == "expired 1 abandoned procedure(s)"
+    assert main(["sweep", "--sqlite", str(db)]) == 0
     assert capsys.readouterr().out.strip() == "expired 0 abandoned procedure(s)"
+
+
+def test_an_unreachable_postgres_is_one_line_with_status_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "cards.csv"
+    csv.write_text("insured_id,serial,model,status\n")
+    dsn = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
+    assert main(["import-cards", str(csv), "--postgres", dsn]) == 1
+    one_line_error(capsys, "service.unavailable")
+
+
+def test_import_cards_into_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from email_change.adapters.sql import open_sqlite
+
+    csv = tmp_path / "cards.csv"
+    csv.write_text(
+        "insured_id,serial,model,status\n"
+        "insured-1,8025000002 12345678901,with_photo,active\n"
+        "insured-1,12345678,without_photo,opposed\n"
+    )
+    db = tmp_path / "db.sqlite3"
+    assert main(["import-cards", str(csv), "--sqlite", str(db)]) == 0
+    assert capsys.readouterr().out.strip() == "imported 2 card(s)"
+    with open_sqlite(db) as storage:
+        cards = storage.registry.cards_of("insured-1")
+    assert sorted(c.serial for c in cards) == ["12345678", "12345678901"]
 
 
 def test_python_dash_m_runs_the_command_line() -> None:
@@ -275,7 +357,7 @@ def test_the_relay_loop_delivers_and_stops_on_sigterm(
 
 
 class CsvRegistry(memory.InMemoryVitaleRegistry):
-    def import_csv(self, rows: Iterable[str]) -> int:
+    def import_cards_csv(self, rows: Iterable[str]) -> int:
         return sum(1 for _ in rows)
 
 
@@ -318,3 +400,9 @@ def test_a_library_error_is_one_line_with_its_code(
     monkeypatch.setattr(_cli, "_open_store", down)
     assert main(["sweep"]) == 1
     one_line_error(capsys, "service.unavailable")
+
+
+def test_diagram_markdown_is_the_docs_page(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["diagram", "--format", "markdown"]) == 0
+    page = Path(__file__).resolve().parent.parent / "docs" / "state-diagram.md"
+    assert capsys.readouterr().out == page.read_text("utf-8")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import importlib
 import os
 import signal
 import sys
@@ -49,13 +48,22 @@ class Backend:
 
 
 def _open_store(args: argparse.Namespace) -> Backend:
-    """The one place that turns ``--sqlite`` / ``--postgres`` into adapters.
+    """The one place that turns ``--sqlite PATH`` / ``--postgres DSN`` into adapters.
 
-    Only the in-memory store exists in this build: it starts empty and dies with the process,
-    so it suits ``--once`` runs and tests, not a real relay.
+    The SQL stores come with their card registry and the reference account directory (the
+    embedded default's). Without either option the in-memory store is used: it starts empty and
+    dies with the process, so it suits ``--once`` runs and tests, not a real relay.
     """
     if getattr(args, "sqlite", None) or getattr(args, "postgres", None):
-        raise CliError("the SQLite and PostgreSQL stores are not available in this build")
+        from email_change.adapters.sql import open_postgres, open_sqlite
+
+        storage = open_sqlite(args.sqlite) if args.sqlite else open_postgres(args.postgres)
+        return Backend(
+            store=storage.store,
+            directory=storage.directory,
+            registry=storage.registry,
+            durable=True,
+        )
     from email_change.adapters import memory
 
     return Backend(
@@ -124,20 +132,35 @@ def _mail_settings(args: argparse.Namespace) -> MailSettings:
 # --- subcommands ---------------------------------------------------------------------------
 
 
-def _cmd_demo(_args: argparse.Namespace) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from email_change import _demo
+
+    return _demo.main(folder=None if args.memory else Path(args.var))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:  # pragma: no cover - runs a server until stopped
     try:
-        # Imported by name: the demo module is optional in a build.
-        demo = importlib.import_module("email_change._demo")
-    except ModuleNotFoundError as exc:
-        if exc.name != "email_change._demo":
-            raise
-        raise CliError("the scripted demo is not part of this build") from None
-    return int(demo.main())
+        import uvicorn
+
+        from email_change.adapters.asgi_demo import create_demo_app, embedded_wiring
+    except ImportError:
+        raise CliError("serve needs the web extra: pip install 'email_change[web]'") from None
+    public_url = f"http://{args.host}:{args.port}"
+    app = create_demo_app(embedded_wiring(Path(args.var)), public_url=public_url)
+    print(
+        f"serving the demo on {public_url}/ (data in {args.var}); stop with Ctrl-C", file=sys.stderr
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
 
 
 def _cmd_diagram(args: argparse.Namespace) -> int:
+    from email_change import _diagram
     from email_change._machine import EmailChangeMachine
 
+    if args.format == "markdown":  # exactly docs/state-diagram.md (``make diagram``)
+        sys.stdout.write(_diagram.markdown())
+        return 0
     if args.format == "dot":
         try:
             import pydot  # noqa: F401 - only checks that Graphviz dot output can be made
@@ -181,14 +204,16 @@ def _cmd_relay(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     backend = _open_store(args)
-    from email_change.adapters.memory import InMemoryAuditSink
+    if not backend.durable:
+        raise CliError("sweep needs the store to sweep: --sqlite PATH or --postgres DSN")
+    from email_change.adapters.audit_log import LoggingAuditSink
 
     service = build_service(
         store=backend.store,
         mailer=_NoMail(),
         directory=backend.directory,
         registry=backend.registry,
-        audit=InMemoryAuditSink(),
+        audit=LoggingAuditSink(),
         keyring=_keyring(),
         mail_settings=MailSettings(
             confirm_url="https://unused.invalid/c", revert_url="https://unused.invalid/r"
@@ -202,7 +227,7 @@ def _cmd_import_cards(args: argparse.Namespace) -> int:
     if not (args.sqlite or args.postgres):
         raise CliError("import-cards needs --sqlite PATH or --postgres DSN")
     backend = _open_store(args)
-    importer: Callable[..., int] | None = getattr(backend.registry, "import_csv", None)
+    importer: Callable[..., int] | None = getattr(backend.registry, "import_cards_csv", None)
     if importer is None:
         raise CliError("this store has no card registry to import into")
     try:
@@ -241,10 +266,25 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the scripted journey",
-        description="Run the whole procedure on "
-        "in-memory adapters with a fake clock and print a transcript a newcomer can read.",
+        description="Run the whole procedure with a fake clock and print a transcript a newcomer "
+        "can read. By default on the embedded default in --var (SQLite file, mails as .eml files "
+        "in outbox/): run it again and it resumes or starts afresh, and says which.",
     )
+    demo.add_argument("--var", default="var/demo", metavar="DIR", help="default: var/demo")
+    demo.add_argument("--memory", action="store_true", help="keep nothing: in-memory adapters")
     demo.set_defaults(handler=_cmd_demo)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the reference web app (demo)",
+        description="Serve the French web UI and the JSON API on the embedded default (SQLite, "
+        "file outbox) with a seeded demo insured and card; the demo mailbox page shows the mails. "
+        "Needs the web extra. Never for production.",
+    )
+    serve.add_argument("--var", default="var/serve", metavar="DIR", help="default: var/serve")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=_cmd_serve)
 
     diagram = commands.add_parser(
         "diagram",
@@ -252,16 +292,22 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the state diagram generated from EmailChangeMachine: Mermaid "
         "(paste into Markdown) or Graphviz dot (needs the 'diagrams' extra: pydot).",
     )
-    diagram.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    diagram.add_argument(
+        "--format",
+        choices=["mermaid", "dot", "markdown"],
+        default="mermaid",
+        help="markdown: the docs page (Mermaid in a fenced block), as in docs/state-diagram.md",
+    )
     diagram.set_defaults(handler=_cmd_diagram)
 
     relay = commands.add_parser(
         "relay",
         help="deliver the outbox (mails and account changes)",
         description="Deliver the effects the procedure owes, with retries and backoff. "
-        "Needs the same keys (EMAIL_CHANGE_KEYS) and link URLs as the service. In this build "
-        "only the in-memory store exists, which starts empty: use --once with it; the loop "
-        "needs --sqlite or --postgres. Exit status 1 if any delivery failed (it is retried).",
+        "Needs the same keys (EMAIL_CHANGE_KEYS) and link URLs as the service, and the same "
+        "store: --sqlite PATH or --postgres DSN (the account changes go to the reference account "
+        "directory in that database; a host with its own directory runs build_relay itself). "
+        "Exit status 1 if any delivery failed (it is retried).",
         epilog=f"SMTP password: {SMTP_PASSWORD_ENV} (never on the command line).",
     )
     _store_options(relay)
@@ -286,8 +332,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep",
         help="expire abandoned procedures",
-        description="Expire procedures whose deadline passed. Needs EMAIL_CHANGE_KEYS. In this "
-        "build only the in-memory store exists (it starts empty).",
+        description="Expire procedures whose deadline passed, through the state machine (one "
+        "audited transition each). Needs EMAIL_CHANGE_KEYS and --sqlite PATH or --postgres DSN. "
+        "For bulk expiry and purges at scale, use the SQL Maintenance (docs/storage.md).",
     )
     _store_options(sweep)
     sweep.add_argument("--limit", type=int, default=500, help="procedures per run")

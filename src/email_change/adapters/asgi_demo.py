@@ -14,6 +14,7 @@ import hmac
 import secrets
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
+from pathlib import Path
 
 import attrs
 from starlette.applications import Starlette
@@ -32,6 +33,7 @@ __all__ = [
     "DEMO_SERIAL",
     "DemoWiring",
     "create_demo_app",
+    "embedded_wiring",
     "memory_wiring",
 ]
 
@@ -83,6 +85,36 @@ def memory_wiring(mail_settings: MailSettings) -> DemoWiring:
         return list(mailer.outbox)
 
     return DemoWiring(service=service, mailbox=mailbox, current_address=current_address)
+
+
+def embedded_wiring(folder: Path) -> Callable[[MailSettings], DemoWiring]:
+    """The embedded default in ``folder`` (SQLite, file outbox), the demo insured and card seeded.
+
+    What a person does in the browser is kept: serving again resumes where they left off.
+    """
+
+    def wire(mail_settings: MailSettings) -> DemoWiring:
+        from email_change.adapters.embedded import open_embedded
+
+        env = open_embedded(folder)
+        directory = env.storage.directory
+        if directory.current_address(DEMO_INSURED) is None:
+            directory.add(DEMO_INSURED, DEMO_ADDRESS)
+        card = Card(serial=DEMO_SERIAL, model=CardModel.WITH_PHOTO, status=CardStatus.ACTIVE)
+        env.storage.registry.upsert([(DEMO_INSURED, card)])
+
+        def current_address(insured: str) -> str | None:
+            address = directory.current_address(insured)
+            return None if address is None else str(address)
+
+        def mailbox() -> Sequence[EmailMessage]:
+            return [env.outbox.read(entry.name) for entry in reversed(env.outbox.list())]
+
+        return DemoWiring(
+            service=env.service(mail_settings), mailbox=mailbox, current_address=current_address
+        )
+
+    return wire
 
 
 def _authenticate(login: str, password: str) -> str | None:
