@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 from email_change import CardModel, Messages, mask_address
-from email_change.adapters.asgi_demo import DEMO_INSURED, DEMO_PASSWORD, create_demo_app
+from email_change.adapters.asgi_demo import (
+    DEMO_INSURED,
+    DEMO_PASSWORD,
+    create_demo_app,
+    embedded_wiring,
+)
 from tests.web.asgi_support import INSURED, SERIAL, Wired, web_app, wire
 
 NEW = "jeanne.nouvelle@exemple.fr"
@@ -303,8 +309,10 @@ def test_mailbox_only_in_demo_mode(web: TestClient) -> None:
         assert client.get("/demo/boite-mail").status_code == 200
 
 
-def test_demo_app_login_and_mailbox() -> None:
-    with TestClient(create_demo_app(), follow_redirects=False) as client:
+@pytest.mark.parametrize("on", ["memory", "embedded"])
+def test_demo_app_login_and_mailbox(on: str, tmp_path: Path) -> None:
+    app = create_demo_app() if on == "memory" else create_demo_app(embedded_wiring(tmp_path))
+    with TestClient(app, follow_redirects=False) as client:
         login = client.get("/connexion").text
         assert DEMO_INSURED in login  # the demo shows its credentials
         token = _TOKEN.search(login).group(1)  # type: ignore[union-attr]
