@@ -6,9 +6,26 @@ import pytest
 
 import email_change as ec
 from email_change.adapters import memory
-from tests.support import INSURED, NEW, SERIAL, form, make_world
+from tests.support import INSURED, NEW, SERIAL, World, form, make_world
 
 OLD_KEY, NEW_KEY = b"o" * 32, b"n" * 32
+
+
+def _parts(world: World, *, seed: int) -> dict[str, object]:
+    """Everything but the keyring: the same adapters before and after a rotation."""
+    return {
+        "store": world.store,
+        "mailer": world.mailer,
+        "directory": world.directory,
+        "registry": world.registry,
+        "audit": world.audit,
+        "clock": world.clock,
+        "rng": memory.SeededRandom(seed),
+        "mail_settings": ec.MailSettings(
+            confirm_url="https://ameli.example/confirmer",
+            revert_url="https://ameli.example/annuler",
+        ),
+    }
 
 
 def _rebuild(world_service_parts: dict[str, object], keyring: ec.Keyring) -> ec.EmailChangeService:
@@ -17,19 +34,7 @@ def _rebuild(world_service_parts: dict[str, object], keyring: ec.Keyring) -> ec.
 
 def test_codes_links_and_pending_mails_survive_a_rotation() -> None:
     world = make_world()
-    parts: dict[str, object] = {
-        "store": world.store,
-        "mailer": world.mailer,
-        "directory": world.directory,
-        "registry": world.registry,
-        "audit": world.audit,
-        "clock": world.clock,
-        "rng": memory.SeededRandom(11),
-        "mail_settings": ec.MailSettings(
-            confirm_url="https://ameli.example/confirmer",
-            revert_url="https://ameli.example/annuler",
-        ),
-    }
+    parts = _parts(world, seed=11)
     before = _rebuild(parts, ec.Keyring(keys={"2026-01": OLD_KEY}, current="2026-01"))
     world.mailer.fail_next = 1  # the code mail stays sealed in the outbox under the old key
     pid = before.start(INSURED).procedure_id
@@ -58,19 +63,7 @@ def test_codes_links_and_pending_mails_survive_a_rotation() -> None:
 
 def test_a_code_made_under_a_removed_key_is_refused_not_crashed() -> None:
     world = make_world()
-    parts: dict[str, object] = {
-        "store": world.store,
-        "mailer": world.mailer,
-        "directory": world.directory,
-        "registry": world.registry,
-        "audit": world.audit,
-        "clock": world.clock,
-        "rng": memory.SeededRandom(12),
-        "mail_settings": ec.MailSettings(
-            confirm_url="https://ameli.example/confirmer",
-            revert_url="https://ameli.example/annuler",
-        ),
-    }
+    parts = _parts(world, seed=12)
     old = _rebuild(parts, ec.Keyring(keys={"2026-01": OLD_KEY}, current="2026-01"))
     pid = old.start(INSURED).procedure_id
     too_early = _rebuild(parts, ec.Keyring(keys={"2026-07": NEW_KEY}, current="2026-07"))
