@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck diagram clean
+.PHONY: demo test lint typecheck diagram bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: lint typecheck
 
 diagram: $(STAMP)
 	$(PY) -m email_change diagram > docs/state-diagram.md
+
+# Benchmarks (never collected by pytest): writes benchmarks/results.json and docs/performance.md.
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis
