@@ -21,12 +21,17 @@ from pathlib import Path
 from benchmarks.stats import fmt, paired_ratios, summary
 
 ROOT = Path(__file__).resolve().parent.parent
-_CHILD = (
-    "import json, email_change, email_change.adapters.memory as m;"
-    "from benchmarks.run import _batch;"
-    "msgs = email_change.Messages(); _batch('library', 3, msgs);"
-    "print(json.dumps(_batch('library', {batch}, msgs)))"
-)
+_CHILDREN = {
+    # Complete procedures through the service (the default).
+    "procedure": (
+        "import json, email_change;"
+        "from benchmarks.run import _batch;"
+        "msgs = email_change.Messages(); _batch('library', 3, msgs);"
+        "print(json.dumps(_batch('library', {batch}, msgs)))"
+    ),
+    # One stored record's round trip: encode, dump, load, decode (µs per record, store codec).
+    "codec": ("import json;from benchmarks.micro import codec;print(json.dumps(codec({batch})))"),
+}
 
 
 def _export(rev: str, into: Path) -> Path:
@@ -40,10 +45,10 @@ def _export(rev: str, into: Path) -> Path:
     return into / "src"
 
 
-def _one(src: Path, batch: int) -> dict[str, float]:
+def _one(src: Path, batch: int, child: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
     out = subprocess.run(  # noqa: S603 - this interpreter, fixed code
-        [sys.executable, "-c", _CHILD.format(batch=batch)],
+        [sys.executable, "-c", _CHILDREN[child].format(batch=batch)],
         capture_output=True,
         text=True,
         check=True,
@@ -58,6 +63,7 @@ def main() -> None:
     parser.add_argument("rev", help="the commit before the change (e.g. HEAD~1)")
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--batch", type=int, default=25)
+    parser.add_argument("--child", choices=sorted(_CHILDREN), default="procedure")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"before": _export(args.rev, Path(tmp)), "after": ROOT / "src"}
@@ -65,7 +71,7 @@ def main() -> None:
         for run in range(args.runs):
             order = ["before", "after"] if run % 2 == 0 else ["after", "before"]
             for name in order:
-                samples[name].append(_one(trees[name], args.batch))
+                samples[name].append(_one(trees[name], args.batch, args.child))
     for key in samples["after"][0]:
         after = [s[key] for s in samples["after"]]
         before = [s[key] for s in samples["before"]]

@@ -1,0 +1,29 @@
+"""Micro-benchmarks of single library pieces, used by ``benchmarks.ab`` for before/after ratios."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from benchmarks.run import STEPS, _procedure
+from benchmarks.world import make_world
+from email_change._records import Procedure, decode, encode
+
+
+def codec(count: int) -> dict[str, float]:
+    """µs per record for the store codec: a registered procedure and an outbox item."""
+    world = make_world(1)
+    world.mailer.keep = 1000
+    timings = dict.fromkeys(STEPS, 0)
+    _procedure(world, world.service(), 0, timings)
+    procedures, _, outbox = world.store.snapshot()
+    proc = Procedure.from_dict(json.loads(next(iter(procedures.values()))))
+    item = decode(json.loads(next(iter(outbox.values()))))
+    out = {}
+    for name, record in (("procedure", proc), ("outbox_item", item)):
+        start = time.perf_counter_ns()
+        for _ in range(count):
+            raw = json.dumps(encode(record), sort_keys=True, separators=(",", ":"))
+            decode(json.loads(raw))
+        out[name] = (time.perf_counter_ns() - start) / count / 1000
+    return out
