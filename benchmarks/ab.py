@@ -30,7 +30,12 @@ _CHILDREN = {
         "print(json.dumps(_batch('library', {batch}, msgs)))"
     ),
     # One stored record's round trip: encode, dump, load, decode (µs per record, store codec).
-    "codec": ("import json;from benchmarks.micro import codec;print(json.dumps(codec({batch})))"),
+    "codec": "import json; from benchmarks.micro import codec; print(json.dumps(codec({batch})))",
+    # One submit_address event on a bound machine, no store or mail (µs per event).
+    "address": (
+        "import json; from benchmarks.micro import address_step;"
+        "address_step(20); print(json.dumps(address_step({batch})))"
+    ),
 }
 
 

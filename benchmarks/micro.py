@@ -27,3 +27,27 @@ def codec(count: int) -> dict[str, float]:
             decode(json.loads(raw))
         out[name] = (time.perf_counter_ns() - start) / count / 1000
     return out
+
+
+def address_step(count: int) -> dict[str, float]:
+    """µs per ``submit_address`` event on a bound machine (bind, validate, register), no I/O."""
+    from benchmarks.world import SERIAL, address_form, insured
+    from email_change._machine import EmailChangeMachine, Step
+
+    world = make_world(1)
+    service = world.service()
+    who = insured(0)
+    pid = service.start(who).procedure_id
+    service.submit_code(who, pid, world.code(0))
+    service.submit_serial(who, pid, SERIAL)
+    proc = world.store.load(pid)
+    assert proc is not None  # noqa: S101 - just stored
+    form = address_form(0)
+    start = time.perf_counter_ns()
+    for _ in range(count):
+        step = Step(
+            now=world.clock.now(), policy=world.policy, keyring=world.keyring, rng=world.rng
+        )
+        machine = EmailChangeMachine(model=proc.copy(), state_field="state")
+        machine.send("submit_address", step=step, form=form)
+    return {"submit_address_event": (time.perf_counter_ns() - start) / count / 1000}
