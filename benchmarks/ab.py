@@ -31,6 +31,12 @@ _CHILDREN = {
     ),
     # One stored record's round trip: encode, dump, load, decode (µs per record, store codec).
     "codec": "import json; from benchmarks.micro import codec; print(json.dumps(codec({batch})))",
+    # Bytes of a decoded procedure record, after start and once registered (tracemalloc).
+    "record_memory": (
+        "import json; from benchmarks.memory_use import _objects_per_procedure as m;"
+        "print(json.dumps({{s: m(s, {batch}, bind=False)"
+        " for s in ('code_sent', 'awaiting_confirmation')}}))"
+    ),
     # One submit_address event on a bound machine, no store or mail (µs per event).
     "address": (
         "import json; from benchmarks.micro import address_step;"
@@ -77,11 +83,12 @@ def main() -> None:
             order = ["before", "after"] if run % 2 == 0 else ["after", "before"]
             for name in order:
                 samples[name].append(_one(trees[name], args.batch, args.child))
+    unit = "B" if args.child.endswith("memory") else "µs"
     for key in samples["after"][0]:
         after = [s[key] for s in samples["after"]]
         before = [s[key] for s in samples["before"]]
         print(
-            f"{key:>20}: before {fmt(summary(before))} µs, after {fmt(summary(after))} µs, "
+            f"{key:>20}: before {fmt(summary(before))} {unit}, after {fmt(summary(after))} {unit}, "
             f"after/before {fmt(paired_ratios(after, before), 'x')}"
         )
 
