@@ -285,7 +285,8 @@ def _card_models(raw: Any) -> tuple[CardModel, ...]:
 
 
 def _readers(type_name: str) -> tuple[tuple[str, Any], ...]:
-    """Each init field of a record class and how to read it back, worked out once per class."""
+    """Each init field of a record class and how to read it back (``None``: :func:`_decode`),
+    worked out once per class."""
     readers = _READERS.get(type_name)
     if readers is None:
         special: dict[tuple[str, str], Any] = {
@@ -293,7 +294,7 @@ def _readers(type_name: str) -> tuple[tuple[str, Any], ...]:
             ("Procedure", "card_models"): _card_models,
         }
         readers = _READERS[type_name] = tuple(
-            (f.name, special.get((type_name, f.name), decode))
+            (f.name, special.get((type_name, f.name)))
             for f in attrs.fields(_TYPES[type_name])
             if f.init
         )
@@ -305,20 +306,35 @@ _READERS: dict[str, tuple[tuple[str, Any], ...]] = {}
 
 def decode(data: Any) -> Any:
     """Decode what :func:`encode` made."""
+    return _decode(data, {})
+
+
+def _decode(data: Any, seen: dict[Any, Any]) -> Any:  # noqa: PLR0911 - one return per kind
+    # ``seen`` shares equal strings and datetimes within one record: a procedure repeats its
+    # insured id and a few instants many times, and each copy costs memory as long as it lives.
+    if isinstance(data, str):
+        return seen.setdefault(data, data)
     if isinstance(data, list):
-        return tuple(decode(v) for v in data)
+        return tuple(_decode(v, seen) for v in data)
     if not isinstance(data, dict):
         return data
     if _DT in data:
-        return datetime.fromisoformat(data[_DT])
+        key = (_DT, data[_DT])
+        instant = seen.get(key)
+        if instant is None:
+            instant = seen[key] = datetime.fromisoformat(data[_DT])
+        return instant
     if _B in data:
         return base64.b64decode(data[_B])
     type_name = data.get("$type")
     if type_name is None:
-        return {k: decode(v) for k, v in data.items()}
-    cls = _TYPES[type_name]
-    kwargs = {name: read(data[name]) for name, read in _readers(type_name) if name in data}
-    return cls(**kwargs)
+        return {k: _decode(v, seen) for k, v in data.items()}
+    kwargs = {
+        name: _decode(data[name], seen) if read is None else read(data[name])
+        for name, read in _readers(type_name)
+        if name in data
+    }
+    return _TYPES[type_name](**kwargs)
 
 
 def encode(value: Any) -> Any:
