@@ -8,7 +8,7 @@ follow the confirmation link mailed to the new address.
 Build the service with :func:`build_service`; drive it with :class:`EmailChangeService`.
 """
 
-from email_change._bootstrap import build_service
+from email_change._bootstrap import build_relay, build_service
 from email_change._crypto import KeyedDigest, Keyring, SealedSecret
 from email_change._errors import (
     AwaitingConfirmation,
@@ -64,7 +64,7 @@ from email_change._records import (
     OutboxItem,
     Procedure,
 )
-from email_change._relay import OutboxRelay, RelayReport
+from email_change._relay import Backoff, OutboxRelay, RelayReport
 from email_change._service import EmailChangeService
 from email_change._values import (
     Card,
@@ -89,6 +89,7 @@ __all__ = [
     "AuditRecord",
     "AuditSink",
     "AwaitingConfirmation",
+    "Backoff",
     "Card",
     "CardModel",
     "CardNotUsable",
@@ -147,6 +148,7 @@ __all__ = [
     "VitaleRegistry",
     "WrongCode",
     "WrongSerial",
+    "build_relay",
     "build_service",
     "deadline_of",
     "mask_address",

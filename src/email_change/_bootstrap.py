@@ -14,10 +14,10 @@ from email_change._ports import (
     RandomSource,
     VitaleRegistry,
 )
-from email_change._relay import OutboxRelay
+from email_change._relay import Backoff, OutboxRelay
 from email_change._service import EmailChangeService
 
-__all__ = ["build_service"]
+__all__ = ["build_relay", "build_service"]
 
 
 def build_service(
@@ -53,14 +53,14 @@ def build_service(
 
         clock = clock or SystemClock()
         rng = rng or SecretsRandom()
-    relay = OutboxRelay(
+    relay = build_relay(
         store=store,
         mailer=mailer,
         directory=directory,
         keyring=keyring,
-        messages=messages or Messages(),
-        settings=mail_settings,
+        mail_settings=mail_settings,
         clock=clock,
+        messages=messages,
     )
     return EmailChangeService(
         store=store,
@@ -72,4 +72,35 @@ def build_service(
         rng=rng,
         keyring=keyring,
         policy=policy or Policy(),
+    )
+
+
+def build_relay(
+    *,
+    store: ProcedureStore,
+    mailer: Mailer,
+    directory: AccountDirectory,
+    keyring: Keyring,
+    mail_settings: MailSettings,
+    clock: Clock | None = None,
+    messages: Messages | None = None,
+    backoff: Backoff | None = None,
+) -> OutboxRelay:
+    """Wire the outbox relay alone, for a process that only delivers (``email-change relay``).
+
+    It must get the same store, keyring and mail settings as the service that filled the outbox.
+    """
+    if clock is None:
+        from email_change.adapters.system import SystemClock
+
+        clock = SystemClock()
+    return OutboxRelay(
+        store=store,
+        mailer=mailer,
+        directory=directory,
+        keyring=keyring,
+        messages=messages or Messages(),
+        settings=mail_settings,
+        clock=clock,
+        backoff=backoff,
     )

@@ -26,6 +26,7 @@ guard or action propagates. States and events are the reference model of the bri
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -78,6 +79,8 @@ from email_change._values import (
 
 __all__ = ["AddressForm", "EmailChangeMachine", "Outcome", "Step", "deadline_of"]
 
+#: A consent wording version is an identifier, e.g. ``consentements-2026-01`` (ASCII only).
+_WORDING_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 #: Purposes of the keyed digests: one secret can never pass for another kind.
 CODE, LINK, REVERT = "code", "link", "revert"
 TOKEN_BYTES = 32
@@ -288,8 +291,9 @@ class EmailChangeMachine(StateChart[Procedure]):
     def address_form_valid(self, step: Step, form: AddressForm) -> None:
         if not isinstance(form, AddressForm):
             raise InvalidForm(field="form")
-        version = form.wording_version
-        if not isinstance(version, str) or not 0 < len(version) <= 64 or not version.isprintable():
+        if not isinstance(form.wording_version, str) or not _WORDING_VERSION.fullmatch(
+            form.wording_version
+        ):
             raise InvalidForm(field="wording_version")
         if not isinstance(form.channel, Channel):
             raise InvalidForm(field="channel")

@@ -135,8 +135,10 @@ class Messages:
         effect = item.effect
         if not isinstance(effect, MailEffect):
             raise TypeError("not a mail effect")
+        # An unknown locale is rendered in French: label the message with what it really is.
+        locale = effect.locale if effect.locale in self._catalogues else DEFAULT_LOCALE
         params: dict[str, str] = dict(effect.params)
-        params["help"] = self.help_text(settings, effect.locale)
+        params["help"] = self.help_text(settings, locale)
         if effect.kind is MailKind.SECURITY_CODE:
             params["code"] = _require(secret)
         elif effect.kind is MailKind.CONFIRM_ADDRESS:
@@ -145,21 +147,22 @@ class Messages:
             params["link"] = f"{settings.revert_url}?{urlencode({'token': _require(secret)})}"
         section = ("mail", effect.kind.value)
         message = EmailMessage()
-        message["Subject"] = self.text(effect.locale, *section, "subject")
+        message["Subject"] = self.text(locale, *section, "subject")
         message["From"] = formataddr((settings.sender_name, settings.sender))
         message["To"] = effect.to
         message["Date"] = format_datetime(item.created_at)
         # Stable per outbox item: a retried delivery carries the same id, so it can be deduplicated.
         message["Message-ID"] = f"<{item.id}@{settings.message_id_domain}>"
         message["Auto-Submitted"] = "auto-generated"
-        message["Content-Language"] = effect.locale
-        message.set_content(self.text(effect.locale, *section, "text", **params))
+        message.set_content(self.text(locale, *section, "text", **params))
         escaped = {k: html.escape(v, quote=True) for k, v in params.items()}
-        html_body = self.text(effect.locale, *section, "html", **escaped)
-        lang = html.escape(effect.locale)
+        html_body = self.text(locale, *section, "html", **escaped)
+        lang = html.escape(locale)
         message.add_alternative(
             f'<!doctype html><html lang="{lang}"><body>{html_body}</body></html>', subtype="html"
         )
+        # After the parts: set_content() clears every Content-* header set before it.
+        message["Content-Language"] = locale
         return message
 
 

@@ -19,7 +19,7 @@ from email_change._messages import MailSettings, Messages
 from email_change._ports import AccountDirectory, Clock, Mailer, ProcedureStore
 from email_change._records import AccountAction, AccountEffect, MailEffect, OutboxItem
 
-__all__ = ["OutboxRelay", "RelayReport"]
+__all__ = ["Backoff", "OutboxRelay", "RelayReport"]
 
 log = logging.getLogger("email_change.relay")
 
@@ -79,13 +79,21 @@ class OutboxRelay:
 
     def run_forever(
         self, *, idle_seconds: float = 2.0, stop: object = None, limit: int = 100
-    ) -> None:  # pragma: no cover - exercised by the CLI's relay command
-        """Loop until ``stop.is_set()`` (a ``threading.Event``) is true."""
+    ) -> None:
+        """Loop until ``stop.is_set()`` (a ``threading.Event``) is true.
+
+        A pass that raises (the store is down) is logged and retried after ``idle_seconds``.
+        """
         import threading
 
         event = stop if isinstance(stop, threading.Event) else threading.Event()
         while not event.is_set():
-            report = self.run_once(limit)
+            try:
+                report = self.run_once(limit)
+            except Exception as exc:  # noqa: BLE001 - a store outage must not end the loop
+                log.warning("relay pass failed, retrying: %s", type(exc).__name__)
+                event.wait(idle_seconds)
+                continue
             if not report.delivered and not report.failed:
                 event.wait(idle_seconds)
 

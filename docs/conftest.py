@@ -1,0 +1,24 @@
+"""Runs every Python example of the documentation (``docs/**/*.md``) under pytest, with Sybil.
+
+Each page is one namespace: its ``python`` blocks run top to bottom, so a page reads as one
+session. Blocks in other languages (shell, Mermaid, TOML) are not run.
+"""
+
+import os
+from typing import Any
+
+from sybil import Sybil
+from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
+
+
+def _setup(namespace: dict[str, Any]) -> None:
+    # Examples that need a PostgreSQL server read it from the test DSN, and say why they skip
+    # without it. In CI the DSN is set, so they run.
+    namespace["PG_DSN"] = os.environ.get("EMAIL_CHANGE_TEST_PG_DSN")
+
+
+pytest_collect_file = Sybil(
+    parsers=[PythonCodeBlockParser(), SkipParser()],
+    patterns=["*.md"],
+    setup=_setup,
+).pytest()

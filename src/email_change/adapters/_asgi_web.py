@@ -1,0 +1,302 @@
+"""The French web UI: server-rendered pages that walk the guide's steps (no JavaScript).
+
+Each step page reads where the insured's open procedure stands and redirects to the right page,
+so the back button and a reload never break the walk. Every form post carries the session's
+synchronizer token. Errors tied to a field are shown next to it (``aria-invalid``,
+``aria-describedby``) with a suggestion; errors about the whole procedure go back to
+"Mes informations" with a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from email_change._errors import EmailChangeError
+from email_change._machine import AddressForm
+from email_change._messages import Messages
+from email_change._service import EmailChangeService
+from email_change._values import Channel, ConsentPurpose
+from email_change._views import NextStep, ProcedureView
+from email_change.adapters._asgi_common import Authenticator, InsuredHook, WebSettings, error_fields
+from email_change.adapters._asgi_links import Gate
+from email_change.adapters._asgi_render import Pages, _choice, _flash, _form, _redirect, _text
+
+_STEP_URL = {
+    NextStep.ENTER_CODE: "/email/code",
+    NextStep.ENTER_SERIAL: "/email/numero-de-serie",
+    NextStep.ENTER_NEW_ADDRESS: "/email/nouvelle-adresse",
+    NextStep.OPEN_MAILBOX: "/email/deconnecte",
+    NextStep.DONE: "/mes-informations",
+}
+#: Which field an error belongs to, per page; other errors concern the whole procedure.
+_FIELD_OF = {
+    "code.format": "code",
+    "code.wrong": "code",
+    "code.expired": "code",
+    "code.spent": "code",
+    "serial.format": "serial",
+    "serial.wrong": "serial",
+    "serial.no_card": "serial",
+    "address.invalid": "new_address",
+    "address.same": "new_address",
+    "address.mismatch": "confirmation",
+}
+_PAGE_ERRORS = frozenset(
+    {
+        "resend.cooldown",
+        "resend.exhausted",
+        "insured.budget_spent",
+        "service.unavailable",
+        "procedure.conflict",
+    }
+)
+
+
+class _Steps(Pages):
+    """Mes informations and steps 0 to 4."""
+
+    async def _current(self, request: Request, want: NextStep) -> ProcedureView | Response:
+        """The open procedure if it is at ``want``, else a redirect to where it stands."""
+        view = await run_in_threadpool(self.service.current, self._insured(request))
+        if view is None or view.next_step is NextStep.DONE:
+            if view is not None and view.state == "expired":
+                _flash(request, "error", self.messages.error_text("procedure.expired", "fr"))
+            return _redirect("/mes-informations")
+        if view.next_step is not want:
+            return _redirect(_STEP_URL[view.next_step])
+        return view
+
+    async def _step_post(
+        self,
+        request: Request,
+        want: NextStep,
+        template: str,
+        action: Callable[[str, str, FormData], ProcedureView],
+        keep: Sequence[str] = (),
+    ) -> Response:
+        form = await _form(request)
+        current = await self._current(request, want)
+        if isinstance(current, Response):
+            return current
+        insured = self._insured(request)
+        try:
+            view = await run_in_threadpool(action, insured, current.procedure_id, form)
+        except EmailChangeError as exc:
+            return await self._refused(request, exc, template, form, keep)
+        if view.next_step is NextStep.OPEN_MAILBOX:
+            # Step 4: the insured is logged out; only the masked address stays for the next page.
+            request.session.clear()
+            request.session["masked_new"] = view.new_address or ""
+        return _redirect(_STEP_URL[view.next_step])
+
+    async def _refused(
+        self,
+        request: Request,
+        exc: EmailChangeError,
+        template: str,
+        form: FormData,
+        keep: Sequence[str],
+    ) -> Response:
+        field = _FIELD_OF.get(exc.code)
+        if exc.code == "consent.missing":
+            field = str(error_fields(exc)["purpose"])
+        if field is None and exc.code not in _PAGE_ERRORS:
+            _flash(request, "error", self.error_text(exc))
+            return _redirect("/mes-informations")
+        current = await self._current(request, _next_of(template))
+        if isinstance(current, Response):
+            _flash(request, "error", self.error_text(exc))
+            return current
+        errors = {field or "page": {"text": self.error_text(exc), "code": exc.code}}
+        values = {name: _text(form, name) for name in keep}
+        return self.page(
+            request,
+            template,
+            exc.http_status,
+            view=current,
+            errors=errors,
+            values=values,
+            **self._step_context(current),
+        )
+
+    def _step_context(self, view: ProcedureView) -> dict[str, Any]:
+        policy = self.service.policy
+        return {
+            "code_minutes": int(policy.code_lifetime.total_seconds() // 60),
+            "code_length": policy.code_length,
+            "link_hours": int(policy.link_lifetime.total_seconds() // 3600),
+            "card_help": [(m.value, self.messages.card_help(m, "fr")) for m in view.card_help],
+            "purposes": [p.value for p in ConsentPurpose],
+        }
+
+    async def step_get(self, request: Request) -> Response:
+        want, template = _PAGES[request.url.path]
+        current = await self._current(request, want)
+        if isinstance(current, Response):
+            return current
+        return self.page(request, template, view=current, **self._step_context(current))
+
+    # --- the steps -------------------------------------------------------------------------------
+
+    async def profile(self, request: Request) -> Response:
+        insured = self.hook(request)
+        if not insured:
+            return _redirect("/connexion") if self.authenticate else self._login_needed(request)
+        view = await run_in_threadpool(self.service.current, insured)
+        address = None
+        if self.account_address is not None:
+            address = await run_in_threadpool(self.account_address, insured)
+        return self.page(
+            request,
+            "profile.html",
+            view=view,
+            address=address,
+            step_url=_STEP_URL[view.next_step] if view else None,
+        )
+
+    async def start(self, request: Request) -> Response:
+        await _form(request)
+        insured = self._insured(request)
+        try:
+            view = await run_in_threadpool(self.service.start, insured, channel=Channel.WEBSITE)
+        except EmailChangeError as exc:
+            _flash(request, "error", self.error_text(exc))
+            return _redirect("/mes-informations")
+        return _redirect(_STEP_URL[view.next_step])
+
+    async def submit_code(self, request: Request) -> Response:
+        return await self._step_post(
+            request,
+            NextStep.ENTER_CODE,
+            "code.html",
+            lambda i, p, f: self.service.submit_code(i, p, _text(f, "code")),
+        )
+
+    async def resend_code(self, request: Request) -> Response:
+        response = await self._step_post(
+            request,
+            NextStep.ENTER_CODE,
+            "code.html",
+            lambda i, p, _f: self.service.resend_code(i, p),
+        )
+        if response.status_code == 303:
+            _flash(
+                request,
+                "status",
+                "Un nouveau code de sécurité vous a été envoyé par mail. "
+                "Le code précédent n'est plus valable.",
+            )
+        return response
+
+    async def submit_serial(self, request: Request) -> Response:
+        return await self._step_post(
+            request,
+            NextStep.ENTER_SERIAL,
+            "serial.html",
+            lambda i, p, f: self.service.submit_serial(i, p, _text(f, "serial")),
+        )
+
+    async def submit_address(self, request: Request) -> Response:
+        def action(insured: str, procedure_id: str, form: FormData) -> ProcedureView:
+            address_form = AddressForm(
+                new_address=_text(form, "new_address"),
+                confirmation=_text(form, "confirmation"),
+                general_information=_choice(form, ConsentPurpose.GENERAL_INFORMATION.value),
+                studies_and_research=_choice(form, ConsentPurpose.STUDIES_AND_RESEARCH.value),
+                wording_version=self.settings.consent_wording_version,
+                channel=Channel.WEBSITE,
+            )
+            return self.service.submit_new_address(insured, procedure_id, address_form)
+
+        keep = ("new_address", "confirmation", *(p.value for p in ConsentPurpose))
+        return await self._step_post(
+            request, NextStep.ENTER_NEW_ADDRESS, "address.html", action, keep
+        )
+
+    async def cancel(self, request: Request) -> Response:
+        await _form(request)
+        insured = self._insured(request)
+        view = await run_in_threadpool(self.service.current, insured)
+        if view is not None:
+            try:
+                await run_in_threadpool(self.service.cancel, insured, view.procedure_id)
+                _flash(request, "status", "Votre demande de modification a été annulée.")
+            except EmailChangeError as exc:
+                _flash(request, "error", self.error_text(exc))
+        return _redirect("/mes-informations")
+
+    async def logged_out(self, request: Request) -> Response:
+        masked = request.session.get("masked_new")
+        return self.page(
+            request,
+            "logged_out.html",
+            masked=masked if isinstance(masked, str) else "",
+            link_hours=int(self.service.policy.link_lifetime.total_seconds() // 3600),
+        )
+
+    # --- links from the mails (no login: the token is the proof) --------------------------------
+
+
+def _next_of(template: str) -> NextStep:
+    return next(step for step, t in _PAGES.values() if t == template)
+
+
+_PAGES = {
+    "/email/code": (NextStep.ENTER_CODE, "code.html"),
+    "/email/numero-de-serie": (NextStep.ENTER_SERIAL, "serial.html"),
+    "/email/nouvelle-adresse": (NextStep.ENTER_NEW_ADDRESS, "address.html"),
+}
+
+
+def routes(
+    *,
+    service: EmailChangeService,
+    messages: Messages,
+    settings: WebSettings,
+    hook: InsuredHook,
+    authenticate: Authenticator | None,
+    account_address: Callable[[str], str | None] | None = None,
+) -> list[Route]:
+    """The web UI's routes."""
+    deps: dict[str, Any] = {
+        "service": service,
+        "messages": messages,
+        "settings": settings,
+        "hook": hook,
+        "authenticate": authenticate,
+        "account_address": account_address,
+    }
+    web, gate = _Steps(**deps), Gate(**deps)
+    found = [
+        Route("/", lambda _r: _redirect("/mes-informations"), methods=["GET"]),
+        Route("/mes-informations", web.profile, methods=["GET"]),
+        Route("/email/modifier", web.start, methods=["POST"]),
+        *(Route(path, web.step_get, methods=["GET"]) for path in _PAGES),
+        Route("/email/code", web.submit_code, methods=["POST"]),
+        Route("/email/code/renvoyer", web.resend_code, methods=["POST"]),
+        Route("/email/numero-de-serie", web.submit_serial, methods=["POST"]),
+        Route("/email/nouvelle-adresse", web.submit_address, methods=["POST"]),
+        Route("/email/annuler", web.cancel, methods=["POST"]),
+        Route("/email/deconnecte", web.logged_out, methods=["GET"]),
+        Route("/email/confirmer", gate.link_get, methods=["GET"]),
+        Route("/email/confirmer", gate.link_post, methods=["POST"]),
+        Route("/email/annuler-modification", gate.link_get, methods=["GET"]),
+        Route("/email/annuler-modification", gate.link_post, methods=["POST"]),
+        Route("/deconnexion", gate.logout, methods=["POST"]),
+    ]
+    if authenticate is not None:
+        found += [
+            Route("/connexion", gate.login_get, methods=["GET"]),
+            Route("/connexion", gate.login_post, methods=["POST"]),
+            Route("/connexion/renvoyer-confirmation", gate.resend_confirmation, methods=["POST"]),
+        ]
+    if settings.demo_mailbox is not None:
+        found.append(Route("/demo/boite-mail", gate.mailbox, methods=["GET"]))
+    return found

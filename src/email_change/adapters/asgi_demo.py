@@ -1,0 +1,172 @@
+"""The reference web app for demonstrations: one seeded insured, one card, a readable mailbox.
+
+Never for production: the login accepts one fixed demo password and the mailbox page shows the
+mails (codes and links included). The default wiring keeps everything in memory; pass your own
+``service_factory`` to run the same app on other adapters.
+
+Serve it with ``python -m email_change.adapters.asgi_demo --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import secrets
+from collections.abc import Callable, Sequence
+from email.message import EmailMessage
+from pathlib import Path
+
+import attrs
+from starlette.applications import Starlette
+
+from email_change._bootstrap import build_service
+from email_change._crypto import Keyring
+from email_change._messages import MailSettings
+from email_change._service import EmailChangeService
+from email_change._values import Card, CardModel, CardStatus
+from email_change.adapters.asgi import MailboxReader, WebSettings, create_app, session_insured
+
+__all__ = [
+    "DEMO_ADDRESS",
+    "DEMO_INSURED",
+    "DEMO_PASSWORD",
+    "DEMO_SERIAL",
+    "DemoWiring",
+    "create_demo_app",
+    "embedded_wiring",
+    "memory_wiring",
+]
+
+#: The seeded insured: a made-up social security number (it is also the login id).
+DEMO_INSURED = "285057512345678"
+DEMO_PASSWORD = "demo"  # noqa: S105 - the demo's published password, shown on its login page
+DEMO_ADDRESS = "jeanne.martin@exemple.fr"
+#: The 11 digits typed for the seeded photo card (printed after the prefix 8025000002).
+DEMO_SERIAL = "12345678901"
+
+
+@attrs.frozen(kw_only=True)
+class DemoWiring:
+    """What the demo app runs on: a service, a way to read the sent mails, the current address."""
+
+    service: EmailChangeService
+    mailbox: MailboxReader
+    current_address: Callable[[str], str | None]
+
+
+def memory_wiring(mail_settings: MailSettings) -> DemoWiring:
+    """The default: in-memory adapters with the demo insured and their photo card seeded."""
+    from email_change.adapters import memory
+
+    mailer = memory.InMemoryMailer()
+    directory = memory.InMemoryAccountDirectory({DEMO_INSURED: DEMO_ADDRESS})
+    registry = memory.InMemoryVitaleRegistry(
+        {
+            DEMO_INSURED: [
+                Card(serial=DEMO_SERIAL, model=CardModel.WITH_PHOTO, status=CardStatus.ACTIVE)
+            ]
+        }
+    )
+    service = build_service(
+        store=memory.InMemoryProcedureStore(),
+        mailer=mailer,
+        directory=directory,
+        registry=registry,
+        audit=memory.InMemoryAuditSink(),
+        keyring=Keyring(keys={"demo": secrets.token_bytes(32)}, current="demo"),
+        mail_settings=mail_settings,
+    )
+
+    def current_address(insured: str) -> str | None:
+        address = directory.current_address(insured)
+        return None if address is None else str(address)
+
+    def mailbox() -> Sequence[EmailMessage]:
+        return list(mailer.outbox)
+
+    return DemoWiring(service=service, mailbox=mailbox, current_address=current_address)
+
+
+def embedded_wiring(folder: Path) -> Callable[[MailSettings], DemoWiring]:
+    """The embedded default in ``folder`` (SQLite, file outbox), the demo insured and card seeded.
+
+    What a person does in the browser is kept: serving again resumes where they left off.
+    """
+
+    def wire(mail_settings: MailSettings) -> DemoWiring:
+        from email_change.adapters.embedded import open_embedded
+
+        env = open_embedded(folder)
+        directory = env.storage.directory
+        if directory.current_address(DEMO_INSURED) is None:
+            directory.add(DEMO_INSURED, DEMO_ADDRESS)
+        card = Card(serial=DEMO_SERIAL, model=CardModel.WITH_PHOTO, status=CardStatus.ACTIVE)
+        env.storage.registry.upsert([(DEMO_INSURED, card)])
+
+        def current_address(insured: str) -> str | None:
+            address = directory.current_address(insured)
+            return None if address is None else str(address)
+
+        def mailbox() -> Sequence[EmailMessage]:
+            return [env.outbox.read(entry.name) for entry in reversed(env.outbox.list())]
+
+        return DemoWiring(
+            service=env.service(mail_settings), mailbox=mailbox, current_address=current_address
+        )
+
+    return wire
+
+
+def _authenticate(login: str, password: str) -> str | None:
+    typed = "".join(login.split())
+    ok_login = hmac.compare_digest(typed.encode(), DEMO_INSURED.encode())
+    ok_password = hmac.compare_digest(password.encode(), DEMO_PASSWORD.encode())
+    return DEMO_INSURED if ok_login and ok_password else None
+
+
+def create_demo_app(
+    service_factory: Callable[[MailSettings], DemoWiring] = memory_wiring,
+    *,
+    public_url: str = "http://127.0.0.1:8000",
+    secret_key: str | None = None,
+) -> Starlette:
+    """The demo web app. ``public_url`` is where a browser reaches it (links in mails point there).
+
+    The session cookie is not HTTPS-only here, so the demo works over plain HTTP on 127.0.0.1.
+    """
+    base = public_url.rstrip("/")
+    mail_settings = MailSettings(
+        confirm_url=f"{base}/email/confirmer",
+        revert_url=f"{base}/email/annuler-modification",
+    )
+    wiring = service_factory(mail_settings)
+    settings = WebSettings(
+        mail_settings=mail_settings,
+        secret_key=secret_key or secrets.token_urlsafe(48),
+        https_only=False,
+        demo_mailbox=wiring.mailbox,
+        demo_hints={"login": DEMO_INSURED, "password": DEMO_PASSWORD, "serial": DEMO_SERIAL},
+    )
+    return create_app(
+        wiring.service,
+        settings=settings,
+        current_insured=session_insured,
+        authenticate=_authenticate,
+        account_address=wiring.current_address,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - runs a server
+    """Serve the demo with uvicorn."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="Serve the email_change demo web app.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    app = create_demo_app(public_url=f"http://{args.host}:{args.port}")
+    uvicorn.run(app, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,61 @@
+"""Audit sinks that write somewhere durable: JSON lines in a file, or a ``logging`` logger.
+
+Audit records never hold a secret (codes and tokens are never in them; addresses are masked), so
+they can go to ordinary log storage. Ship them to your SIEM from either sink.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+from email_change._records import AuditRecord, encode
+
+__all__ = ["JsonLinesAuditSink", "LoggingAuditSink"]
+
+
+def _line(record: AuditRecord) -> str:
+    data = encode(record)
+    data.pop("$type", None)
+    return json.dumps(
+        {k: (v["$dt"] if isinstance(v, dict) and "$dt" in v else v) for k, v in data.items()},
+        ensure_ascii=False,
+        sort_keys=True,
+    )
+
+
+class JsonLinesAuditSink:
+    """Appends one JSON object per record to a file (created with its folder on first use).
+
+    >>> import tempfile, pathlib, datetime
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "audit.jsonl"
+    >>> at = datetime.datetime(2026, 11, 26, 9, tzinfo=datetime.UTC)
+    >>> JsonLinesAuditSink(path).record(AuditRecord(
+    ...     at=at, insured_id="i1", procedure_id="p1", event="start", outcome="ok"))
+    >>> print(path.read_text().strip())  # doctest: +NORMALIZE_WHITESPACE
+    {"at": "2026-11-26T09:00:00+00:00", "detail": {}, "event": "start", "from_state": null,
+     "insured_id": "i1", "outcome": "ok", "procedure_id": "p1", "to_state": null}
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def record(self, record: AuditRecord) -> None:
+        line = _line(record) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write(line)
+
+
+class LoggingAuditSink:
+    """Emits each record as one JSON log line on a logger (default ``email_change.audit``)."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger("email_change.audit")
+
+    def record(self, record: AuditRecord) -> None:
+        self.logger.info("%s", _line(record))

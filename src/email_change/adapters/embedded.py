@@ -1,0 +1,125 @@
+"""The embedded default: everything in one folder, no server to start.
+
+SQLite for procedures, cards and the reference account directory; a file outbox for mails; a
+JSON-lines audit log; and a keyring. Made for development, demos and single-host trials. In
+production, give the service your own account directory, an SMTP mailer and keys from your
+secret store (see ``docs/operations.md``).
+
+>>> import tempfile
+>>> with open_embedded(tempfile.mkdtemp()) as env:
+...     sorted(p.name for p in env.folder.iterdir())
+['email_change.sqlite3', 'email_change.sqlite3-shm', 'email_change.sqlite3-wal', 'keys.json']
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+from email_change._bootstrap import build_service
+from email_change._crypto import Keyring
+from email_change._messages import MailSettings
+from email_change._policy import Policy
+from email_change._ports import Clock, RandomSource
+from email_change._service import EmailChangeService
+from email_change.adapters.audit_log import JsonLinesAuditSink
+from email_change.adapters.file_outbox import FileOutbox
+from email_change.adapters.sql import SQLStorage, open_sqlite
+
+__all__ = ["KEYS_ENV", "EmbeddedDefault", "open_embedded"]
+
+#: Keys from the environment win over the folder's key file: ``id=base64[,old-id=base64]``.
+KEYS_ENV = "EMAIL_CHANGE_KEYS"
+
+
+def _keyring(folder: Path) -> Keyring:
+    raw = os.environ.get(KEYS_ENV, "").strip()
+    if raw:
+        keys = {}
+        for entry in raw.split(","):
+            key_id, _, encoded = entry.strip().partition("=")
+            keys[key_id] = base64.b64decode(encoded, validate=True)
+        return Keyring(keys=keys, current=next(iter(keys)))
+    path = folder / "keys.json"
+    if not path.exists():
+        # A development key, readable by this user only. Production keys come from a vault.
+        key_id = "local-1"
+        data = {
+            "current": key_id,
+            "keys": {key_id: base64.b64encode(secrets.token_bytes(32)).decode()},
+        }
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out)
+    data = json.loads(path.read_text("utf-8"))
+    return Keyring(
+        keys={k: base64.b64decode(v) for k, v in data["keys"].items()}, current=data["current"]
+    )
+
+
+@attrs.frozen(kw_only=True)
+class EmbeddedDefault:
+    """The adapters of the embedded default, all under :attr:`folder`."""
+
+    folder: Path
+    storage: SQLStorage
+    outbox: FileOutbox
+    audit: JsonLinesAuditSink
+    keyring: Keyring
+
+    def service(
+        self,
+        mail_settings: MailSettings,
+        *,
+        clock: Clock | None = None,
+        rng: RandomSource | None = None,
+        policy: Policy | None = None,
+    ) -> EmailChangeService:
+        """The service on these adapters."""
+        return build_service(
+            store=self.storage.store,
+            registry=self.storage.registry,
+            directory=self.storage.directory,
+            mailer=self.outbox,
+            audit=self.audit,
+            keyring=self.keyring,
+            mail_settings=mail_settings,
+            clock=clock,
+            rng=rng,
+            policy=policy,
+        )
+
+    def close(self) -> None:
+        """Close the database."""
+        self.storage.close()
+
+    def __enter__(self) -> EmbeddedDefault:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_embedded(folder: Path | str, **sqlite: Any) -> EmbeddedDefault:
+    """Open (creating on first use) the embedded default in ``folder``."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    return EmbeddedDefault(
+        folder=root,
+        storage=open_sqlite(root / "email_change.sqlite3", **sqlite),
+        outbox=FileOutbox(root / "outbox"),
+        audit=JsonLinesAuditSink(root / "audit.jsonl"),
+        keyring=_keyring(root),
+    )

@@ -1,0 +1,157 @@
+"""Maintenance in bulk: expire abandoned procedures, purge what retention no longer needs.
+
+Everything is set-based SQL in batches of ``batch_size`` rows, one short transaction per batch,
+so it runs while the service runs:
+
+* **Expiry** moves procedures whose deadline passed to ``expired`` in SQL, without the state
+  machine, doing what its ``expire`` transition does (state, ``ended_at``, no live code, no
+  deadline), in the columns *and* in the stored JSON record, and bumps the version: a service
+  request that read the procedure before gets ``ConcurrentUpdate``, reloads, and sees it expired.
+  The outer ``WHERE`` repeats the conditions, so a procedure that moved on since the batch was
+  chosen is left alone. Bulk expiry writes no audit record (the service's own expiry does).
+* **Purge** deletes ended procedures older than ``Retention.ended_procedures`` (never one that
+  still owes an undelivered effect), ledger entries older than ``Retention.ledger`` (at least the
+  policy's rolling window, or budgets would forget failures), and delivered outbox items older
+  than ``Retention.delivered_outbox``. Undelivered items are never purged.
+
+Consents: a procedure record holds the insured's consent choices, but the copy of record is the
+account directory's (the ``record_consents`` effect delivers them there). A procedure is purged
+only once that effect is delivered, so the purge never removes the only copy.
+
+Every step is idempotent: running it again finds nothing more to do.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import attrs
+
+from email_change._policy import Policy
+from email_change._ports import Clock
+from email_change._records import encode
+from email_change.adapters.sql._db import Database
+from email_change.adapters.sql._migrations import EXPIRABLE_STATES, FINAL_STATES, _in
+from email_change.adapters.sql._store import unavailable_as
+
+__all__ = ["Maintenance", "MaintenanceReport", "Retention"]
+
+
+@attrs.frozen(kw_only=True)
+class Retention:
+    """How long ended data is kept."""
+
+    #: Ended procedures (confirmed, cancelled, expired, locked, reverted), from their end.
+    ended_procedures: timedelta = timedelta(days=30)
+    #: Ledger entries, from when they were counted. At least the policy's rolling window.
+    ledger: timedelta = timedelta(days=1)
+    #: Delivered outbox items (mails sent, directory changes applied), from their delivery.
+    delivered_outbox: timedelta = timedelta(days=7)
+
+
+@attrs.frozen(kw_only=True)
+class MaintenanceReport:
+    """Rows changed by one maintenance run."""
+
+    expired: int = 0
+    procedures_purged: int = 0
+    ledger_purged: int = 0
+    outbox_purged: int = 0
+
+
+class Maintenance:
+    """Bulk expiry and purge on a SQL database (the one the SQL store uses)."""
+
+    dependency = "procedure_store"
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        retention: Retention | None = None,
+        policy: Policy | None = None,
+        clock: Clock | None = None,
+        batch_size: int = 1000,
+    ) -> None:
+        self.retention = retention or Retention()
+        window = (policy or Policy()).insured_window
+        if self.retention.ledger < window:
+            raise ValueError(
+                f"ledger retention {self.retention.ledger} is shorter than the policy's "
+                f"rolling window {window}: the per-insured budgets would forget failures"
+            )
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.db = db
+        self._clock = clock
+        self._batch = batch_size
+
+    def _now(self, now: datetime | None) -> datetime:
+        if now is not None:
+            return now
+        return self._clock.now() if self._clock is not None else datetime.now(UTC)
+
+    def _batches(self, sql: str, params: tuple[object, ...]) -> int:
+        total = 0
+        while True:
+            with unavailable_as(self.dependency), self.db.transaction() as tx:
+                changed = tx.execute(sql, params)
+            total += changed
+            if changed < self._batch:
+                return total
+
+    def expire_abandoned(self, now: datetime | None = None) -> int:
+        """Expire open procedures whose deadline is at or before ``now``; returns how many."""
+        at = self._now(now)
+        d = self.db.dialect
+        due = f"state IN {_in(EXPIRABLE_STATES)} AND deadline <= ?"
+        sql = (
+            "UPDATE procedures SET state = 'expired', version = version + 1, updated_at = ?,"  # noqa: S608 - constants only
+            f" ended_at = ?, deadline = NULL, record = {d.ended_record()}"
+            f" WHERE id IN (SELECT id FROM procedures WHERE {due}"
+            f" ORDER BY deadline LIMIT ?{d.skip_locked}) AND {due}"
+        )
+        stamp = d.json(encode(at))
+        return self._batches(
+            sql, (d.time(at), d.time(at), stamp, stamp, d.time(at), self._batch, d.time(at))
+        )
+
+    def purge_procedures(self, now: datetime | None = None) -> int:
+        """Delete procedures ended before ``now - retention.ended_procedures``."""
+        cutoff = self.db.dialect.time(self._now(now) - self.retention.ended_procedures)
+        sql = (
+            "DELETE FROM procedures WHERE id IN (SELECT p.id FROM procedures p"  # noqa: S608 - constants only
+            f" WHERE p.ended_at IS NOT NULL AND p.ended_at < ? AND p.state IN {_in(FINAL_STATES)}"
+            " AND NOT EXISTS (SELECT 1 FROM outbox o"
+            "  WHERE o.procedure_id = p.id AND o.done_at IS NULL)"
+            f" ORDER BY p.ended_at LIMIT ?{self.db.dialect.skip_locked})"
+        )
+        return self._batches(sql, (cutoff, self._batch))
+
+    def purge_ledger(self, now: datetime | None = None) -> int:
+        """Delete ledger entries counted before ``now - retention.ledger``."""
+        cutoff = self.db.dialect.time(self._now(now) - self.retention.ledger)
+        sql = (
+            "DELETE FROM ledger WHERE seq IN (SELECT seq FROM ledger WHERE at < ?"  # noqa: S608
+            f" ORDER BY at LIMIT ?{self.db.dialect.skip_locked})"
+        )
+        return self._batches(sql, (cutoff, self._batch))
+
+    def purge_outbox(self, now: datetime | None = None) -> int:
+        """Delete outbox items delivered before ``now - retention.delivered_outbox``."""
+        cutoff = self.db.dialect.time(self._now(now) - self.retention.delivered_outbox)
+        sql = (
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE done_at IS NOT NULL"  # noqa: S608
+            f" AND done_at < ? ORDER BY done_at LIMIT ?{self.db.dialect.skip_locked})"
+        )
+        return self._batches(sql, (cutoff, self._batch))
+
+    def run(self, now: datetime | None = None) -> MaintenanceReport:
+        """Expire, then purge; for a scheduler (cron, a periodic task). Safe to run concurrently."""
+        at = self._now(now)
+        return MaintenanceReport(
+            expired=self.expire_abandoned(at),
+            procedures_purged=self.purge_procedures(at),
+            ledger_purged=self.purge_ledger(at),
+            outbox_purged=self.purge_outbox(at),
+        )

@@ -1,0 +1,197 @@
+"""Versioned schema migrations, the same on SQLite and PostgreSQL.
+
+Each step has a version number and statements written once, with the engine's type names filled
+in (``{time}``, ``{json}``, ``{serial}``). :func:`migrate` runs at open: in one write transaction
+it takes the migration lock (SQLite's write lock; a PostgreSQL advisory lock), reads the
+``schema_version`` table, applies the missing steps in order and records each. DDL is
+transactional on both engines, so a step applies whole or not at all, two processes opening the
+same database at once migrate one after the other, and opening an up-to-date database changes
+nothing. A database newer than this code is refused rather than used.
+
+Never edit a released step: add a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import attrs
+
+from email_change.adapters.sql._db import Database, Dialect
+
+__all__ = ["MIGRATIONS", "Migration", "SchemaTooNew", "current_version", "migrate"]
+
+#: Final states: a procedure in one of them is "ended" and may be purged after retention.
+FINAL_STATES = ("confirmed", "cancelled", "expired", "locked", "reverted")
+#: States a procedure can expire from (the ones that have a deadline).
+EXPIRABLE_STATES = ("code_sent", "code_verified", "identity_verified")
+
+
+def _in(values: Sequence[str]) -> str:
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer version of email_change: upgrade the library."""
+
+
+@attrs.frozen(kw_only=True)
+class Migration:
+    """One schema step."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+    def render(self, dialect: Dialect) -> list[str]:
+        """The statements with this engine's type names."""
+        return [
+            s.format(time=dialect.time_type, json=dialect.json_type, serial=dialect.serial_key)
+            for s in self.statements
+        ]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        description="procedures, ledger, outbox",
+        statements=(
+            # Columns for what is looked up; the whole record as JSON for what is loaded.
+            """CREATE TABLE procedures (
+                id TEXT PRIMARY KEY,
+                insured_id TEXT NOT NULL,
+                state TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                deadline {time},
+                updated_at {time} NOT NULL,
+                ended_at {time},
+                record {json} NOT NULL
+            )""",
+            # open_procedure_of, and the guard that makes two concurrent starts impossible.
+            (
+                "CREATE UNIQUE INDEX procedures_one_open_per_insured ON procedures (insured_id)"
+                f" WHERE state NOT IN {_in(FINAL_STATES)}"
+            ),
+            # procedures_due and the bulk expiry.
+            (
+                "CREATE INDEX procedures_due ON procedures (deadline)"
+                f" WHERE state IN {_in(EXPIRABLE_STATES)}"
+            ),
+            # The purge of ended procedures.
+            "CREATE INDEX procedures_ended ON procedures (ended_at) WHERE ended_at IS NOT NULL",
+            # No foreign key: the ledger outlives purged procedures for the rolling window.
+            """CREATE TABLE ledger (
+                seq {serial},
+                insured_id TEXT NOT NULL,
+                procedure_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                at {time} NOT NULL
+            )""",
+            "CREATE INDEX ledger_by_insured ON ledger (insured_id, at)",
+            "CREATE INDEX ledger_by_time ON ledger (at)",
+            """CREATE TABLE outbox (
+                id TEXT PRIMARY KEY,
+                procedure_id TEXT NOT NULL,
+                created_at {time} NOT NULL,
+                next_attempt_at {time} NOT NULL,
+                done_at {time},
+                attempts INTEGER NOT NULL,
+                item {json} NOT NULL
+            )""",
+            # due_outbox: only undelivered items are indexed.
+            "CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE done_at IS NULL",
+            # The purge keeps a procedure while it still owes an effect (e.g. consents to record).
+            (
+                "CREATE INDEX outbox_pending_by_procedure ON outbox (procedure_id)"
+                " WHERE done_at IS NULL"
+            ),
+            # The purge of delivered items.
+            "CREATE INDEX outbox_done ON outbox (done_at) WHERE done_at IS NOT NULL",
+        ),
+    ),
+    Migration(
+        version=2,
+        description="Vitale card registry",
+        statements=(
+            """CREATE TABLE vitale_cards (
+                insured_id TEXT NOT NULL,
+                serial TEXT NOT NULL,
+                model TEXT NOT NULL CHECK (model IN ('without_photo', 'with_photo', 'app')),
+                status TEXT NOT NULL CHECK (status IN ('active', 'opposed', 'expired')),
+                updated_at {time} NOT NULL,
+                PRIMARY KEY (insured_id, serial)
+            )""",
+        ),
+    ),
+    Migration(
+        version=3,
+        description="reference account directory: accounts and consent records",
+        statements=(
+            # The embedded default's account system; a host with its own keeps these tables empty.
+            """CREATE TABLE accounts (
+                insured_id TEXT PRIMARY KEY,
+                address TEXT,
+                pending_address TEXT,
+                pending_since {time},
+                sessions_ended_at {time},
+                updated_at {time} NOT NULL
+            )""",
+            # One row per choice (GDPR art. 7(1)); the key makes a retried delivery a no-op.
+            """CREATE TABLE consents (
+                insured_id TEXT NOT NULL,
+                purpose TEXT NOT NULL,
+                at {time} NOT NULL,
+                granted BOOLEAN NOT NULL,
+                wording_version TEXT NOT NULL,
+                channel TEXT NOT NULL,
+                PRIMARY KEY (insured_id, purpose, at)
+            )""",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+_CREATE_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at {time} NOT NULL
+)"""
+
+
+def current_version(db: Database) -> int:
+    """The schema version of ``db`` (0 if it was never migrated)."""
+    with db.transaction() as tx:
+        db.lock_for_migrations(tx)
+        tx.execute(_CREATE_VERSION_TABLE.format(time=db.dialect.time_type))
+        rows = tx.query("SELECT MAX(version) FROM schema_version")
+    return int(rows[0][0] or 0)
+
+
+def migrate(
+    db: Database, *, target: int | None = None, steps: Sequence[Migration] = MIGRATIONS
+) -> list[int]:
+    """Bring ``db`` to ``target`` (default: the latest version); returns the versions applied."""
+    goal = steps[-1].version if target is None else target
+    applied: list[int] = []
+    with db.transaction() as tx:
+        db.lock_for_migrations(tx)
+        tx.execute(_CREATE_VERSION_TABLE.format(time=db.dialect.time_type))
+        current = int(tx.query("SELECT MAX(version) FROM schema_version")[0][0] or 0)
+        if current > steps[-1].version:
+            raise SchemaTooNew(
+                f"database schema version {current} is newer than this library's "
+                f"{steps[-1].version}"
+            )
+        for step in steps:
+            if current < step.version <= goal:
+                for statement in step.render(db.dialect):
+                    tx.execute(statement)
+                tx.execute(
+                    "INSERT INTO schema_version (version, description, applied_at)"
+                    " VALUES (?, ?, ?)",
+                    (step.version, step.description, db.dialect.time(datetime.now(UTC))),
+                )
+                applied.append(step.version)
+    return applied

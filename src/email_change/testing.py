@@ -1,0 +1,576 @@
+"""Contract tests for the storage ports, importable by hosts that write their own adapter.
+
+The same tests run against the in-memory store, SQLite and PostgreSQL in this project's suite. To
+check your own :class:`~email_change.ProcedureStore`, subclass :class:`ProcedureStoreContract` in
+a pytest module and provide a ``store`` fixture that returns a fresh, empty store per test::
+
+    import pytest
+    from email_change.testing import ProcedureStoreContract
+
+    class TestMyStore(ProcedureStoreContract):
+        @pytest.fixture
+        def store(self, tmp_path):
+            return MyStore(tmp_path / "db")
+
+For a :class:`~email_change.VitaleRegistry`, subclass :class:`VitaleRegistryContract` and provide
+``registry_with`` (a function: cards per insured -> a registry holding exactly those) and
+``take_down`` (a function that makes that registry unreachable).
+
+Needs pytest (it is a test suite); the core does not import this module.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import attrs
+import pytest
+
+from email_change._crypto import KeyedDigest, SealedSecret
+from email_change._errors import ConcurrentUpdate, ServiceUnavailable
+from email_change._ports import AccountDirectory, ProcedureStore, VitaleRegistry
+from email_change._records import (
+    AccountAction,
+    AccountEffect,
+    CodeIssue,
+    Commit,
+    LedgerEntry,
+    LedgerKind,
+    LinkIssue,
+    MailEffect,
+    MailKind,
+    OutboxItem,
+    Procedure,
+)
+from email_change._values import (
+    Card,
+    CardModel,
+    CardStatus,
+    Channel,
+    ConsentPurpose,
+    ConsentRecord,
+    parse_address,
+)
+
+__all__ = [
+    "T0",
+    "AccountDirectoryContract",
+    "ProcedureStoreContract",
+    "VitaleRegistryContract",
+    "full_procedure",
+    "mail_item",
+    "make_procedure",
+]
+
+#: The time every contract scenario starts at.
+T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+
+
+def make_procedure(
+    proc_id: str = "p1",
+    insured_id: str = "insured-1",
+    *,
+    state: str = "code_sent",
+    **changes: Any,
+) -> Procedure:
+    """A plausible stored procedure (version 1, a live code, a deadline)."""
+    proc = Procedure(
+        id=proc_id,
+        insured_id=insured_id,
+        state=state,
+        version=1,
+        channel=Channel.WEBSITE,
+        locale="fr",
+        created_at=T0,
+        updated_at=T0,
+        current_address=parse_address("Jeanne.Martin@Exemple.FR"),
+        code=CodeIssue(
+            digest=KeyedDigest(key_id="k1", mac=b"\x01" * 32),
+            sent_at=T0,
+            expires_at=T0 + timedelta(minutes=15),
+        ),
+        codes_sent=1,
+        last_code_sent_at=T0,
+        deadline=T0 + timedelta(minutes=30),
+    )
+    return attrs.evolve(proc, **changes)
+
+
+def full_procedure(proc_id: str = "p-full", insured_id: str = "insured-full") -> Procedure:
+    """A procedure with every optional field set (awaiting confirmation)."""
+    at = T0 + timedelta(minutes=5)
+    return make_procedure(
+        proc_id,
+        insured_id,
+        state="awaiting_confirmation",
+        version=7,
+        code=None,
+        wrong_codes=2,
+        code_verified_at=at,
+        card_models=(CardModel.WITH_PHOTO, CardModel.WITHOUT_PHOTO),
+        wrong_serials=1,
+        identity_verified_at=at,
+        new_address=parse_address("Jeanne.Nouvelle@Exemple.org"),
+        consents=tuple(
+            ConsentRecord(
+                insured_id=insured_id,
+                purpose=purpose,
+                granted=granted,
+                at=at,
+                wording_version="2026-01",
+                channel=Channel.MOBILE_APP,
+            )
+            for purpose, granted in (
+                (ConsentPurpose.GENERAL_INFORMATION, True),
+                (ConsentPurpose.STUDIES_AND_RESEARCH, False),
+            )
+        ),
+        link=LinkIssue(
+            digest=KeyedDigest(key_id="k2", mac=b"\x02" * 32),
+            sent_at=at,
+            expires_at=at + timedelta(hours=24),
+        ),
+        link_sends=(at, at + timedelta(minutes=1, microseconds=7)),
+        revert_digest=KeyedDigest(key_id="k2", mac=b"\x03" * 32),
+        registered_at=at,
+        deadline=None,
+    )
+
+
+def mail_item(item_id: str, proc_id: str = "p1", *, created: datetime = T0) -> OutboxItem:
+    """An undelivered security-code mail with a sealed secret."""
+    return OutboxItem(
+        id=item_id,
+        effect=MailEffect(
+            kind=MailKind.SECURITY_CODE,
+            to="Jeanne.Martin@exemple.fr",
+            locale="fr",
+            procedure_id=proc_id,
+            params={"minutes": "15"},
+            sealed=SealedSecret(key_id="k1", nonce=b"\x00" * 12, ciphertext=b"sealed"),
+        ),
+        created_at=created,
+        next_attempt_at=created,
+    )
+
+
+def _entry(
+    kind: LedgerKind, at: datetime, insured: str = "insured-1", proc: str = "p1"
+) -> LedgerEntry:
+    return LedgerEntry(insured_id=insured, procedure_id=proc, kind=kind, at=at)
+
+
+def _next(proc: Procedure, **changes: Any) -> Procedure:
+    """The procedure as the service would commit it after one event."""
+    return attrs.evolve(proc, version=proc.version + 1, **changes)
+
+
+class ProcedureStoreContract:
+    """What every :class:`~email_change.ProcedureStore` must do. Needs a ``store`` fixture."""
+
+    # --- load / insert / update --------------------------------------------------------------
+
+    def test_unknown_procedure_is_none(self, store: ProcedureStore) -> None:
+        assert store.load("nope") is None
+        assert store.open_procedure_of("nobody") is None
+        assert list(store.ledger_since("nobody", T0)) == []
+        assert list(store.outbox_items(["nope"])) == []
+
+    def test_round_trip_equals_committed(self, store: ProcedureStore) -> None:
+        simple = make_procedure()
+        full = full_procedure()
+        store.commit(Commit(procedure=simple, expected_version=None))
+        store.commit(Commit(procedure=full, expected_version=None))
+        assert store.load(simple.id) == simple
+        loaded = store.load(full.id)
+        assert loaded == full
+        assert loaded is not None
+        # Both forms of an address survive: as typed for delivery, and the comparison key.
+        assert loaded.new_address == parse_address("Jeanne.Nouvelle@Exemple.org")
+        assert loaded.current_address.value == "Jeanne.Martin@exemple.fr"
+        assert loaded.current_address.key == "jeanne.martin@exemple.fr"
+
+    def test_update_with_the_read_version(self, store: ProcedureStore) -> None:
+        proc = make_procedure()
+        store.commit(Commit(procedure=proc, expected_version=None))
+        moved = _next(proc, state="code_verified", code=None, code_verified_at=T0)
+        store.commit(Commit(procedure=moved, expected_version=proc.version))
+        assert store.load(proc.id) == moved
+
+    def test_stale_version_is_refused_and_changes_nothing(self, store: ProcedureStore) -> None:
+        proc = make_procedure()
+        store.commit(Commit(procedure=proc, expected_version=None))
+        winner = _next(proc, wrong_codes=1)
+        store.commit(Commit(procedure=winner, expected_version=proc.version))
+        loser = _next(proc, state="code_verified")
+        with pytest.raises(ConcurrentUpdate):
+            store.commit(Commit(procedure=loser, expected_version=proc.version))
+        assert store.load(proc.id) == winner
+
+    def test_update_of_a_missing_procedure_is_refused(self, store: ProcedureStore) -> None:
+        with pytest.raises(ConcurrentUpdate):
+            store.commit(Commit(procedure=make_procedure(), expected_version=1))
+        assert store.load("p1") is None
+
+    def test_insert_of_an_existing_id_is_refused(self, store: ProcedureStore) -> None:
+        proc = make_procedure()
+        store.commit(Commit(procedure=proc, expected_version=None))
+        with pytest.raises(ConcurrentUpdate):
+            store.commit(Commit(procedure=_next(proc), expected_version=None))
+        assert store.load(proc.id) == proc
+
+    # --- one open procedure per insured ------------------------------------------------------
+
+    def test_second_open_procedure_is_refused(self, store: ProcedureStore) -> None:
+        first = make_procedure("p1")
+        store.commit(Commit(procedure=first, expected_version=None))
+        with pytest.raises(ConcurrentUpdate):
+            store.commit(Commit(procedure=make_procedure("p2"), expected_version=None))
+        assert store.load("p2") is None
+        assert store.open_procedure_of("insured-1") == first
+        # Another insured is not affected.
+        other = make_procedure("p3", "insured-2")
+        store.commit(Commit(procedure=other, expected_version=None))
+        assert store.open_procedure_of("insured-2") == other
+
+    @pytest.mark.parametrize("final", ["confirmed", "cancelled", "expired", "locked", "reverted"])
+    def test_a_new_procedure_may_follow_an_ended_one(
+        self, store: ProcedureStore, final: str
+    ) -> None:
+        first = make_procedure("p1")
+        store.commit(Commit(procedure=first, expected_version=None))
+        ended = _next(first, state=final, code=None, ended_at=T0, deadline=None)
+        store.commit(Commit(procedure=ended, expected_version=first.version))
+        assert store.open_procedure_of("insured-1") is None
+        second = make_procedure("p2")
+        store.commit(Commit(procedure=second, expected_version=None))
+        assert store.open_procedure_of("insured-1") == second
+        assert store.load("p1") == ended
+
+    def test_awaiting_confirmation_is_open(self, store: ProcedureStore) -> None:
+        full = full_procedure("p1", "insured-1")
+        store.commit(Commit(procedure=full, expected_version=None))
+        assert store.open_procedure_of("insured-1") == full
+        with pytest.raises(ConcurrentUpdate):
+            store.commit(Commit(procedure=make_procedure("p2"), expected_version=None))
+
+    # --- ledger ------------------------------------------------------------------------------
+
+    def test_ledger_since_is_oldest_first_and_windowed(self, store: ProcedureStore) -> None:
+        proc = make_procedure()
+        late, early = T0 + timedelta(minutes=2), T0 - timedelta(hours=25)
+        first = (_entry(LedgerKind.CODE_SENT, T0), _entry(LedgerKind.WRONG_CODE, late))
+        store.commit(Commit(procedure=proc, expected_version=None, ledger=first))
+        # Written later but counted earlier: the order is by time, not by insertion.
+        second = (
+            _entry(LedgerKind.WRONG_CODE, T0 + timedelta(minutes=1)),
+            _entry(LedgerKind.WRONG_SERIAL, early),
+        )
+        store.commit(Commit(procedure=_next(proc), expected_version=proc.version, ledger=second))
+        other = make_procedure("p9", "insured-2")
+        store.commit(
+            Commit(
+                procedure=other,
+                expected_version=None,
+                ledger=(_entry(LedgerKind.WRONG_CODE, T0, "insured-2", "p9"),),
+            )
+        )
+        since = T0 - timedelta(hours=24)
+        assert list(store.ledger_since("insured-1", since)) == [
+            first[0],
+            second[0],
+            first[1],
+        ]
+        # ``since`` is inclusive.
+        assert list(store.ledger_since("insured-1", late)) == [first[1]]
+        assert list(store.ledger_since("insured-1", early)) == [
+            second[1],
+            first[0],
+            second[0],
+            first[1],
+        ]
+        assert list(store.ledger_since("insured-2", since)) == [
+            _entry(LedgerKind.WRONG_CODE, T0, "insured-2", "p9")
+        ]
+
+    def test_ledger_ties_keep_their_order(self, store: ProcedureStore) -> None:
+        proc = make_procedure()
+        entries = tuple(_entry(kind, T0) for kind in (LedgerKind.CODE_SENT, LedgerKind.WRONG_CODE))
+        store.commit(Commit(procedure=proc, expected_version=None, ledger=entries))
+        store.commit(
+            Commit(
+                procedure=_next(proc),
+                expected_version=proc.version,
+                ledger=(_entry(LedgerKind.WRONG_SERIAL, T0),),
+            )
+        )
+        kinds = [e.kind for e in store.ledger_since("insured-1", T0)]
+        assert kinds == [LedgerKind.CODE_SENT, LedgerKind.WRONG_CODE, LedgerKind.WRONG_SERIAL]
+
+    # --- outbox ------------------------------------------------------------------------------
+
+    def test_outbox_due_update_and_items(self, store: ProcedureStore) -> None:
+        proc = make_procedure()
+        items = (
+            mail_item("o2", created=T0 + timedelta(seconds=2)),
+            mail_item("o1", created=T0 + timedelta(seconds=1)),
+            OutboxItem(
+                id="o3",
+                effect=AccountEffect(
+                    action=AccountAction.END_SESSIONS, insured_id="insured-1", procedure_id="p1"
+                ),
+                created_at=T0 + timedelta(seconds=3),
+                next_attempt_at=T0 + timedelta(minutes=10),
+            ),
+        )
+        store.commit(Commit(procedure=proc, expected_version=None, outbox=items))
+        later = T0 + timedelta(minutes=10)
+        assert [i.id for i in store.due_outbox(T0 + timedelta(seconds=5), 10)] == ["o1", "o2"]
+        assert [i.id for i in store.due_outbox(later, 10)] == ["o1", "o2", "o3"]
+        assert [i.id for i in store.due_outbox(later, 2)] == ["o1", "o2"]
+        assert list(store.outbox_items(["o3", "missing", "o1"])) == [items[2], items[1]]
+
+        # A failed attempt: due again only after the backoff.
+        retry = attrs.evolve(
+            items[1],
+            attempts=1,
+            next_attempt_at=T0 + timedelta(minutes=20),
+            last_error="ConnectionError",
+        )
+        store.update_outbox(retry)
+        assert [i.id for i in store.due_outbox(later, 10)] == ["o2", "o3"]
+        # Delivered: never due again, still readable, its sealed secret dropped.
+        assert isinstance(items[0].effect, MailEffect)
+        done = attrs.evolve(
+            items[0],
+            effect=attrs.evolve(items[0].effect, sealed=None),
+            attempts=1,
+            done_at=later,
+        )
+        store.update_outbox(done)
+        assert [i.id for i in store.due_outbox(T0 + timedelta(hours=1), 10)] == ["o1", "o3"]
+        assert list(store.outbox_items(["o1", "o2"])) == [retry, done]
+
+    # --- procedures due ----------------------------------------------------------------------
+
+    def test_procedures_due(self, store: ProcedureStore) -> None:
+        at = T0 + timedelta(minutes=30)
+        rows = [
+            make_procedure("late", "i1", deadline=at - timedelta(minutes=1)),
+            make_procedure("now", "i2", deadline=at),
+            make_procedure("future", "i3", deadline=at + timedelta(seconds=1)),
+            make_procedure(
+                "verified", "i4", state="code_verified", deadline=at - timedelta(hours=1)
+            ),
+            make_procedure(
+                "identity", "i5", state="identity_verified", deadline=at - timedelta(minutes=2)
+            ),
+            full_procedure("waiting", "i6"),
+        ]
+        for proc in rows:
+            store.commit(Commit(procedure=proc, expected_version=None))
+        ended = _next(rows[0], state="cancelled", ended_at=T0)
+        ended = attrs.evolve(ended, id="ended", insured_id="i7", version=1)
+        store.commit(Commit(procedure=ended, expected_version=None))
+        assert [p.id for p in store.procedures_due(at, 10)] == [
+            "verified",
+            "identity",
+            "late",
+            "now",
+        ]
+        assert [p.id for p in store.procedures_due(at, 2)] == ["verified", "identity"]
+        assert list(store.procedures_due(T0 - timedelta(hours=1), 10)) == []
+
+    # --- atomicity ---------------------------------------------------------------------------
+
+    def test_a_refused_commit_writes_nothing(self, store: ProcedureStore) -> None:
+        proc = make_procedure()
+        store.commit(Commit(procedure=proc, expected_version=None))
+        stale = Commit(
+            procedure=_next(proc, wrong_codes=1),
+            expected_version=proc.version + 5,
+            ledger=(_entry(LedgerKind.WRONG_CODE, T0),),
+            outbox=(mail_item("ghost"),),
+        )
+        with pytest.raises(ConcurrentUpdate):
+            store.commit(stale)
+        second_open = Commit(
+            procedure=make_procedure("p2"),
+            expected_version=None,
+            ledger=(_entry(LedgerKind.CODE_SENT, T0, proc="p2"),),
+            outbox=(mail_item("ghost2", "p2"),),
+        )
+        with pytest.raises(ConcurrentUpdate):
+            store.commit(second_open)
+        assert store.load(proc.id) == proc
+        assert store.load("p2") is None
+        assert list(store.ledger_since("insured-1", T0 - timedelta(days=1))) == []
+        assert list(store.outbox_items(["ghost", "ghost2"])) == []
+        assert list(store.due_outbox(T0 + timedelta(days=1), 10)) == []
+
+    def test_racing_writers_one_wins(self, store: ProcedureStore) -> None:
+        proc = make_procedure()
+        store.commit(Commit(procedure=proc, expected_version=None))
+        results: list[str] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(8)
+
+        def write(n: int) -> None:
+            commit = Commit(
+                procedure=_next(proc, wrong_codes=n),
+                expected_version=proc.version,
+                ledger=(_entry(LedgerKind.WRONG_CODE, T0 + timedelta(seconds=n)),),
+                outbox=(mail_item(f"race-{n}"),),
+            )
+            barrier.wait()
+            try:
+                store.commit(commit)
+                outcome = f"won:{n}"
+            except ConcurrentUpdate:
+                outcome = "lost"
+            with lock:
+                results.append(outcome)
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [r for r in results if r.startswith("won")]
+        assert len(winners) == 1
+        assert results.count("lost") == 7
+        n = int(winners[0].split(":")[1])
+        assert store.load(proc.id) == _next(proc, wrong_codes=n)
+        assert len(store.ledger_since("insured-1", T0)) == 1
+        ids = [f"race-{i}" for i in range(8)]
+        assert [i.id for i in store.outbox_items(ids)] == [f"race-{n}"]
+
+
+class VitaleRegistryContract:
+    """What every :class:`~email_change.VitaleRegistry` must do.
+
+    Needs fixtures ``registry_with`` (cards per insured -> a registry holding exactly those) and
+    ``take_down`` (makes that registry unreachable).
+    """
+
+    CARDS: Mapping[str, Sequence[Card]] = {
+        "insured-1": (
+            Card(serial="12345678", model=CardModel.WITHOUT_PHOTO, status=CardStatus.ACTIVE),
+            Card(serial="98765432101", model=CardModel.WITH_PHOTO, status=CardStatus.OPPOSED),
+            Card(serial="55555555", model=CardModel.APP, status=CardStatus.EXPIRED),
+        ),
+        "insured-2": (
+            Card(serial="11112222", model=CardModel.WITHOUT_PHOTO, status=CardStatus.EXPIRED),
+        ),
+    }
+
+    def test_cards_of(
+        self, registry_with: Callable[[Mapping[str, Sequence[Card]]], VitaleRegistry]
+    ) -> None:
+        registry = registry_with(self.CARDS)
+        for insured, cards in self.CARDS.items():
+            assert sorted(registry.cards_of(insured), key=lambda c: c.serial) == sorted(
+                cards, key=lambda c: c.serial
+            )
+        assert list(registry.cards_of("nobody")) == []
+
+    def test_only_active_physical_cards_match(
+        self, registry_with: Callable[[Mapping[str, Sequence[Card]]], VitaleRegistry]
+    ) -> None:
+        registry = registry_with(self.CARDS)
+        cards = registry.cards_of("insured-1")
+        assert [c.serial for c in cards if c.matches("12345678")] == ["12345678"]
+        assert not any(c.matches("98765432101") for c in cards)  # opposed
+        assert not any(c.matches("55555555") for c in cards)  # app card
+
+    def test_down_is_service_unavailable(
+        self,
+        registry_with: Callable[[Mapping[str, Sequence[Card]]], VitaleRegistry],
+        take_down: Callable[[VitaleRegistry], None],
+    ) -> None:
+        registry = registry_with(self.CARDS)
+        take_down(registry)
+        with pytest.raises(ServiceUnavailable) as caught:
+            registry.cards_of("insured-1")
+        assert caught.value.dependency == "vitale_registry"
+
+
+class AccountDirectoryContract:
+    """What every :class:`~email_change.AccountDirectory` must do, as the relay drives it.
+
+    Needs a fixture ``directory_with`` (accounts as ``{insured_id: address}`` -> a directory
+    holding exactly those). The checks read back through ``current_address`` only, plus
+    ``pending_address`` when the directory has it (the reference adapters do).
+    """
+
+    def test_current_address(
+        self, directory_with: Callable[[Mapping[str, str]], AccountDirectory]
+    ) -> None:
+        directory = directory_with({"insured-1": "Jeanne@Exemple.FR"})
+        address = directory.current_address("insured-1")
+        assert address is not None
+        assert address.key == "jeanne@exemple.fr"
+        assert directory.current_address("nobody") is None
+
+    def test_pending_then_confirm_is_idempotent(
+        self, directory_with: Callable[[Mapping[str, str]], AccountDirectory]
+    ) -> None:
+        directory = directory_with({"insured-1": "jeanne@exemple.fr"})
+        new = parse_address("jeanne@nouveau.fr")
+        for _ in range(2):  # the relay may deliver an effect twice
+            directory.register_pending("insured-1", new, at=T0)
+        assert _pending(directory, "insured-1") in (None, new.value)
+        assert str(directory.current_address("insured-1")) == "jeanne@exemple.fr"
+        for _ in range(2):
+            directory.confirm("insured-1", new, at=T0 + timedelta(minutes=5))
+        assert str(directory.current_address("insured-1")) == "jeanne@nouveau.fr"
+        assert _pending(directory, "insured-1") is None
+
+    def test_cancel_pending_keeps_the_previous_address(
+        self, directory_with: Callable[[Mapping[str, str]], AccountDirectory]
+    ) -> None:
+        directory = directory_with({"insured-1": "jeanne@exemple.fr"})
+        directory.register_pending("insured-1", parse_address("typo@nouveau.fr"), at=T0)
+        for _ in range(2):
+            directory.cancel_pending("insured-1", at=T0)
+        assert str(directory.current_address("insured-1")) == "jeanne@exemple.fr"
+        assert _pending(directory, "insured-1") is None
+
+    def test_end_sessions_and_consents_are_idempotent(
+        self, directory_with: Callable[[Mapping[str, str]], AccountDirectory]
+    ) -> None:
+        directory = directory_with({"insured-1": "jeanne@exemple.fr"})
+        directory.end_sessions("insured-1", at=T0)
+        directory.end_sessions("insured-1", at=T0)
+        consents = [
+            ConsentRecord(
+                insured_id="insured-1",
+                purpose=purpose,
+                granted=granted,
+                at=T0,
+                wording_version="v1",
+                channel=Channel.WEBSITE,
+            )
+            for purpose, granted in (
+                (ConsentPurpose.GENERAL_INFORMATION, False),
+                (ConsentPurpose.STUDIES_AND_RESEARCH, True),
+            )
+        ]
+        directory.record_consents(consents)
+        directory.record_consents(consents)
+        reader = getattr(directory, "consents_of", None)
+        if reader is not None:
+            assert reader("insured-1") == consents
+        elif hasattr(directory, "consents"):
+            assert [c for c in directory.consents if c.insured_id == "insured-1"] == consents
+
+
+def _pending(directory: AccountDirectory, insured_id: str) -> str | None:
+    reader = getattr(directory, "pending_address", None)
+    if reader is None:
+        return None
+    pending = reader(insured_id)
+    return None if pending is None else str(pending)

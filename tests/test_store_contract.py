@@ -1,0 +1,77 @@
+"""The storage contracts, run unchanged against every adapter: memory, SQLite, PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import pytest
+
+from email_change import AccountDirectory, Card, ProcedureStore, VitaleRegistry
+from email_change.adapters.memory import (
+    InMemoryAccountDirectory,
+    InMemoryProcedureStore,
+    InMemoryVitaleRegistry,
+)
+from email_change.adapters.sql import SQLStorage, SQLVitaleRegistry
+from email_change.testing import (
+    AccountDirectoryContract,
+    ProcedureStoreContract,
+    VitaleRegistryContract,
+)
+
+ENGINES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+#: The conftest fixture that opens each SQL engine.
+STORAGE = {"sqlite": "sqlite_storage", "postgres": "pg_storage"}
+
+
+class TestProcedureStore(ProcedureStoreContract):
+    @pytest.fixture(params=ENGINES)
+    def store(self, request: pytest.FixtureRequest) -> ProcedureStore:
+        if request.param == "memory":
+            return InMemoryProcedureStore()
+        storage: SQLStorage = request.getfixturevalue(STORAGE[request.param])
+        return storage.store
+
+
+class TestVitaleRegistry(VitaleRegistryContract):
+    @pytest.fixture(params=ENGINES)
+    def registry_with(
+        self, request: pytest.FixtureRequest
+    ) -> Callable[[Mapping[str, Sequence[Card]]], VitaleRegistry]:
+        if request.param == "memory":
+            return lambda cards: InMemoryVitaleRegistry(dict(cards))
+        storage: SQLStorage = request.getfixturevalue(STORAGE[request.param])
+
+        def fill(cards: Mapping[str, Sequence[Card]]) -> VitaleRegistry:
+            storage.registry.upsert((insured, card) for insured, cs in cards.items() for card in cs)
+            return storage.registry
+
+        return fill
+
+    @pytest.fixture
+    def take_down(self) -> Callable[[VitaleRegistry], None]:
+        def down(registry: VitaleRegistry) -> None:
+            if isinstance(registry, InMemoryVitaleRegistry):
+                registry.down = True
+            else:
+                assert isinstance(registry, SQLVitaleRegistry)
+                registry.db.close()
+
+        return down
+
+
+class TestAccountDirectory(AccountDirectoryContract):
+    @pytest.fixture(params=ENGINES)
+    def directory_with(
+        self, request: pytest.FixtureRequest
+    ) -> Callable[[Mapping[str, str]], AccountDirectory]:
+        if request.param == "memory":
+            return lambda accounts: InMemoryAccountDirectory(dict(accounts))
+        storage: SQLStorage = request.getfixturevalue(STORAGE[request.param])
+
+        def fill(accounts: Mapping[str, str]) -> AccountDirectory:
+            for insured, address in accounts.items():
+                storage.directory.add(insured, address)
+            return storage.directory
+
+        return fill
