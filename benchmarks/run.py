@@ -303,7 +303,7 @@ def main() -> None:
     results["procedures"] = bench_procedures(runs, batch)
     results["engine"] = bench_engine(runs, 200)
     results["memory"] = memory_use.measure()
-    results["sql"] = sql.run_all()
+    results["sql"] = sql.run_all(quick=args.quick)
     block = render(results)
     print(block)
     if not args.quick:

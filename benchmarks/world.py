@@ -101,13 +101,17 @@ def _plain(message: EmailMessage) -> str:
     return str(body.get_content())
 
 
-def make_world(insured_count: int, *, seed: int = 7, messages: ec.Messages | None = None) -> World:
-    """A fresh world whose ``insured_count`` insured each have an address and an active card."""
-    directory = memory.InMemoryAccountDirectory(
-        {insured(n): current_address(n) for n in range(insured_count)}
-    )
-    card = ec.Card(serial=SERIAL, model=ec.CardModel.WITH_PHOTO, status=ec.CardStatus.ACTIVE)
-    registry = memory.InMemoryVitaleRegistry({insured(n): [card] for n in range(insured_count)})
+CARD = ec.Card(serial=SERIAL, model=ec.CardModel.WITH_PHOTO, status=ec.CardStatus.ACTIVE)
+
+
+def make_world(
+    insured_count: int, *, seed: int = 7, messages: ec.Messages | None = None, first: int = 0
+) -> World:
+    """A fresh world whose insured ``first .. first + insured_count - 1`` each have an address
+    and an active card."""
+    numbers = range(first, first + insured_count)
+    directory = memory.InMemoryAccountDirectory({insured(n): current_address(n) for n in numbers})
+    registry = memory.InMemoryVitaleRegistry({insured(n): [CARD] for n in numbers})
     return World(
         clock=memory.FakeClock(START),
         rng=memory.SeededRandom(seed),
