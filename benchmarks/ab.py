@@ -37,6 +37,11 @@ _CHILDREN = {
         "print(json.dumps({{s: m(s, {batch}, bind=False)"
         " for s in ('code_sent', 'awaiting_confirmation')}}))"
     ),
+    # Bytes the in-memory store holds per open procedure, after start and once registered.
+    "store_memory": (
+        "import json; from benchmarks.memory_use import _store_per_procedure as m;"
+        "print(json.dumps({{s: m(s, {batch}) for s in ('code_sent', 'awaiting_confirmation')}}))"
+    ),
     # One submit_address event on a bound machine, no store or mail (µs per event).
     "address": (
         "import json; from benchmarks.micro import address_step;"

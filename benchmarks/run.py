@@ -171,6 +171,47 @@ def bench_engine(runs: int, count: int) -> dict[str, Any]:
     }
 
 
+_SHARES = {
+    "bind a machine (StateMachine.__init__)": ("statemachine/statemachine.py", "__init__"),
+    "run the event (StateMachine.send, with the guards' HMAC and sealing)": (
+        "statemachine/statemachine.py",
+        "send",
+    ),
+    "render mails (Messages.render)": ("email_change/_messages.py", "render"),
+}
+_STORE_CALLS = ("load", "open_procedure_of", "ledger_since", "commit", "outbox_items")
+
+
+def profile_shares(count: int = 40) -> dict[str, float]:
+    """Where a complete procedure's time goes on the in-memory adapters, under cProfile
+    (which inflates code made of many small calls: read the shares as indicative)."""
+    import cProfile
+    import pstats
+
+    world = make_world(count)
+    service = world.service()
+    timings = dict.fromkeys(STEPS, 0)
+    _procedure(world, service, 0, timings)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for n in range(1, count):
+        _procedure(world, service, n, timings)
+    profiler.disable()
+    stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+
+    def cumulative(path: str, names: tuple[str, ...]) -> float:
+        return float(
+            sum(v[3] for (f, _, fn), v in stats.items() if f.endswith(path) and fn in names)
+        )
+
+    total = cumulative("email_change/_service.py", (*STEPS[:4], "confirm"))
+    shares = {label: cumulative(path, (fn,)) / total for label, (path, fn) in _SHARES.items()}
+    store = cumulative("email_change/adapters/memory.py", (*_STORE_CALLS, "update_outbox"))
+    shares["in-memory store (JSON codec)"] = store / total
+    shares["everything else (service, relay, values, views)"] = 1 - sum(shares.values())
+    return {label: round(share, 3) for label, share in shares.items()}
+
+
 def check_equivalence() -> None:
     """The baseline must leave exactly what the library leaves, or its timings mean nothing."""
     seen = []
@@ -269,6 +310,15 @@ def render(results: dict[str, Any]) -> str:
         f"| the same by hand (dict lookup) | {fmt(eng['by_hand'])} |",
         f"| ratio, engine to by hand | {fmt(eng['ratio_bind_and_send_to_by_hand'], 'x')} |",
         "",
+        (
+            "Where a complete procedure's time goes (library side, in-memory adapters; cProfile, "
+            "cumulative time, indicative only):"
+        ),
+        "",
+        "| part | share |",
+        "|---|---:|",
+        *(f"| {label} | {share:.0%} |" for label, share in results["profile_shares"].items()),
+        "",
         *memory_use.render(mem),
         "",
         *sql.render(results["sql"]),
@@ -302,6 +352,7 @@ def main() -> None:
     results: dict[str, Any] = {"environment": _environment()}
     results["procedures"] = bench_procedures(runs, batch)
     results["engine"] = bench_engine(runs, 200)
+    results["profile_shares"] = profile_shares()
     results["memory"] = memory_use.measure()
     results["sql"] = sql.run_all(quick=args.quick)
     block = render(results)
