@@ -197,8 +197,8 @@ class InMemoryProcedureStore:
         self._ledger: list[str] = []
         self._outbox: dict[str, str] = {}
         # Indexes, as a SQL store has them: reads and the insert check touch one insured's rows,
-        # not every stored record (which made every call cost O(all procedures)).
-        self._versions: dict[str, int] = {}
+        # not every stored record (which made every call cost O(all procedures)). Kept small:
+        # the open procedure of each insured, and each insured's ledger (the same strings).
         self._open: dict[str, str] = {}
         self._ledger_of: dict[str, list[str]] = {}
 
@@ -247,14 +247,13 @@ class InMemoryProcedureStore:
     def commit(self, commit: Commit) -> None:
         proc = commit.procedure
         with self._lock:
-            stored = self._versions.get(proc.id)
+            stored = self._procedures.get(proc.id)
             if commit.expected_version is None:
                 if stored is not None or proc.insured_id in self._open:
                     raise ConcurrentUpdate()
-            elif stored is None or stored != commit.expected_version:
+            elif stored is None or json.loads(stored)["version"] != commit.expected_version:
                 raise ConcurrentUpdate()
             self._procedures[proc.id] = _dump(proc)
-            self._versions[proc.id] = proc.version
             if proc.state in _FINAL:
                 if self._open.get(proc.insured_id) == proc.id:
                     del self._open[proc.insured_id]
