@@ -277,6 +277,8 @@ def render(results: dict[str, Any]) -> str:
         results["memory"],
     )
     lines = [
+        *render_targets(results),
+        "",
         (
             f"Measured by `make bench` on {env['when']} at commit `{env['commit']}`: Python "
             f"{env['python']}, python-statemachine {env['python_statemachine']}, "
@@ -326,6 +328,73 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _verdict(met: bool) -> str:  # noqa: FBT001 - a yes/no cell
+    return "met" if met else "**missed**"
+
+
+def render_targets(results: dict[str, Any]) -> list[str]:
+    """The issue's targets against the figures measured in this run."""
+    proc, mem, sqlr = results["procedures"], results["memory"], results["sql"]
+    ratio = proc["complete"]["ratio"]["median"]
+    rows = [
+        (
+            "complete procedure, in memory: at most 3x the hand-written baseline",
+            f"{ratio:g}x",
+            _verdict(ratio <= 3),
+        )
+    ]
+    record = max(mem[s]["decoded_record"] for s in ("code_sent", "awaiting_confirmation"))
+    live = mem["awaiting_confirmation"]["live_machine_with_record"]
+    rows += [
+        (
+            (
+                "at most 2 KiB per in-flight procedure in memory (machine class excluded): "
+                "the procedure between requests"
+            ),
+            f"{record:,.0f} B",
+            _verdict(record <= 2048),
+        ),
+        (
+            "the same, counting the machine bound to it during a request",
+            f"{live:,.0f} B",
+            _verdict(live <= 2048),
+        ),
+    ]
+    lite = sqlr["sqlite_procedures_per_second"]
+    if "skipped" not in lite:
+        for mode in ("FULL", "NORMAL"):
+            speed = lite[mode]["library"]["median"]
+            cost = lite[mode]["cost_ratio"]["median"]
+            rows += [
+                (
+                    f"SQLite ({mode}): at least 500 procedures/s",
+                    f"{speed:g}/s",
+                    _verdict(speed >= 500),
+                ),
+                (f"SQLite ({mode}): at most 2x raw `sqlite3`", f"{cost:g}x", _verdict(cost <= 2)),
+            ]
+    pg = sqlr["postgres_throughput"]
+    if "skipped" not in pg:
+        scaling = pg["scaling"]["median"]
+        rows.append(
+            ("PostgreSQL: 2 processes at least 1.7x 1", f"{scaling:g}x", _verdict(scaling >= 1.7))
+        )
+    bulk = sqlr["bulk_expiry"]
+    for name in ("sqlite", "postgresql"):
+        value = bulk.get(name, {})
+        if "median" in value:
+            rows.append(
+                (
+                    f"bulk expiry of {bulk['rows']:,} procedures under 20 s ({name})",
+                    f"{value['median']:g} s",
+                    _verdict(value["median"] < 20 and bulk["rows"] >= 1_000_000),
+                )
+            )
+    lines = ["| target | measured (median) | |", "|---|---:|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return lines
+
+
 def write_doc(block: str) -> None:
     """Replace only the generated block of our section, creating the page or section if absent."""
     text = DOC.read_text("utf-8") if DOC.exists() else "# Performance\n"
@@ -345,7 +414,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="repeated runs per figure")
     parser.add_argument("--batch", type=int, default=25, help="procedures per run")
     parser.add_argument("--quick", action="store_true", help="few runs, no files written")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite docs/performance.md from benchmarks/results.json, measuring nothing",
+    )
     args = parser.parse_args()
+    if args.render_only:
+        write_doc(render(json.loads(RESULTS.read_text("utf-8"))))
+        return
     runs, batch = (5, 10) if args.quick else (args.runs, args.batch)
     check_equivalence()
     print("baseline writes what the library writes: ok", file=sys.stderr)
