@@ -42,6 +42,16 @@ _CHILDREN = {
         "import json; from benchmarks.memory_use import _store_per_procedure as m;"
         "print(json.dumps({{s: m(s, {batch}) for s in ('code_sent', 'awaiting_confirmation')}}))"
     ),
+    # Complete procedures on a fresh SQLite file (synchronous=NORMAL), µs per procedure.
+    "sqlite": (
+        "import json, shutil, tempfile, pathlib; from benchmarks import sql;"
+        "from email_change.adapters.sql import open_sqlite;"
+        "d = pathlib.Path(tempfile.mkdtemp());"
+        "st = open_sqlite(d / 'ab.sqlite3', synchronous='NORMAL');"
+        "w = sql._world_on(st, {batch} + 3); sql._procedures(w, 0, 3);"
+        "t = sql._procedures(w, 3, {batch}); st.close(); shutil.rmtree(d);"
+        "print(json.dumps({{'complete': t / {batch} * 1e6}}))"
+    ),
     # One submit_address event on a bound machine, no store or mail (µs per event).
     "address": (
         "import json; from benchmarks.micro import address_step;"
