@@ -214,6 +214,9 @@ class EmailChangeMachine(StateChart[Procedure]):
         | identity_verified.to(expired, cond="past_deadline", on="end")
     )
 
+    #: Set by ``address_form_valid`` for ``register_address`` in the same event.
+    _new_address: EmailAddress | None = None
+
     # --- helpers ---------------------------------------------------------------------------------
 
     @property
@@ -309,6 +312,8 @@ class EmailChangeMachine(StateChart[Procedure]):
         ):
             if not isinstance(choice, bool):
                 raise ConsentMissing(purpose=purpose.value)
+        # This machine serves one request: its action reuses the address parsed here.
+        self._new_address = new
 
     def link_valid(self, step: Step, secret: str) -> None:
         link = self.proc.link
@@ -412,7 +417,8 @@ class EmailChangeMachine(StateChart[Procedure]):
 
     def register_address(self, step: Step, form: AddressForm) -> None:
         proc, policy = self.proc, step.policy
-        new = parse_address(form.new_address, allow_smtputf8=policy.allow_smtputf8)
+        new = self._new_address
+        assert new is not None  # noqa: S101 - address_form_valid ran first
         proc.new_address = new
         proc.registered_at = step.now
         proc.consents = tuple(

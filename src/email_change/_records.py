@@ -221,11 +221,22 @@ _DT = "$dt"
 _B = "$b64"
 
 
+#: Field names of each record class, looked up once per class rather than once per value.
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+_PLAIN = (str, int, bool, float, type(None))
+
+
 def _encode(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value, read as a table
-    if attrs.has(type(value)):
-        out = {"$type": type(value).__name__}
-        for field in attrs.fields(type(value)):
-            out[field.name] = _encode(getattr(value, field.name))
+    cls = type(value)
+    if cls in _PLAIN:  # exact types: enums (str/int subclasses) go on to their branch
+        return value
+    names = _FIELD_NAMES.get(cls)
+    if names is None and attrs.has(cls):
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in attrs.fields(cls))
+    if names is not None:
+        out = {"$type": cls.__name__}
+        for name in names:
+            out[name] = _encode(getattr(value, name))
         return out
     if isinstance(value, enum.Enum):
         return value.value
@@ -269,33 +280,61 @@ _ENUMS: dict[tuple[str, str], type[enum.Enum]] = {
 }
 
 
+def _card_models(raw: Any) -> tuple[CardModel, ...]:
+    return tuple(CardModel(m) for m in raw)
+
+
+def _readers(type_name: str) -> tuple[tuple[str, Any], ...]:
+    """Each init field of a record class and how to read it back (``None``: :func:`_decode`),
+    worked out once per class."""
+    readers = _READERS.get(type_name)
+    if readers is None:
+        special: dict[tuple[str, str], Any] = {
+            **_ENUMS,
+            ("Procedure", "card_models"): _card_models,
+        }
+        readers = _READERS[type_name] = tuple(
+            (f.name, special.get((type_name, f.name)))
+            for f in attrs.fields(_TYPES[type_name])
+            if f.init
+        )
+    return readers
+
+
+_READERS: dict[str, tuple[tuple[str, Any], ...]] = {}
+
+
 def decode(data: Any) -> Any:
     """Decode what :func:`encode` made."""
+    return _decode(data, {})
+
+
+def _decode(data: Any, seen: dict[Any, Any]) -> Any:  # noqa: PLR0911 - one return per kind
+    # ``seen`` shares equal strings and datetimes within one record: a procedure repeats its
+    # insured id and a few instants many times, and each copy costs memory as long as it lives.
+    if isinstance(data, str):
+        return seen.setdefault(data, data)
     if isinstance(data, list):
-        return tuple(decode(v) for v in data)
+        return tuple(_decode(v, seen) for v in data)
     if not isinstance(data, dict):
         return data
     if _DT in data:
-        return datetime.fromisoformat(data[_DT])
+        key = (_DT, data[_DT])
+        instant = seen.get(key)
+        if instant is None:
+            instant = seen[key] = datetime.fromisoformat(data[_DT])
+        return instant
     if _B in data:
         return base64.b64decode(data[_B])
     type_name = data.get("$type")
     if type_name is None:
-        return {k: decode(v) for k, v in data.items()}
-    cls = _TYPES[type_name]
-    kwargs: dict[str, Any] = {}
-    for field in attrs.fields(cls):
-        if not field.init or field.name not in data:
-            continue
-        raw = data[field.name]
-        enum_cls = _ENUMS.get((type_name, field.name))
-        if enum_cls is not None:
-            kwargs[field.name] = enum_cls(raw)
-        elif type_name == "Procedure" and field.name == "card_models":
-            kwargs[field.name] = tuple(CardModel(m) for m in raw)
-        else:
-            kwargs[field.name] = decode(raw)
-    return cls(**kwargs)
+        return {k: _decode(v, seen) for k, v in data.items()}
+    kwargs = {
+        name: _decode(data[name], seen) if read is None else read(data[name])
+        for name, read in _readers(type_name)
+        if name in data
+    }
+    return _TYPES[type_name](**kwargs)
 
 
 def encode(value: Any) -> Any:

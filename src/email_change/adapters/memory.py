@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -196,6 +196,11 @@ class InMemoryProcedureStore:
         self._procedures: dict[str, str] = {}
         self._ledger: list[str] = []
         self._outbox: dict[str, str] = {}
+        # Indexes, as a SQL store has them: reads and the insert check touch one insured's rows,
+        # not every stored record (which made every call cost O(all procedures)). Kept small:
+        # the open procedure of each insured, and each insured's ledger (the same strings).
+        self._open: dict[str, str] = {}
+        self._ledger_of: dict[str, list[str]] = {}
 
     # reads
 
@@ -204,23 +209,17 @@ class InMemoryProcedureStore:
             raw = self._procedures.get(procedure_id)
         return None if raw is None else Procedure.from_dict(json.loads(raw))
 
-    def _all(self) -> Iterable[Procedure]:
-        with self._lock:
-            raws = list(self._procedures.values())
-        return (Procedure.from_dict(json.loads(r)) for r in raws)
-
     def open_procedure_of(self, insured_id: str) -> Procedure | None:
-        for proc in self._all():
-            if proc.insured_id == insured_id and proc.state not in _FINAL:
-                return proc
-        return None
+        with self._lock:
+            procedure_id = self._open.get(insured_id)
+            raw = None if procedure_id is None else self._procedures[procedure_id]
+        return None if raw is None else Procedure.from_dict(json.loads(raw))
 
     def ledger_since(self, insured_id: str, since: datetime) -> Sequence[LedgerEntry]:
         with self._lock:
-            entries = [decode(json.loads(r)) for r in self._ledger]
-        return sorted(
-            (e for e in entries if e.insured_id == insured_id and e.at >= since), key=lambda e: e.at
-        )
+            raws = list(self._ledger_of.get(insured_id, ()))
+        entries = [decode(json.loads(r)) for r in raws]
+        return sorted((e for e in entries if e.at >= since), key=lambda e: e.at)
 
     def due_outbox(self, now: datetime, limit: int) -> Sequence[OutboxItem]:
         items = [i for i in self._items() if i.done_at is None and i.next_attempt_at <= now]
@@ -237,11 +236,10 @@ class InMemoryProcedureStore:
         return [decode(json.loads(r)) for r in raws]
 
     def procedures_due(self, now: datetime, limit: int) -> Sequence[Procedure]:
-        due = [
-            p
-            for p in self._all()
-            if p.state not in _FINAL and p.deadline is not None and p.deadline <= now
-        ]
+        with self._lock:
+            raws = [self._procedures[i] for i in self._open.values()]
+        opened = (Procedure.from_dict(json.loads(r)) for r in raws)
+        due = [p for p in opened if p.deadline is not None and p.deadline <= now]
         return sorted(due, key=lambda p: p.deadline or now)[:limit]
 
     # writes
@@ -251,15 +249,20 @@ class InMemoryProcedureStore:
         with self._lock:
             stored = self._procedures.get(proc.id)
             if commit.expected_version is None:
-                if stored is not None or any(
-                    p["insured_id"] == proc.insured_id and p["state"] not in _FINAL
-                    for p in map(json.loads, self._procedures.values())
-                ):
+                if stored is not None or proc.insured_id in self._open:
                     raise ConcurrentUpdate()
             elif stored is None or json.loads(stored)["version"] != commit.expected_version:
                 raise ConcurrentUpdate()
             self._procedures[proc.id] = _dump(proc)
-            self._ledger.extend(_dump(e) for e in commit.ledger)
+            if proc.state in _FINAL:
+                if self._open.get(proc.insured_id) == proc.id:
+                    del self._open[proc.insured_id]
+            else:
+                self._open[proc.insured_id] = proc.id
+            for entry in commit.ledger:
+                raw = _dump(entry)
+                self._ledger.append(raw)
+                self._ledger_of.setdefault(entry.insured_id, []).append(raw)
             for item in commit.outbox:
                 self._outbox[item.id] = _dump(item)
 

@@ -1,0 +1,443 @@
+"""``make bench``: run every benchmark, write ``benchmarks/results.json`` and the engine section
+of ``docs/performance.md``.
+
+Every figure is a median over repeated runs with its interquartile range; every comparison is a
+ratio of two runs made one beside the other in this process (the two sides alternate which goes
+first), so a neighbour's load on a shared machine moves both sides of a ratio together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import email_change as ec
+from benchmarks import memory_use, sql
+from benchmarks.baseline import HandWrittenService
+from benchmarks.stats import fmt, paired_ratios, summary
+from benchmarks.world import SERIAL, World, address_form, insured, make_world
+from email_change._machine import EmailChangeMachine, Step
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results.json"
+DOC = ROOT / "docs" / "performance.md"
+HEADING = "## Engine and in-memory figures"
+BEGIN, END = "<!-- bench:engine:begin -->", "<!-- bench:engine:end -->"
+STEPS = ("start", "submit_code", "submit_serial", "submit_new_address", "confirm")
+
+Driver = Any  # EmailChangeService or HandWrittenService: the same five operations
+
+
+def _library(world: World) -> Driver:
+    return world.service()
+
+
+def _baseline(world: World) -> Driver:
+    return HandWrittenService(
+        store=world.store,
+        mailer=world.mailer,
+        directory=world.directory,
+        registry=world.registry,
+        audit=world.audit,
+        clock=world.clock,
+        rng=world.rng,
+        keyring=world.keyring,
+        messages=world.messages,
+        settings=world.settings,
+        policy=world.policy,
+    )
+
+
+SIDES: dict[str, Callable[[World], Driver]] = {"library": _library, "baseline": _baseline}
+
+
+def _procedure(world: World, service: Driver, n: int, timings: dict[str, int]) -> None:
+    """One complete procedure for insured ``n``; adds each step's nanoseconds to ``timings``."""
+    clock = time.perf_counter_ns
+    who = insured(n)
+    t0 = clock()
+    pid = service.start(who).procedure_id
+    t1 = clock()
+    code = world.code(n)  # harness: read the mailbox, untimed
+    t2 = clock()
+    service.submit_code(who, pid, code)
+    t3 = clock()
+    service.submit_serial(who, pid, SERIAL)
+    t4 = clock()
+    service.submit_new_address(who, pid, address_form(n))
+    t5 = clock()
+    token = world.token(world.mailer.outbox[-2]["To"])  # harness: the confirmation mail
+    t6 = clock()
+    view = service.confirm(token)
+    t7 = clock()
+    if view.state != "confirmed":
+        raise AssertionError(f"procedure ended in {view.state}")
+    for step, spent in zip(STEPS, (t1 - t0, t3 - t2, t4 - t3, t5 - t4, t7 - t6), strict=True):
+        timings[step] += spent
+
+
+def _batch(side: str, batch: int, messages: ec.Messages) -> dict[str, float]:
+    """Microseconds per procedure, per step, over ``batch`` procedures in a fresh world."""
+    world = make_world(batch, messages=messages)
+    service = SIDES[side](world)
+    timings = dict.fromkeys(STEPS, 0)
+    gc.collect()
+    for n in range(batch):
+        _procedure(world, service, n, timings)
+    per = {step: ns / batch / 1000 for step, ns in timings.items()}
+    per["complete"] = sum(per[s] for s in STEPS)
+    return per
+
+
+def bench_procedures(runs: int, batch: int) -> dict[str, Any]:
+    """Per step and per complete procedure, library against baseline, interleaved runs."""
+    messages = ec.Messages()  # the catalogues are loaded once per process by any host
+    for side in SIDES:  # warm-up: imports, first-use caches of both sides
+        _batch(side, 3, messages)
+    samples: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
+    for run in range(runs):
+        order = list(SIDES) if run % 2 == 0 else list(reversed(SIDES))
+        for side in order:
+            samples[side].append(_batch(side, batch, messages))
+    out: dict[str, Any] = {"runs": runs, "procedures_per_run": batch, "unit": "µs per procedure"}
+    for key in (*STEPS, "complete"):
+        lib = [s[key] for s in samples["library"]]
+        base = [s[key] for s in samples["baseline"]]
+        out[key] = {
+            "library": summary(lib),
+            "baseline": summary(base),
+            "ratio": paired_ratios(lib, base),
+        }
+    return out
+
+
+def bench_engine(runs: int, count: int) -> dict[str, Any]:
+    """The engine alone: binding a machine to a stored procedure, and one event, vs a dict."""
+    world = make_world(1)
+    service = world.service()
+    pid = service.start(insured(0)).procedure_id
+    proc = world.store.load(pid)
+    assert proc is not None  # noqa: S101 - just started
+    policy, keyring, rng = world.policy, world.keyring, world.rng
+    table = {("code_sent", "cancel"): "cancelled"}
+
+    def bind() -> None:
+        for _ in range(count):
+            EmailChangeMachine(model=proc.copy(), state_field="state")
+
+    def bind_and_send() -> None:
+        for _ in range(count):
+            step = Step(now=world.clock.now(), policy=policy, keyring=keyring, rng=rng)
+            EmailChangeMachine(model=proc.copy(), state_field="state").send("cancel", step=step)
+
+    def by_hand() -> None:
+        for _ in range(count):
+            Step(now=world.clock.now(), policy=policy, keyring=keyring, rng=rng)
+            draft = proc.copy()
+            draft.state = table[(draft.state, "cancel")]
+            draft.code = None
+            draft.ended_at = world.clock.now()
+
+    cases = {"bind": bind, "bind_and_send": bind_and_send, "by_hand": by_hand}
+    for fn in cases.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for run in range(runs):
+        names = list(cases) if run % 2 == 0 else list(reversed(cases))
+        for name in names:
+            gc.collect()
+            t0 = time.perf_counter_ns()
+            cases[name]()
+            samples[name].append((time.perf_counter_ns() - t0) / count / 1000)
+    return {
+        "unit": "µs per request",
+        "calls_per_run": count,
+        "bind": summary(samples["bind"]),
+        "bind_and_send": summary(samples["bind_and_send"]),
+        "by_hand": summary(samples["by_hand"]),
+        "ratio_bind_and_send_to_by_hand": paired_ratios(
+            samples["bind_and_send"], samples["by_hand"]
+        ),
+    }
+
+
+_SHARES = {
+    "bind a machine (StateMachine.__init__)": ("statemachine/statemachine.py", "__init__"),
+    "run the event (StateMachine.send, with the guards' HMAC and sealing)": (
+        "statemachine/statemachine.py",
+        "send",
+    ),
+    "render mails (Messages.render)": ("email_change/_messages.py", "render"),
+}
+_STORE_CALLS = ("load", "open_procedure_of", "ledger_since", "commit", "outbox_items")
+
+
+def profile_shares(count: int = 40) -> dict[str, float]:
+    """Where a complete procedure's time goes on the in-memory adapters, under cProfile
+    (which inflates code made of many small calls: read the shares as indicative)."""
+    import cProfile
+    import pstats
+
+    world = make_world(count)
+    service = world.service()
+    timings = dict.fromkeys(STEPS, 0)
+    _procedure(world, service, 0, timings)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for n in range(1, count):
+        _procedure(world, service, n, timings)
+    profiler.disable()
+    stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+
+    def cumulative(path: str, names: tuple[str, ...]) -> float:
+        return float(
+            sum(v[3] for (f, _, fn), v in stats.items() if f.endswith(path) and fn in names)
+        )
+
+    total = cumulative("email_change/_service.py", (*STEPS[:4], "confirm"))
+    shares = {label: cumulative(path, (fn,)) / total for label, (path, fn) in _SHARES.items()}
+    store = cumulative("email_change/adapters/memory.py", (*_STORE_CALLS, "update_outbox"))
+    shares["in-memory store (JSON codec)"] = store / total
+    shares["everything else (service, relay, values, views)"] = 1 - sum(shares.values())
+    return {label: round(share, 3) for label, share in shares.items()}
+
+
+def check_equivalence() -> None:
+    """The baseline must leave exactly what the library leaves, or its timings mean nothing."""
+    seen = []
+    for build in SIDES.values():
+        world = make_world(2)
+        world.mailer.keep = 1000
+        service = build(world)
+        timings = dict.fromkeys(STEPS, 0)
+        for n in range(2):
+            _procedure(world, service, n, timings)
+        seen.append(
+            (
+                world.store.snapshot(),
+                [_mail_content(m) for m in world.mailer.outbox],
+                world.audit.records,
+                world.directory.consents,
+                [world.directory.current_address(insured(n)) for n in range(2)],
+            )
+        )
+    if seen[0] != seen[1]:
+        raise SystemExit("the baseline does not write what the library writes: fix it first")
+
+
+def _mail_content(message: EmailMessage) -> tuple[object, ...]:
+    """Headers and parts, without the MIME boundary (random per rendering)."""
+    parts = [(p.get_content_type(), p.get_content()) for p in message.iter_parts()]
+    return (sorted(message.items()), parts)
+
+
+def _environment() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(  # noqa: S603 - fixed arguments
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],  # noqa: S607
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    import statemachine
+
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit,
+        "python": platform.python_version(),
+        "python_statemachine": getattr(statemachine, "__version__", "?"),
+        "machine": f"{platform.system()} {platform.machine()}, {_cpus()} CPU(s)",
+    }
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def render(results: dict[str, Any]) -> str:
+    """The Markdown block written between the markers of ``docs/performance.md``."""
+    env, proc, eng, mem = (
+        results["environment"],
+        results["procedures"],
+        results["engine"],
+        results["memory"],
+    )
+    lines = [
+        *render_targets(results),
+        "",
+        (
+            f"Measured by `make bench` on {env['when']} at commit `{env['commit']}`: Python "
+            f"{env['python']}, python-statemachine {env['python_statemachine']}, "
+            f"{env['machine']} (shared with other jobs). Each cell: median (interquartile range) "
+            f"over {proc['runs']} runs of {proc['procedures_per_run']} complete procedures each; "
+            "each ratio is taken run by run between the two sides, which alternate who goes first."
+        ),
+        "",
+        "| step (µs per procedure) | library | hand-written baseline | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for key in (*STEPS, "complete"):
+        row = proc[key]
+        name = f"**{key}**" if key == "complete" else f"`{key}`"
+        lines.append(
+            f"| {name} | {fmt(row['library'])} | {fmt(row['baseline'])} | "
+            f"{fmt(row['ratio'], 'x')} |"
+        )
+    ratio = proc["complete"]["ratio"]["median"]
+    lines += [
+        "",
+        (
+            f"Target: a complete procedure at most 3x the baseline. Measured: {ratio:g}x "
+            f"({'met' if ratio <= 3 else 'missed'})."
+        ),
+        "",
+        "| the engine alone (µs per request) | median (IQR) |",
+        "|---|---:|",
+        f"| bind a machine to a stored procedure | {fmt(eng['bind'])} |",
+        f"| bind and send one event (`cancel`) | {fmt(eng['bind_and_send'])} |",
+        f"| the same by hand (dict lookup) | {fmt(eng['by_hand'])} |",
+        f"| ratio, engine to by hand | {fmt(eng['ratio_bind_and_send_to_by_hand'], 'x')} |",
+        "",
+        (
+            "Where a complete procedure's time goes (library side, in-memory adapters; cProfile, "
+            "cumulative time, indicative only):"
+        ),
+        "",
+        "| part | share |",
+        "|---|---:|",
+        *(f"| {label} | {share:.0%} |" for label, share in results["profile_shares"].items()),
+        "",
+        *memory_use.render(mem),
+        "",
+        *sql.render(results["sql"]),
+    ]
+    return "\n".join(lines)
+
+
+def _verdict(met: bool) -> str:  # noqa: FBT001 - a yes/no cell
+    return "met" if met else "**missed**"
+
+
+def render_targets(results: dict[str, Any]) -> list[str]:
+    """The issue's targets against the figures measured in this run."""
+    proc, mem, sqlr = results["procedures"], results["memory"], results["sql"]
+    ratio = proc["complete"]["ratio"]["median"]
+    rows = [
+        (
+            "complete procedure, in memory: at most 3x the hand-written baseline",
+            f"{ratio:g}x",
+            _verdict(ratio <= 3),
+        )
+    ]
+    record = max(mem[s]["decoded_record"] for s in ("code_sent", "awaiting_confirmation"))
+    live = mem["awaiting_confirmation"]["live_machine_with_record"]
+    rows += [
+        (
+            (
+                "at most 2 KiB per in-flight procedure in memory (machine class excluded): "
+                "the procedure between requests"
+            ),
+            f"{record:,.0f} B",
+            _verdict(record <= 2048),
+        ),
+        (
+            "the same, counting the machine bound to it during a request",
+            f"{live:,.0f} B",
+            _verdict(live <= 2048),
+        ),
+    ]
+    lite = sqlr["sqlite_procedures_per_second"]
+    if "skipped" not in lite:
+        for mode in ("FULL", "NORMAL"):
+            speed = lite[mode]["library"]["median"]
+            cost = lite[mode]["cost_ratio"]["median"]
+            rows += [
+                (
+                    f"SQLite ({mode}): at least 500 procedures/s",
+                    f"{speed:g}/s",
+                    _verdict(speed >= 500),
+                ),
+                (f"SQLite ({mode}): at most 2x raw `sqlite3`", f"{cost:g}x", _verdict(cost <= 2)),
+            ]
+    pg = sqlr["postgres_throughput"]
+    if "skipped" not in pg:
+        scaling = pg["scaling"]["median"]
+        rows.append(
+            ("PostgreSQL: 2 processes at least 1.7x 1", f"{scaling:g}x", _verdict(scaling >= 1.7))
+        )
+    bulk = sqlr["bulk_expiry"]
+    for name in ("sqlite", "postgresql"):
+        value = bulk.get(name, {})
+        if "median" in value:
+            rows.append(
+                (
+                    f"bulk expiry of {bulk['rows']:,} procedures under 20 s ({name})",
+                    f"{value['median']:g} s",
+                    _verdict(value["median"] < 20 and bulk["rows"] >= 1_000_000),
+                )
+            )
+    lines = ["| target | measured (median) | |", "|---|---:|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return lines
+
+
+def write_doc(block: str) -> None:
+    """Replace only the generated block of our section, creating the page or section if absent."""
+    text = DOC.read_text("utf-8") if DOC.exists() else "# Performance\n"
+    generated = f"{BEGIN}\n{block}\n{END}"
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + generated + tail
+    else:
+        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{generated}\n"
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text, "utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=15, help="repeated runs per figure")
+    parser.add_argument("--batch", type=int, default=25, help="procedures per run")
+    parser.add_argument("--quick", action="store_true", help="few runs, no files written")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite docs/performance.md from benchmarks/results.json, measuring nothing",
+    )
+    args = parser.parse_args()
+    if args.render_only:
+        write_doc(render(json.loads(RESULTS.read_text("utf-8"))))
+        return
+    runs, batch = (5, 10) if args.quick else (args.runs, args.batch)
+    check_equivalence()
+    print("baseline writes what the library writes: ok", file=sys.stderr)
+    results: dict[str, Any] = {"environment": _environment()}
+    results["procedures"] = bench_procedures(runs, batch)
+    results["engine"] = bench_engine(runs, 200)
+    results["profile_shares"] = profile_shares()
+    results["memory"] = memory_use.measure()
+    results["sql"] = sql.run_all(quick=args.quick)
+    block = render(results)
+    print(block)
+    if not args.quick:
+        RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        write_doc(block)
+
+
+if __name__ == "__main__":
+    main()
