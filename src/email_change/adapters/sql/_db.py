@@ -16,6 +16,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -199,28 +200,49 @@ class SQLiteDatabase:
             return conn
         if self._closed:
             raise Unavailable("database closed")
-        try:
-            # isolation_level=None: no implicit BEGIN; we say when a transaction starts.
-            conn = sqlite3.connect(
-                self.path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=0,
-                factory=_Connection,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            # FULL by default: a counted wrong try must survive a power loss, not only a process
-            # crash (one fsync per commit). NORMAL trades the last commits on power loss for speed.
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            raise Unavailable(type(exc).__name__) from exc
+        conn = self._connect()
         self._local.conn = conn
         weakref.finalize(threading.current_thread(), conn.close)
         with self._lock:
             self._all.add(conn)
         return conn
+
+    def _connect(self) -> _Connection:
+        # Switching a new file to WAL needs a lock that SQLite's busy handler does not always wait
+        # for: several connections opening a fresh file at once can get "database is locked"
+        # right away. Retry within the busy timeout instead of failing the first request.
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            conn: _Connection | None = None
+            try:
+                # isolation_level=None: no implicit BEGIN; we say when a transaction starts.
+                conn = sqlite3.connect(
+                    self.path,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=0,
+                    factory=_Connection,
+                )
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                # FULL by default: a counted wrong try must survive a power loss, not only a
+                # process crash (one fsync per commit). NORMAL trades the last commits on power
+                # loss for speed.
+                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                conn.execute("PRAGMA foreign_keys = ON")
+            except sqlite3.OperationalError as exc:
+                if conn is not None:
+                    conn.close()
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() >= deadline:
+                    raise Unavailable(type(exc).__name__) from exc
+                time.sleep(0.01)
+                continue
+            except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
+                raise Unavailable(type(exc).__name__) from exc
+            return conn
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
