@@ -458,7 +458,7 @@ def test_many_connections_opening_a_fresh_sqlite_file_at_once(tmp_path: Path) ->
         databases = [SQLiteDatabase(path) for _ in range(8)]
         barrier = threading.Barrier(len(databases))
 
-        def run(db: Database) -> None:
+        def run(db: Database, barrier: threading.Barrier = barrier) -> None:
             barrier.wait()
             try:
                 migrate(db)
