@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import attrs
 import pytest
 from statemachine.exceptions import TransitionNotAllowed
 
@@ -21,10 +22,14 @@ from email_change._machine import EmailChangeMachine, Step, new_token
 from email_change._records import (
     AccountAction,
     AccountEffect,
+    LedgerEntry,
+    LedgerKind,
     MailEffect,
     MailKind,
     OutboxItem,
     Procedure,
+    decode,
+    encode,
 )
 from email_change.adapters import memory
 from email_change.testing import full_procedure, make_procedure
@@ -292,3 +297,75 @@ def test_expire_before_the_deadline_is_not_allowed() -> None:
     with pytest.raises(TransitionNotAllowed):
         EmailChangeMachine(model=draft, state_field="state").send("expire", step=step)
     assert draft.state == "code_sent"
+
+
+# --- values --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "1" * 21,  # as long as a printed photo-card number, without its prefix
+        "8025000002 12",  # starts like the prefix, but a short serial: kept whole, not cut
+    ],
+)
+def test_only_a_whole_printed_number_loses_its_prefix(typed: str) -> None:
+    compact = typed.replace(" ", "")
+    if len(compact) <= 13:
+        assert ec.parse_serial(typed) == compact
+    else:
+        with pytest.raises(ec.InvalidSerialFormat):
+            ec.parse_serial(typed)
+
+
+@pytest.mark.parametrize(
+    ("address", "masked"),
+    [
+        ("abc@exemple.fr", "a*c@e*****e.fr"),  # three characters: first and last stay
+        ("ab@exemple.fr", "**@e*****e.fr"),
+        ("jeanne@mail.exemple.fr", "j****e@m**********e.fr"),  # only the last label stays
+        ("a@b@exemple.fr", "a*b@e*****e.fr"),  # the domain is what follows the last @
+    ],
+)
+def test_mask_address_exactly(address: str, masked: str) -> None:
+    assert ec.mask_address(address) == masked
+
+
+# --- records codec -------------------------------------------------------------------------------
+
+
+def test_outbox_items_round_trip_with_their_params_and_consents() -> None:
+    world = make_world()
+    pid = to_registered(world)
+    for item in _outbox(world, pid):
+        assert decode(encode(item)) == item
+    params = next(i.effect.params for i in _outbox(world, pid) if isinstance(i.effect, MailEffect))
+    assert params and all(isinstance(k, str) and k != "None" for k in params)
+
+
+def test_card_models_come_back_as_card_models() -> None:
+    proc = Procedure.from_dict(full_procedure().to_dict())
+    assert proc.card_models == full_procedure().card_models
+    assert all(type(m) is ec.CardModel for m in proc.card_models)
+
+
+def test_a_record_missing_a_field_gets_its_default() -> None:
+    """A record written before a field existed still loads; the fields after it are kept."""
+    data = full_procedure().to_dict()
+    del data["code"]
+    del data["deadline"]
+    proc = Procedure.from_dict(data)
+    assert proc.code is None
+    assert proc.deadline is None
+    assert proc.new_address == full_procedure().new_address
+    assert proc.consents == full_procedure().consents
+
+
+def test_the_codec_refuses_naive_times_and_foreign_records() -> None:
+    with pytest.raises(ValueError, match="naive datetime in a record"):
+        encode(attrs.evolve(make_procedure(), created_at=datetime(2026, 1, 1)))  # noqa: DTZ001
+    ledger = LedgerEntry(
+        insured_id="i", procedure_id="p", kind=LedgerKind.CODE_SENT, at=make_procedure().created_at
+    )
+    with pytest.raises(TypeError, match="not a procedure record"):
+        Procedure.from_dict(encode(ledger))
