@@ -362,10 +362,196 @@ def test_a_record_missing_a_field_gets_its_default() -> None:
 
 
 def test_the_codec_refuses_naive_times_and_foreign_records() -> None:
-    with pytest.raises(ValueError, match="naive datetime in a record"):
+    with pytest.raises(ValueError, match=r"^naive datetime in a record$"):
         encode(attrs.evolve(make_procedure(), created_at=datetime(2026, 1, 1)))  # noqa: DTZ001
     ledger = LedgerEntry(
         insured_id="i", procedure_id="p", kind=LedgerKind.CODE_SENT, at=make_procedure().created_at
     )
-    with pytest.raises(TypeError, match="not a procedure record"):
+    with pytest.raises(TypeError, match=r"^not a procedure record$"):
         Procedure.from_dict(encode(ledger))
+
+
+# --- more exact rules (second mutmut pass) -------------------------------------------------------
+
+
+def test_digests_and_seals_have_a_fixed_wire_format() -> None:
+    """Known answers, computed independently: the HKDF labels and the message framing are part
+    of what is stored, so changing either would orphan every live code, link and sealed mail."""
+    from cryptography.hazmat.primitives import hashes, hmac
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    master = b"m" * 32
+
+    def sub_key(label: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(master)
+
+    framed = b"".join(len(p).to_bytes(4, "big") + p for p in (b"code", b"proc-1", b"1234"))
+    mac = hmac.HMAC(sub_key(b"email_change/v1/hmac"), hashes.SHA256())
+    mac.update(framed)
+    ring = ec.Keyring(keys={"k": master}, current="k")
+    assert ring.digest("code", "proc-1", "1234").mac == mac.finalize()
+    sealed = ring.seal("secret", nonce=b"\x01" * 12, associated="outbox-1")
+    aead = AESGCM(sub_key(b"email_change/v1/seal"))
+    assert aead.decrypt(b"\x01" * 12, sealed.ciphertext, b"outbox-1") == b"secret"
+
+
+def test_an_unknown_key_error_names_the_key() -> None:
+    from email_change._crypto import UnknownKeyError
+
+    sealed = ec.Keyring(keys={"gone": b"g" * 32}, current="gone").seal(
+        "s", nonce=b"\x00" * 12, associated="a"
+    )
+    with pytest.raises(UnknownKeyError) as caught:
+        ec.Keyring(keys={"k": b"k" * 32}, current="k").open(sealed, associated="a")
+    assert caught.value.args == ("gone",)
+
+
+def test_codes_are_drawn_from_the_whole_code_space() -> None:
+    class Recording(memory.SeededRandom):
+        def __init__(self) -> None:
+            super().__init__(1)
+            self.bounds: list[int] = []
+
+        def randbelow(self, n: int) -> int:
+            self.bounds.append(n)
+            return super().randbelow(n)
+
+    for length in (4, 6):
+        rng = Recording()
+        world = make_world(ec.Policy(code_length=length))
+        service = ec.build_service(
+            store=world.store,
+            mailer=world.mailer,
+            directory=world.directory,
+            registry=world.registry,
+            audit=world.audit,
+            keyring=ec.Keyring(keys={"k1": b"k" * 32}, current="k1"),
+            mail_settings=ec.MailSettings(
+                confirm_url="https://ameli.example/confirmer",
+                revert_url="https://ameli.example/annuler",
+            ),
+            clock=world.clock,
+            rng=rng,
+            policy=world.policy,
+        )
+        service.start(INSURED)
+        assert rng.bounds == [10**length]
+
+
+def test_link_tokens_never_lose_a_character() -> None:
+    rng = memory.SeededRandom(5)
+    assert all(len(new_token(rng)) == 43 for _ in range(2000))
+
+
+def test_deadlines_exactly() -> None:
+    from email_change._machine import deadline_of
+
+    policy = ec.Policy()
+    at = make_procedure().created_at
+    live = make_procedure(codes_sent=1, last_code_sent_at=at)
+    assert deadline_of(live, policy) == at + 2 * policy.code_lifetime
+    last = make_procedure(codes_sent=policy.codes_per_procedure, last_code_sent_at=at)
+    assert deadline_of(last, policy) == at + policy.code_lifetime
+    verified = make_procedure(state="code_verified", last_code_sent_at=at, code_verified_at=at)
+    assert deadline_of(verified, policy) == at + policy.verified_step_lifetime
+    waiting = full_procedure()
+    assert waiting.code_verified_at is not None
+    assert deadline_of(waiting, policy) is None
+
+
+def test_ledger_entries_and_mails_name_their_procedure_and_locale() -> None:
+    world = make_world()
+    pid = world.service.start(INSURED, locale="en").procedure_id
+    ledger = world.store.ledger_since(INSURED, world.clock.now() - timedelta(days=1))
+    assert {e.procedure_id for e in ledger} == {pid}
+    mails = [i.effect for i in _outbox(world, pid) if isinstance(i.effect, MailEffect)]
+    assert mails and all(m.locale == "en" for m in mails)
+
+
+def test_form_errors_name_their_field_and_purpose() -> None:
+    world, pid = _at_identity_verified()
+    bad_channel = attrs.evolve(form(), channel="website")  # type: ignore[arg-type]
+    with pytest.raises(ec.InvalidForm) as caught:
+        world.service.submit_new_address(INSURED, pid, bad_channel)
+    assert caught.value.field == "channel"
+    with pytest.raises(ec.ConsentMissing) as missing:
+        world.service.submit_new_address(INSURED, pid, form(general=None))
+    assert missing.value.purpose == "general_information"
+
+
+def test_an_internationalised_address_is_refused_by_default() -> None:
+    world, pid = _at_identity_verified()
+    with pytest.raises(ec.InvalidAddress):
+        world.service.submit_new_address(INSURED, pid, form("jérôme@exemple.fr"))
+    with pytest.raises(ec.MismatchedConfirmation):
+        world.service.submit_new_address(
+            INSURED, pid, form("jerome@exemple.fr", confirmation="jérôme@exemple.fr")
+        )
+
+
+@pytest.mark.parametrize(
+    "address",
+    ['"jeanne martin"@exemple.fr', "jeanne@[192.0.2.1]", "Jeanne <jeanne@exemple.fr>"],
+    ids=["quoted-local", "domain-literal", "display-name"],
+)
+def test_unusual_address_forms_are_refused(address: str) -> None:
+    with pytest.raises(ec.InvalidAddress) as caught:
+        ec.parse_address(address)
+    assert caught.value.reason == "syntax"
+
+
+def test_address_refusal_reasons() -> None:
+    with pytest.raises(ec.InvalidAddress) as syntax:
+        ec.parse_address("jeanne@")
+    assert syntax.value.reason == "syntax"
+    with pytest.raises(ec.InvalidAddress) as long_local:
+        ec.parse_address("jeanne.martin.du.village@" + ".".join(["a" * 60] * 4) + ".fr")
+    assert long_local.value.reason == "too_long"
+
+
+def test_a_code_padded_with_spaces_up_to_the_input_limit_is_read() -> None:
+    from email_change._values import MAX_INPUT_LENGTH
+
+    padded = "1234".center(MAX_INPUT_LENGTH)
+    assert ec.parse_code(padded, length=4) == "1234"
+    with pytest.raises(ec.InvalidCodeFormat) as caught:
+        ec.parse_code(padded + " ", length=4)
+    assert caught.value.length == 4
+
+
+def test_the_code_mail_budget_says_when_it_has_room_again() -> None:
+    policy = ec.Policy(codes_per_insured_per_window=2, resend_cooldown=timedelta(0))
+    world = make_world(policy)
+    first = world.clock.now()
+    pid = world.service.start(INSURED).procedure_id
+    world.clock.advance(minutes=1)
+    world.service.resend_code(INSURED, pid)
+    world.clock.advance(minutes=1)
+    with pytest.raises(ec.InsuredBudgetSpent) as caught:
+        world.service.resend_code(INSURED, pid)
+    assert caught.value.retry_at == first + policy.insured_window
+
+
+def test_a_wrong_serial_counts_in_the_insured_budget() -> None:
+    world = make_world(ec.Policy(failures_per_insured_per_window=2, wrong_serial_tries=3))
+    pid = world.service.start(INSURED).procedure_id
+    with pytest.raises(ec.WrongCode):
+        world.service.submit_code(INSURED, pid, world.wrong_code())
+    world.service.submit_code(INSURED, pid, world.code())
+    with pytest.raises(ec.ProcedureLocked):
+        world.service.submit_serial(INSURED, pid, "87654321")  # the second failure of the day
+
+
+def test_the_cooldown_counts_from_the_latest_link() -> None:
+    policy = ec.Policy(link_resend_cooldown=timedelta(seconds=30), link_resends_per_window=5)
+    world = make_world(policy)
+    to_registered(world)
+    for _ in range(2):
+        world.clock.advance(seconds=40)
+        world.service.resend_confirmation(INSURED)
+    latest = world.clock.now()
+    world.clock.advance(seconds=5)
+    with pytest.raises(ec.ResendTooSoon) as caught:
+        world.service.resend_confirmation(INSURED)
+    assert caught.value.retry_at == latest + timedelta(seconds=30)
