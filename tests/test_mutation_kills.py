@@ -534,13 +534,15 @@ def test_the_code_mail_budget_says_when_it_has_room_again() -> None:
 
 
 def test_a_wrong_serial_counts_in_the_insured_budget() -> None:
-    world = make_world(ec.Policy(failures_per_insured_per_window=2, wrong_serial_tries=3))
+    world = make_world(ec.Policy(failures_per_insured_per_window=3, wrong_serial_tries=5))
     pid = world.service.start(INSURED).procedure_id
     with pytest.raises(ec.WrongCode):
-        world.service.submit_code(INSURED, pid, world.wrong_code())
+        world.service.submit_code(INSURED, pid, world.wrong_code())  # failure 1
     world.service.submit_code(INSURED, pid, world.code())
+    with pytest.raises(ec.WrongSerial):
+        world.service.submit_serial(INSURED, pid, "87654321")  # failure 2
     with pytest.raises(ec.ProcedureLocked):
-        world.service.submit_serial(INSURED, pid, "87654321")  # the second failure of the day
+        world.service.submit_serial(INSURED, pid, "87654321")  # failure 3 spends the budget
 
 
 def test_the_cooldown_counts_from_the_latest_link() -> None:
@@ -555,3 +557,22 @@ def test_the_cooldown_counts_from_the_latest_link() -> None:
     with pytest.raises(ec.ResendTooSoon) as caught:
         world.service.resend_confirmation(INSURED)
     assert caught.value.retry_at == latest + timedelta(seconds=30)
+
+
+@pytest.mark.parametrize("switch", [True, False], ids=["library-globals-permissive", "strict"])
+def test_address_rules_do_not_depend_on_email_validator_globals(
+    monkeypatch: pytest.MonkeyPatch, switch: bool
+) -> None:
+    """A host may change email-validator's module defaults; the library passes every option."""
+    import email_validator
+
+    for name in ("ALLOW_QUOTED_LOCAL", "ALLOW_DOMAIN_LITERAL", "ALLOW_DISPLAY_NAME"):
+        monkeypatch.setattr(email_validator, name, switch)
+    monkeypatch.setattr(email_validator, "ALLOW_SMTPUTF8", not switch)
+    for address in ('"jeanne martin"@exemple.fr', "jeanne@[192.0.2.1]", "J <jeanne@exemple.fr>"):
+        with pytest.raises(ec.InvalidAddress):
+            ec.parse_address(address)
+    # The policy decides about internationalised addresses, for the address and its copy.
+    world, pid = _at_identity_verified(ec.Policy(allow_smtputf8=True))
+    world.service.submit_new_address(INSURED, pid, form("jérôme@exemple.fr"))
+    assert _proc(world, pid).state == "awaiting_confirmation"
