@@ -176,3 +176,14 @@ def test_key_rotation_of_the_at_rest_key(tmp_path: Path) -> None:
             )
         ]
         assert key_ids() == ["rest-2"]
+
+
+def test_a_sealed_row_moved_on_in_sql_other_than_by_expiry_is_refused(
+    sealed_sqlite_storage: SQLStorage,
+) -> None:
+    store, db = sealed_sqlite_storage.store, sealed_sqlite_storage.db
+    store.commit(Commit(procedure=make_procedure(), expected_version=None))
+    with db.transaction() as tx:
+        tx.execute("UPDATE procedures SET version = version + 1 WHERE id = 'p1'")
+    with pytest.raises(EncryptedRecordError, match="changed outside the store"):
+        store.load("p1")
