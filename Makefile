@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo serve test lint typecheck diagram docs bench clean
+.PHONY: demo serve test lint typecheck diagram docs bench fuzz mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ serve: $(STAMP)
 	$(VENV)/bin/email-change serve --var var/serve
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests fuzz
+	$(VENV)/bin/ruff format --check src tests fuzz
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -43,5 +43,23 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
+# Coverage-guided fuzzing (atheris) of each parser for FUZZ_SECONDS; findings land in var/fuzz/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := address code serial token
+fuzz: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[fuzz]'
+	mkdir -p var/fuzz
+	for target in $(FUZZ_TARGETS); do \
+		(cd var/fuzz && ../../$(PY) ../../fuzz/run.py $$target -max_total_time=$(FUZZ_SECONDS) \
+			-print_final_stats=1) || exit 1; \
+	done
+
+# Mutation testing of the domain modules ([tool.mutmut] in pyproject.toml). Long: run it in the
+# background; `mutmut results` lists survivors, `mutmut show NAME` shows one.
+mutate: $(STAMP)
+	$(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut export-cicd-stats 2>/dev/null || true
+	$(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis site
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis site mutants

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from email_change.adapters.sql import SQLStorage, open_postgres, open_sqlite
+from email_change import Keyring
+from email_change.adapters.sql import RecordEncryption, SQLStorage, open_postgres, open_sqlite
+from email_change.adapters.system import SecretsRandom
 
 PG_DSN_ENV = "EMAIL_CHANGE_TEST_PG_DSN"
 
@@ -78,11 +80,52 @@ def sqlite_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLStor
     storage.close()
 
 
+#: The key the encrypted test stores seal with (its own id, so tests can tell it apart).
+AT_REST_KEYS = {"rest-1": b"r" * 32}
+
+
+def at_rest() -> RecordEncryption:
+    """Encryption at rest as a deployment would turn it on (nonces from the system's CSPRNG)."""
+    return RecordEncryption(
+        keyring=Keyring(keys=AT_REST_KEYS, current="rest-1"), rng=SecretsRandom()
+    )
+
+
+@pytest.fixture
+def sealed_pg_storage(pg_dsn: str, pg_schema: str) -> Iterator[SQLStorage]:
+    """A migrated PostgreSQL storage that encrypts its payloads at rest."""
+    storage = open_postgres(pg_dsn, schema=pg_schema, max_size=8, encryption=at_rest())
+    yield storage
+    storage.close()
+
+
+@pytest.fixture
+def sealed_sqlite_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLStorage]:
+    """A migrated SQLite storage that encrypts its payloads at rest."""
+    path = tmp_path_factory.mktemp("sqlite") / "email_change.sqlite3"
+    storage = open_sqlite(path, encryption=at_rest())
+    yield storage
+    storage.close()
+
+
+#: Every SQL storage flavour, by the fixture that opens it.
+SQL_STORAGES = {
+    "sqlite": "sqlite_storage",
+    "postgres": "pg_storage",
+    "sqlite-sealed": "sealed_sqlite_storage",
+    "postgres-sealed": "sealed_pg_storage",
+}
+
+
 @pytest.fixture(
-    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        "sqlite-sealed",
+        pytest.param("postgres-sealed", marks=pytest.mark.postgres),
+    ],
 )
 def sql_storage(request: pytest.FixtureRequest) -> SQLStorage:
-    """Each SQL engine in turn."""
-    name = {"sqlite": "sqlite_storage", "postgres": "pg_storage"}[request.param]
-    storage: SQLStorage = request.getfixturevalue(name)
+    """Each SQL engine in turn, without and with encryption at rest."""
+    storage: SQLStorage = request.getfixturevalue(SQL_STORAGES[request.param])
     return storage

@@ -14,12 +14,23 @@ class InjectedTimeout(TimeoutError):
     """A port that timed out."""
 
 
+#: How call k fails: ``exception`` and ``timeout`` before the call reaches the port;
+#: ``lost_reply`` after it (the port did the work, the caller sees a timeout, as when a
+#: connection drops before the answer comes back).
+MODES = ("exception", "timeout", "lost_reply")
+
+
 class FaultPlan:
     """Counts port calls across every wrapped port and fails call number ``fail_at`` (1-based)."""
 
-    def __init__(self, fail_at: int | None = None, *, timeout: bool = False) -> None:
+    def __init__(
+        self, fail_at: int | None = None, *, timeout: bool = False, mode: str | None = None
+    ) -> None:
         self.fail_at = fail_at
-        self.timeout = timeout
+        self.mode = mode or ("timeout" if timeout else "exception")
+        if self.mode not in MODES:
+            raise ValueError(self.mode)
+        self.timeout = self.mode != "exception"
         self.calls = 0
         self.failed: str | None = None
 
@@ -35,10 +46,12 @@ class FaultPlan:
                 @functools.wraps(target)
                 def call(*args: Any, **kwargs: Any) -> Any:
                     plan.calls += 1
-                    if plan.calls == plan.fail_at:
-                        plan.failed = f"{name}.{attr}"
-                        raise (InjectedTimeout if plan.timeout else InjectedFault)(plan.failed)
-                    return target(*args, **kwargs)
+                    if plan.calls != plan.fail_at:
+                        return target(*args, **kwargs)
+                    plan.failed = f"{name}.{attr}"
+                    if plan.mode == "lost_reply":
+                        target(*args, **kwargs)
+                    raise (InjectedTimeout if plan.timeout else InjectedFault)(plan.failed)
 
                 return call
 

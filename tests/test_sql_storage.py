@@ -375,12 +375,13 @@ def test_a_completed_procedure_delivers_and_drops_its_sealed_secrets(
     proc = sql_storage.store.load(proc_id)
     assert proc is not None
     assert proc.state == "confirmed"
-    rows = sql_storage.db.query(
-        "SELECT item, done_at FROM outbox WHERE procedure_id = ?", (proc_id,)
-    )
+    rows = sql_storage.db.query("SELECT id, done_at FROM outbox WHERE procedure_id = ?", (proc_id,))
     assert rows
-    assert all(done is not None for _item, done in rows)
-    assert all("ciphertext" not in str(item) for item, _done in rows)
+    assert all(done is not None for _id, done in rows)
+    # Read through the store: with encryption at rest the whole item is sealed in the row.
+    items = sql_storage.store.outbox_items([item_id for item_id, _done in rows])
+    assert len(items) == len(rows)
+    assert all(getattr(i.effect, "sealed", None) is None for i in items)
 
 
 # --- the card registry ---------------------------------------------------------------------------

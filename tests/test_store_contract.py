@@ -18,14 +18,21 @@ from email_change.testing import (
     ProcedureStoreContract,
     VitaleRegistryContract,
 )
+from tests.conftest import SQL_STORAGES
 
 ENGINES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+#: The procedure store also runs encrypted at rest (the registry has no payload to seal).
+STORES = [
+    *ENGINES,
+    "sqlite-sealed",
+    pytest.param("postgres-sealed", marks=pytest.mark.postgres),
+]
 #: The conftest fixture that opens each SQL engine.
-STORAGE = {"sqlite": "sqlite_storage", "postgres": "pg_storage"}
+STORAGE = SQL_STORAGES
 
 
 class TestProcedureStore(ProcedureStoreContract):
-    @pytest.fixture(params=ENGINES)
+    @pytest.fixture(params=STORES)
     def store(self, request: pytest.FixtureRequest) -> ProcedureStore:
         if request.param == "memory":
             return InMemoryProcedureStore()

@@ -236,7 +236,14 @@ class EmailChangeService:
         return proc
 
     def _split_token(self, token: str) -> tuple[str, str]:
-        if not isinstance(token, str) or len(token) > _TOKEN_MAX or token.count(".") != 1:
+        # Tokens are ASCII (hex id, base64url secret); anything else, a lone surrogate included
+        # (which the keyed hash could not even encode), is refused here.
+        if (
+            not isinstance(token, str)
+            or len(token) > _TOKEN_MAX
+            or not token.isascii()
+            or token.count(".") != 1
+        ):
             raise InvalidLink()
         proc_id, secret = token.split(".")
         if not proc_id or not secret:

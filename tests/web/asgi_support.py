@@ -39,6 +39,7 @@ class Wired:
     directory: memory.InMemoryAccountDirectory
     clock: memory.FakeClock
     settings: WebSettings
+    store: memory.InMemoryProcedureStore = attrs.field(factory=memory.InMemoryProcedureStore)
 
     def last_code(self, to: str = "jeanne@exemple.fr") -> str:
         for message in reversed(self.mailer.to(to)):
@@ -75,8 +76,9 @@ def wire(*, demo: bool = False) -> Wired:
     mail_settings = MailSettings(
         confirm_url=f"{BASE}/email/confirmer", revert_url=f"{BASE}/email/annuler-modification"
     )
+    store = memory.InMemoryProcedureStore()
     service = build_service(
-        store=memory.InMemoryProcedureStore(),
+        store=store,
         mailer=mailer,
         directory=directory,
         registry=registry,
@@ -92,7 +94,7 @@ def wire(*, demo: bool = False) -> Wired:
         https_only=False,
         demo_mailbox=(lambda: list(mailer.outbox)) if demo else None,
     )
-    return Wired(service, mailer, registry, directory, clock, settings)
+    return Wired(service, mailer, registry, directory, clock, settings, store)
 
 
 def web_app(wired: Wired) -> Starlette:

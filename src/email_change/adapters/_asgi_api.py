@@ -189,7 +189,8 @@ async def _body(
             raise ApiProblem(413, "request.too_large", "Body too large.")
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: thousands of nested brackets fit in the body limit.
             raise ApiProblem(400, "request.invalid", "Malformed JSON.") from None
     if not isinstance(data, dict):
         raise ApiProblem(400, "request.invalid", "The body must be a JSON object.")

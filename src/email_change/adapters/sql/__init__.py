@@ -12,6 +12,8 @@ True
 
 The ``open_*`` functions migrate the database in place (see ``docs/storage.md``) and return a
 :class:`SQLStorage` whose ``store`` and ``registry`` go to :func:`email_change.build_service`.
+With ``encryption=RecordEncryption(keyring=..., rng=...)`` the addresses are stored encrypted
+(see :mod:`email_change.adapters.sql._encryption` and ``docs/security-checklist.md``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import attrs
 from email_change._errors import ServiceUnavailable
 from email_change.adapters.sql._db import Database, SQLiteDatabase, Unavailable
 from email_change.adapters.sql._directory import SQLAccountDirectory
+from email_change.adapters.sql._encryption import EncryptedRecordError, RecordEncryption
 from email_change.adapters.sql._maintenance import Maintenance, MaintenanceReport, Retention
 from email_change.adapters.sql._migrations import MIGRATIONS, SchemaTooNew, current_version, migrate
 from email_change.adapters.sql._registry import CardImportError, SQLVitaleRegistry
@@ -37,9 +40,11 @@ __all__ = [
     "MIGRATIONS",
     "CardImportError",
     "Database",
+    "EncryptedRecordError",
     "Maintenance",
     "MaintenanceReport",
     "PostgresDatabase",
+    "RecordEncryption",
     "Retention",
     "SQLAccountDirectory",
     "SQLProcedureStore",
@@ -85,8 +90,11 @@ class SQLStorage:
         self.close()
 
 
-def open_database(db: Database) -> SQLStorage:
-    """Migrate ``db`` to the latest schema and build the adapters on it."""
+def open_database(db: Database, *, encryption: RecordEncryption | None = None) -> SQLStorage:
+    """Migrate ``db`` to the latest schema and build the adapters on it.
+
+    ``encryption``: store the procedure records and outbox items sealed (AES-256-GCM).
+    """
     try:
         migrate(db)
     except Unavailable as exc:
@@ -95,27 +103,44 @@ def open_database(db: Database) -> SQLStorage:
     except BaseException:
         db.close()
         raise
-    return SQLStorage(db, SQLProcedureStore(db), SQLVitaleRegistry(db), SQLAccountDirectory(db))
+    return SQLStorage(
+        db,
+        SQLProcedureStore(db, encryption=encryption),
+        SQLVitaleRegistry(db),
+        SQLAccountDirectory(db),
+    )
 
 
 def open_sqlite(
-    path: str | Path, *, busy_timeout_ms: int = 10_000, synchronous: str = "FULL"
+    path: str | Path,
+    *,
+    busy_timeout_ms: int = 10_000,
+    synchronous: str = "FULL",
+    encryption: RecordEncryption | None = None,
 ) -> SQLStorage:
     """Open (or create) the SQLite file at ``path``: the embedded default.
 
     The file and its folder are created on first use; the schema is migrated in place. See
-    :class:`SQLiteDatabase` for the options.
+    :class:`SQLiteDatabase` for the options, :class:`RecordEncryption` for ``encryption``.
     """
     return open_database(
-        SQLiteDatabase(path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous)
+        SQLiteDatabase(path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous),
+        encryption=encryption,
     )
 
 
-def open_postgres(dsn: str, *, schema: str | None = None, **pool: Any) -> SQLStorage:
+def open_postgres(
+    dsn: str,
+    *,
+    schema: str | None = None,
+    encryption: RecordEncryption | None = None,
+    **pool: Any,
+) -> SQLStorage:
     """Open a PostgreSQL database from a libpq DSN or URI, e.g. ``postgresql://app@db:5432/ameli``.
 
     ``schema`` (created if missing) isolates this deployment's tables; ``pool`` options go to
-    :class:`PostgresDatabase` (``min_size``, ``max_size``, ``timeout``, ``connect_timeout``).
+    :class:`PostgresDatabase` (``min_size``, ``max_size``, ``timeout``, ``connect_timeout``);
+    ``encryption`` as for :func:`open_sqlite`.
     An unreachable server raises ``ServiceUnavailable(dependency="procedure_store")``.
     """
     from email_change.adapters.sql._postgres import PostgresDatabase
@@ -124,7 +149,7 @@ def open_postgres(dsn: str, *, schema: str | None = None, **pool: Any) -> SQLSto
         db = PostgresDatabase(dsn, schema=schema, **pool)
     except Unavailable as exc:
         raise ServiceUnavailable(dependency="procedure_store") from exc
-    return open_database(db)
+    return open_database(db, encryption=encryption)
 
 
 def __getattr__(name: str) -> Any:

@@ -86,18 +86,21 @@ class Dialect:
 
         Parameters: the ``{"$dt": ...}`` JSON of the expiry time, twice (updated_at, ended_at).
         The same fields the machine's ``end`` action sets: state, version, ended_at, no live code,
-        no deadline.
+        no deadline. A sealed record (encryption at rest) cannot be edited in SQL: it is left as
+        it is, and the store brings it up to date from the columns when it loads it.
         """
         if self.name == "sqlite":
             return (
-                "json_set(record, '$.state', 'expired', '$.version', version + 1,"
+                "CASE WHEN json_type(record, '$.\"$sealed\"') IS NOT NULL THEN record ELSE"
+                " json_set(record, '$.state', 'expired', '$.version', version + 1,"
                 " '$.updated_at', json(?), '$.ended_at', json(?),"
-                " '$.code', json('null'), '$.deadline', json('null'))"
+                " '$.code', json('null'), '$.deadline', json('null')) END"
             )
         return (
-            "record || jsonb_build_object('state', 'expired', 'version', version + 1,"
+            "CASE WHEN (record -> '$sealed') IS NOT NULL THEN record ELSE"
+            " record || jsonb_build_object('state', 'expired', 'version', version + 1,"
             " 'updated_at', ?, 'ended_at', ?,"
-            " 'code', 'null'::jsonb, 'deadline', 'null'::jsonb)"
+            " 'code', 'null'::jsonb, 'deadline', 'null'::jsonb) END"
         )
 
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import attrs
+
 from email_change._errors import ConcurrentUpdate, ServiceUnavailable
 from email_change._records import (
     Commit,
@@ -28,18 +30,22 @@ from email_change._records import (
     encode,
 )
 from email_change.adapters.sql._db import Database, Unavailable, UniqueViolation
+from email_change.adapters.sql._encryption import (
+    EncryptedRecordError,
+    PlainRecords,
+    RecordEncryption,
+    is_sealed,
+)
 from email_change.adapters.sql._migrations import EXPIRABLE_STATES, FINAL_STATES, _in
 
 __all__ = ["SQLProcedureStore"]
 
-# Built from constants only (state names), never from input: hence the S608 exemptions.
-_SELECT_OPEN = (
-    "SELECT record FROM procedures WHERE insured_id = ?"  # noqa: S608
-    f" AND state NOT IN {_in(FINAL_STATES)}"
-)
+# What a procedure is loaded from: the record, and the columns bulk expiry may have moved on.
+_PROC = "SELECT id, record, state, version, updated_at, ended_at FROM procedures"
+# Built from constants only (state names), never from input.
+_SELECT_OPEN = f"{_PROC} WHERE insured_id = ? AND state NOT IN {_in(FINAL_STATES)}"
 _SELECT_DUE = (
-    f"SELECT record FROM procedures WHERE state IN {_in(EXPIRABLE_STATES)}"  # noqa: S608
-    " AND deadline <= ? ORDER BY deadline LIMIT ?"
+    f"{_PROC} WHERE state IN {_in(EXPIRABLE_STATES)} AND deadline <= ? ORDER BY deadline LIMIT ?"
 )
 _INSERT_PROCEDURE = (
     "INSERT INTO procedures (id, insured_id, state, version, deadline, updated_at, ended_at,"
@@ -61,27 +67,47 @@ class SQLProcedureStore:
 
     Build it with :func:`~email_change.adapters.sql.open_sqlite` or ``open_postgres``.
 
-    The database must be migrated (the ``open_*`` functions do it).
+    The database must be migrated (the ``open_*`` functions do it). With ``encryption``, the
+    record and outbox payloads are stored sealed (see :class:`RecordEncryption`); rows written
+    before it was turned on are still read, and sealed on their next write.
     """
 
     dependency = "procedure_store"
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, encryption: RecordEncryption | None = None) -> None:
         self.db = db
         self._d = db.dialect
+        self._box: RecordEncryption | PlainRecords = encryption or PlainRecords()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with unavailable_as(self.dependency):
             return self.db.query(sql, params)
 
-    def _procedure(self, raw: Any) -> Procedure:
-        return Procedure.from_dict(self._d.from_json(raw))
+    def _procedure(self, row: Sequence[Any]) -> Procedure:
+        proc_id, raw, state, version, updated_at, ended_at = row
+        stored = self._d.from_json(raw)
+        proc = Procedure.from_dict(self._box.open(stored, associated=f"procedures/{proc_id}"))
+        if not is_sealed(stored) or proc.version == version:
+            return proc
+        # A sealed record behind its columns: bulk expiry moved the row on in SQL (it cannot edit
+        # a sealed payload). Apply what the machine's expire transition does.
+        if state != "expired":
+            raise EncryptedRecordError(f"procedures/{proc_id} changed outside the store")
+        return attrs.evolve(
+            proc,
+            state=state,
+            version=version,
+            updated_at=self._d.from_time(updated_at),
+            ended_at=self._d.from_time(ended_at),
+            code=None,
+            deadline=None,
+        )
 
     # --- reads ------------------------------------------------------------------------------
 
     def load(self, procedure_id: str) -> Procedure | None:
-        rows = self._query("SELECT record FROM procedures WHERE id = ?", (procedure_id,))
-        return self._procedure(rows[0][0]) if rows else None
+        rows = self._query(f"{_PROC} WHERE id = ?", (procedure_id,))
+        return self._procedure(rows[0]) if rows else None
 
     def open_procedure_of(self, insured_id: str) -> Procedure | None:
         # The same predicate as the partial unique index, so the index serves this query.
@@ -89,7 +115,7 @@ class SQLProcedureStore:
             _SELECT_OPEN,
             (insured_id,),
         )
-        return self._procedure(rows[0][0]) if rows else None
+        return self._procedure(rows[0]) if rows else None
 
     def ledger_since(self, insured_id: str, since: datetime) -> Sequence[LedgerEntry]:
         rows = self._query(
@@ -109,18 +135,18 @@ class SQLProcedureStore:
 
     def due_outbox(self, now: datetime, limit: int) -> Sequence[OutboxItem]:
         rows = self._query(
-            "SELECT item FROM outbox WHERE done_at IS NULL AND next_attempt_at <= ?"
+            "SELECT id, item FROM outbox WHERE done_at IS NULL AND next_attempt_at <= ?"
             " ORDER BY created_at, id LIMIT ?",
             (self._d.time(now), limit),
         )
-        return [self._item(r[0]) for r in rows]
+        return [self._item(r) for r in rows]
 
     def outbox_items(self, ids: Sequence[str]) -> Sequence[OutboxItem]:
         if not ids:
             return []
         marks = ", ".join("?" for _ in ids)
-        rows = self._query(f"SELECT item FROM outbox WHERE id IN ({marks})", tuple(ids))  # noqa: S608 - only placeholders
-        by_id = {item.id: item for item in (self._item(r[0]) for r in rows)}
+        rows = self._query(f"SELECT id, item FROM outbox WHERE id IN ({marks})", tuple(ids))  # noqa: S608 - only placeholders
+        by_id = {item.id: item for item in (self._item(r) for r in rows)}
         return [by_id[i] for i in ids if i in by_id]
 
     def procedures_due(self, now: datetime, limit: int) -> Sequence[Procedure]:
@@ -128,10 +154,11 @@ class SQLProcedureStore:
             _SELECT_DUE,
             (self._d.time(now), limit),
         )
-        return [self._procedure(r[0]) for r in rows]
+        return [self._procedure(r) for r in rows]
 
-    def _item(self, raw: Any) -> OutboxItem:
-        item = decode(self._d.from_json(raw))
+    def _item(self, row: Sequence[Any]) -> OutboxItem:
+        item_id, raw = row
+        item = decode(self._box.open(self._d.from_json(raw), associated=f"outbox/{item_id}"))
         if not isinstance(item, OutboxItem):
             raise TypeError("not an outbox item")
         return item
@@ -148,7 +175,7 @@ class SQLProcedureStore:
             d.time(proc.deadline),
             d.time(proc.updated_at),
             d.time(proc.ended_at),
-            d.json(proc.to_dict()),
+            d.json(self._box.seal(proc.to_dict(), associated=f"procedures/{proc.id}")),
         )
 
     def _outbox_row(self, item: OutboxItem) -> tuple[Any, ...]:
@@ -160,7 +187,7 @@ class SQLProcedureStore:
             d.time(item.next_attempt_at),
             d.time(item.done_at),
             item.attempts,
-            d.json(encode(item)),
+            d.json(self._box.seal(encode(item), associated=f"outbox/{item.id}")),
         )
 
     def commit(self, commit: Commit) -> None:

@@ -1,0 +1,226 @@
+"""Crash recovery: a child process runs journeys and is killed with SIGKILL at random points.
+
+200 kills in all (140 on a SQLite file, 60 on PostgreSQL). After each one a fresh opening of the
+store, in this process, checks the invariants of the procedure:
+
+* every stored procedure is whole: it loads, its state is a real one and matches its column, and
+  no insured has two open procedures;
+* no budget is exceeded, and the ledger holds exactly the tries and codes the counters say;
+* no effect is lost: each issued code, link and notice has its mail in the outbox, each change
+  its account effects; each mail is either delivered (in the mail journal) or pending, and no
+  mail was delivered that the outbox does not owe;
+
+then runs the relay until every owed mail is delivered, and finishes every journey the killed
+process left open (to confirmed, or to a final state its tries led to).
+
+The child is forked by a ``forkserver`` (started clean, with the worker module preloaded), so a
+run costs milliseconds, not an interpreter start. The delay before each kill comes from a seeded
+RNG: the points differ from kill to kill but a failing run can be replayed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from email_change import LedgerKind, MailKind
+from email_change._records import AccountAction, AccountEffect, MailEffect, Procedure
+from email_change.adapters.sql import SQLStorage
+from tests import crash_worker
+from tests.crash_worker import POLICY, JournalDirectory, new_address, open_storage, service_on
+
+KILLS = {"sqlite": 140, "postgres": 60}
+#: Seconds a child runs before it is killed (drawn uniformly per kill).
+DELAY = (0.02, 0.2)
+FINAL = ("confirmed", "cancelled", "expired", "locked", "reverted")
+STORED_STATES = {"code_sent", "code_verified", "identity_verified", "awaiting_confirmation", *FINAL}
+
+
+class Checker:
+    """The invariants, checked on a fresh opening after each kill."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        #: Procedures already seen ended with all their effects delivered: they cannot change.
+        self.settled: set[str] = set()
+        self.figures: Counter[str] = Counter()
+
+    def check(self, storage: SQLStorage) -> None:
+        procs = self._procedures(storage)
+        self._ledger(storage, procs)
+        self._outbox(storage, procs, delivered_only=False)
+        service, mailer = service_on(storage, self.folder)
+        while True:
+            report = service.relay.run_once(limit=1000)
+            self.figures["mails and changes delivered after a kill"] += report.delivered
+            assert report.failed == 0
+            if not report.delivered:
+                break
+        rng = random.Random(0)  # noqa: S311 - no mistakes are made: the choices do not matter
+        for proc in procs.values():
+            if proc.state in FINAL:
+                continue
+            self.figures["journeys finished after a kill"] += 1
+            for _ in range(20):
+                if crash_worker.step(
+                    service, mailer, proc.insured_id, rng, begun={proc.insured_id}, mistakes=False
+                ):
+                    break
+            else:
+                pytest.fail(f"journey of {proc.insured_id} did not finish from {proc.state}")
+        service.relay.run_once(limit=1000)
+        procs = self._procedures(storage)
+        self._ledger(storage, procs)
+        self._outbox(storage, procs, delivered_only=True)
+        directory = JournalDirectory(self.folder)
+        for proc in procs.values():
+            assert proc.state in FINAL
+            if proc.state == "confirmed":
+                address = directory.current_address(proc.insured_id)
+                assert address is not None and address.value == new_address(proc.insured_id)
+            self.figures[f"ended {proc.state}"] += 1
+            self.settled.add(proc.id)
+
+    def _procedures(self, storage: SQLStorage) -> dict[str, Procedure]:
+        rows = storage.db.query("SELECT id, state, version FROM procedures")
+        procs = {}
+        for proc_id, state, version in rows:
+            if proc_id in self.settled:
+                continue
+            proc = storage.store.load(proc_id)
+            assert proc is not None
+            assert (proc.state, proc.version) == (state, version)
+            assert proc.state in STORED_STATES
+            procs[proc_id] = proc
+        self.figures["procedure checks"] += len(procs)
+        doubles = storage.db.query(
+            "SELECT insured_id FROM procedures WHERE state NOT IN"
+            " ('confirmed', 'cancelled', 'expired', 'locked', 'reverted')"
+            " GROUP BY insured_id HAVING COUNT(*) > 1"
+        )
+        assert doubles == []
+        return procs
+
+    def _ledger(self, storage: SQLStorage, procs: dict[str, Procedure]) -> None:
+        counts = {
+            (proc_id, kind): n
+            for proc_id, kind, n in storage.db.query(
+                "SELECT procedure_id, kind, COUNT(*) FROM ledger GROUP BY procedure_id, kind"
+            )
+        }
+        for proc in procs.values():
+            assert counts.get((proc.id, LedgerKind.WRONG_CODE.value), 0) == proc.wrong_codes
+            assert counts.get((proc.id, LedgerKind.WRONG_SERIAL.value), 0) == proc.wrong_serials
+            assert counts.get((proc.id, LedgerKind.CODE_SENT.value), 0) == proc.codes_sent
+            assert proc.wrong_codes <= POLICY.max_code_guesses_per_procedure
+            assert proc.wrong_serials <= POLICY.wrong_serial_tries
+            assert proc.codes_sent <= POLICY.codes_per_procedure
+            assert proc.code is None or proc.code.wrong_tries < POLICY.wrong_tries_per_code
+        failures = storage.db.query(
+            "SELECT insured_id, COUNT(*) FROM ledger WHERE kind IN ('wrong_code', 'wrong_serial')"
+            " GROUP BY insured_id"
+        )
+        assert all(n <= POLICY.failures_per_insured_per_window for _insured, n in failures)
+
+    def _outbox(
+        self, storage: SQLStorage, procs: dict[str, Procedure], *, delivered_only: bool
+    ) -> None:
+        rows = storage.db.query("SELECT id, procedure_id FROM outbox")
+        all_ids = {item_id for item_id, _proc_id in rows}
+        sent = [m["id"] for m in crash_worker.JournalMailer(self.folder).sent()]
+        # No mail went out that the outbox does not owe.
+        assert set(sent) <= all_ids
+        ids = [item_id for item_id, proc_id in rows if proc_id in procs]
+        owed: dict[str, Counter[str]] = {proc_id: Counter() for proc_id in procs}
+        for item in storage.store.outbox_items(ids):
+            effect = item.effect
+            if isinstance(effect, MailEffect):
+                owed[effect.procedure_id][effect.kind.value] += 1
+                if item.done_at is not None:
+                    assert item.id in sent  # delivered means delivered
+                    assert effect.sealed is None  # and its secret dropped
+                else:
+                    assert not delivered_only, f"mail {item.id} still owed after the relay ran"
+                    self.figures["mails pending at a kill"] += 1
+            else:
+                assert isinstance(effect, AccountEffect)
+                owed[effect.procedure_id][effect.action.value] += 1
+                assert item.done_at is not None or not delivered_only
+        for proc in procs.values():
+            registered = 1 if proc.registered_at is not None else 0
+            assert owed[proc.id] == Counter(
+                {
+                    MailKind.SECURITY_CODE.value: proc.codes_sent,
+                    MailKind.CONFIRM_ADDRESS.value: len(proc.link_sends),
+                    MailKind.PREVIOUS_ADDRESS_NOTICE.value: registered,
+                    AccountAction.REGISTER_PENDING.value: registered,
+                    AccountAction.RECORD_CONSENTS.value: registered,
+                    AccountAction.END_SESSIONS.value: registered,
+                    AccountAction.CONFIRM.value: int(proc.state == "confirmed"),
+                    AccountAction.CANCEL_PENDING.value: int(proc.state == "reverted"),
+                }
+            ), proc.id
+
+
+def _kill_again_and_again(
+    engine: str, target: str, schema: str | None, *, folder: Path, kills: int, seed: int
+) -> Counter[str]:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tests.crash_worker"])
+    rng = random.Random(seed)  # noqa: S311 - kill points of a test
+    checker = Checker(folder)
+    for run_id in range(kills):
+        child = ctx.Process(
+            target=crash_worker.run,
+            args=(engine, target, schema),
+            kwargs={"folder": str(folder), "run_id": run_id, "seed": rng.randrange(2**32)},
+        )
+        child.start()
+        time.sleep(rng.uniform(*DELAY))
+        child.kill()
+        child.join()
+        # Killed while running: a worker that had stopped on its own would be a failure.
+        assert child.exitcode == -signal.SIGKILL, f"worker {run_id} exited {child.exitcode}"
+        checker.figures["kills survived"] += 1
+        with open_storage(engine, target, schema) as storage:
+            checker.check(storage)
+    return checker.figures
+
+
+def _report(engine: str, figures: Counter[str]) -> None:
+    print(f"\ncrash recovery on {engine}: {dict(sorted(figures.items()))}")
+
+
+def test_sqlite_survives_sigkill(tmp_path: Path) -> None:
+    figures = _kill_again_and_again(
+        "sqlite",
+        str(tmp_path / "crash.sqlite3"),
+        None,
+        folder=tmp_path,
+        kills=KILLS["sqlite"],
+        seed=2026,
+    )
+    _report("sqlite", figures)
+    assert figures["kills survived"] == KILLS["sqlite"]
+    # The kills landed mid-journey: there was something to recover, and journeys ended well.
+    assert figures["journeys finished after a kill"] >= KILLS["sqlite"] // 4
+    assert figures["ended confirmed"] >= KILLS["sqlite"] // 4
+
+
+@pytest.mark.postgres
+def test_postgres_survives_sigkill(pg_dsn: str, pg_schema: str, tmp_path: Path) -> None:
+    with open_storage("postgres", pg_dsn, pg_schema):
+        pass  # migrate once, so the first kill does not always land in the migration
+    figures = _kill_again_and_again(
+        "postgres", pg_dsn, pg_schema, folder=tmp_path, kills=KILLS["postgres"], seed=2027
+    )
+    _report("postgres", figures)
+    assert figures["kills survived"] == KILLS["postgres"]
+    assert figures["journeys finished after a kill"] >= KILLS["postgres"] // 4
+    assert figures["ended confirmed"] >= KILLS["postgres"] // 4
