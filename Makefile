@@ -21,8 +21,8 @@ serve: $(STAMP)
 	$(VENV)/bin/email-change serve --var var/serve
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests fuzz
-	$(VENV)/bin/ruff format --check src tests fuzz
+	$(VENV)/bin/ruff check src tests fuzz benchmarks docs/conftest.py
+	$(VENV)/bin/ruff format --check src tests fuzz benchmarks docs/conftest.py
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
