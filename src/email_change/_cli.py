@@ -9,8 +9,6 @@ work itself failed.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import os
 import signal
 import sys
@@ -21,7 +19,7 @@ from pathlib import Path
 import attrs
 
 from email_change._bootstrap import build_relay, build_service
-from email_change._crypto import Keyring
+from email_change._crypto import Keyring, parse_keyring
 from email_change._errors import EmailChangeError
 from email_change._messages import MailSettings
 from email_change._ports import AccountDirectory, Mailer, ProcedureStore, VitaleRegistry
@@ -79,17 +77,8 @@ def _keyring() -> Keyring:
     raw = os.environ.get(KEYS_ENV, "").strip()
     if not raw:
         raise CliError(f"set {KEYS_ENV} to 'key-id=<base64 key of 32+ bytes>[,older-id=...]'")
-    keys: dict[str, bytes] = {}
-    for entry in raw.split(","):
-        key_id, sep, encoded = entry.strip().partition("=")
-        try:
-            keys[key_id] = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise CliError(f"{KEYS_ENV}: key {key_id!r} is not valid base64") from None
-        if not sep:
-            raise CliError(f"{KEYS_ENV}: expected id=base64, got an entry without '='")
     try:
-        return Keyring(keys=keys, current=next(iter(keys)))
+        return parse_keyring(raw)
     except ValueError as exc:
         raise CliError(f"{KEYS_ENV}: {exc}") from None
 

@@ -13,6 +13,8 @@ handles one secret per key id.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 
 import attrs
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives import constant_time, hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["KeyedDigest", "Keyring", "SealedSecret", "UnknownKeyError"]
+__all__ = ["KeyedDigest", "Keyring", "SealedSecret", "UnknownKeyError", "parse_keyring"]
 
 _MIN_MASTER_KEY = 32
 NONCE_BYTES = 12
@@ -162,3 +164,29 @@ class Keyring:
         except InvalidTag:
             raise ValueError("sealed secret failed authentication") from None
         return plain.decode("utf-8")
+
+
+def parse_keyring(text: str) -> Keyring:
+    """A keyring from ``id=base64key[,older-id=base64key...]``; the first key is current.
+
+    This is the form of the ``EMAIL_CHANGE_KEYS`` variable the command line and the embedded
+    default read. Raises ``ValueError`` with a message that never contains a key.
+
+    >>> import base64
+    >>> parse_keyring("2026-11=" + base64.b64encode(b"k" * 32).decode())
+    Keyring(current='2026-11', key_ids=['2026-11'])
+    >>> parse_keyring("2026-11")
+    Traceback (most recent call last):
+    ...
+    ValueError: expected id=base64, got an entry without '='
+    """
+    keys: dict[str, bytes] = {}
+    for entry in text.strip().split(","):
+        key_id, sep, encoded = entry.strip().partition("=")
+        if not sep:
+            raise ValueError("expected id=base64, got an entry without '='")
+        try:
+            keys[key_id] = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"key {key_id!r} is not valid base64") from None
+    return Keyring(keys=keys, current=next(iter(keys)))

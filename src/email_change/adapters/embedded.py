@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from email_change._bootstrap import build_service
-from email_change._crypto import Keyring
+from email_change._crypto import Keyring, parse_keyring
 from email_change._messages import MailSettings
 from email_change._policy import Policy
 from email_change._ports import Clock, RandomSource
@@ -42,11 +42,7 @@ KEYS_ENV = "EMAIL_CHANGE_KEYS"
 def _keyring(folder: Path) -> Keyring:
     raw = os.environ.get(KEYS_ENV, "").strip()
     if raw:
-        keys = {}
-        for entry in raw.split(","):
-            key_id, _, encoded = entry.strip().partition("=")
-            keys[key_id] = base64.b64decode(encoded, validate=True)
-        return Keyring(keys=keys, current=next(iter(keys)))
+        return parse_keyring(raw)
     path = folder / "keys.json"
     if not path.exists():
         # A development key, readable by this user only. Production keys come from a vault.
