@@ -126,6 +126,16 @@ class Journeys(RuleBasedStateMachine):
             pid, wrong = self.pid, self.world.wrong_code()
             assert self._call(lambda: self.world.service.submit_code(INSURED, pid, wrong)) is None
 
+    @rule(codes=st.integers(1, 4))
+    def guess_until_codes_die(self, codes: int) -> None:
+        """An attacker with the session: wrong codes until each code dies, asking for new ones."""
+        for _ in range(codes):
+            for _ in range(self.world.policy.wrong_tries_per_code):
+                self.wrong_code()
+            if self.pid:
+                self.world.clock.advance(self.world.policy.resend_cooldown)
+                self.resend_code()
+
     @rule(text=HOSTILE)
     def hostile_code(self, text: str) -> None:
         if self.pid:
