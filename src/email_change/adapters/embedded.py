@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import attrs
@@ -29,6 +28,7 @@ from email_change._messages import MailSettings
 from email_change._policy import Policy
 from email_change._ports import Clock, RandomSource
 from email_change._service import EmailChangeService
+from email_change.adapters._closing import ClosesOnExit
 from email_change.adapters.audit_log import JsonLinesAuditSink
 from email_change.adapters.file_outbox import FileOutbox
 from email_change.adapters.sql import SQLStorage, open_sqlite
@@ -61,7 +61,7 @@ def _keyring(folder: Path) -> Keyring:
 
 
 @attrs.frozen(kw_only=True)
-class EmbeddedDefault:
+class EmbeddedDefault(ClosesOnExit):
     """The adapters of the embedded default, all under :attr:`folder`."""
 
     folder: Path
@@ -95,17 +95,6 @@ class EmbeddedDefault:
     def close(self) -> None:
         """Close the database."""
         self.storage.close()
-
-    def __enter__(self) -> EmbeddedDefault:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_embedded(folder: Path | str, **sqlite: Any) -> EmbeddedDefault:

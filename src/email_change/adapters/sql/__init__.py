@@ -19,12 +19,12 @@ With ``encryption=RecordEncryption(keyring=..., rng=...)`` the addresses are sto
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from email_change._errors import ServiceUnavailable
+from email_change.adapters._closing import ClosesOnExit
 from email_change.adapters.sql._db import Database, SQLiteDatabase, Unavailable
 from email_change.adapters.sql._directory import SQLAccountDirectory
 from email_change.adapters.sql._encryption import EncryptedRecordError, RecordEncryption
@@ -61,7 +61,7 @@ __all__ = [
 
 
 @attrs.frozen
-class SQLStorage:
+class SQLStorage(ClosesOnExit):
     """An open, migrated database and the adapters on it. Close it when done (or use ``with``)."""
 
     db: Database
@@ -77,17 +77,6 @@ class SQLStorage:
     def close(self) -> None:
         """Close the database's connections."""
         self.db.close()
-
-    def __enter__(self) -> SQLStorage:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_database(db: Database, *, encryption: RecordEncryption | None = None) -> SQLStorage:
