@@ -99,6 +99,33 @@ def make_procedure(
     return attrs.evolve(proc, **changes)
 
 
+def consent_pair(
+    insured_id: str,
+    at: datetime,
+    *,
+    general: bool,
+    studies: bool,
+    version: str,
+    channel: Channel,
+) -> tuple[ConsentRecord, ConsentRecord]:
+    """The two consent records one registration makes (general information, studies)."""
+
+    def record(purpose: ConsentPurpose, granted: bool) -> ConsentRecord:
+        return ConsentRecord(
+            insured_id=insured_id,
+            purpose=purpose,
+            granted=granted,
+            at=at,
+            wording_version=version,
+            channel=channel,
+        )
+
+    return (
+        record(ConsentPurpose.GENERAL_INFORMATION, general),
+        record(ConsentPurpose.STUDIES_AND_RESEARCH, studies),
+    )
+
+
 def full_procedure(proc_id: str = "p-full", insured_id: str = "insured-full") -> Procedure:
     """A procedure with every optional field set (awaiting confirmation)."""
     at = T0 + timedelta(minutes=5)
@@ -114,19 +141,13 @@ def full_procedure(proc_id: str = "p-full", insured_id: str = "insured-full") ->
         wrong_serials=1,
         identity_verified_at=at,
         new_address=parse_address("Jeanne.Nouvelle@Exemple.org"),
-        consents=tuple(
-            ConsentRecord(
-                insured_id=insured_id,
-                purpose=purpose,
-                granted=granted,
-                at=at,
-                wording_version="2026-01",
-                channel=Channel.MOBILE_APP,
-            )
-            for purpose, granted in (
-                (ConsentPurpose.GENERAL_INFORMATION, True),
-                (ConsentPurpose.STUDIES_AND_RESEARCH, False),
-            )
+        consents=consent_pair(
+            insured_id,
+            at,
+            general=True,
+            studies=False,
+            version="2026-01",
+            channel=Channel.MOBILE_APP,
         ),
         link=LinkIssue(
             digest=KeyedDigest(key_id="k2", mac=b"\x02" * 32),
@@ -545,20 +566,11 @@ class AccountDirectoryContract:
         directory = directory_with({"insured-1": "jeanne@exemple.fr"})
         directory.end_sessions("insured-1", at=T0)
         directory.end_sessions("insured-1", at=T0)
-        consents = [
-            ConsentRecord(
-                insured_id="insured-1",
-                purpose=purpose,
-                granted=granted,
-                at=T0,
-                wording_version="v1",
-                channel=Channel.WEBSITE,
+        consents = list(
+            consent_pair(
+                "insured-1", T0, general=False, studies=True, version="v1", channel=Channel.WEBSITE
             )
-            for purpose, granted in (
-                (ConsentPurpose.GENERAL_INFORMATION, False),
-                (ConsentPurpose.STUDIES_AND_RESEARCH, True),
-            )
-        ]
+        )
         directory.record_consents(consents)
         directory.record_consents(consents)
         reader = getattr(directory, "consents_of", None)
