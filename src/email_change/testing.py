@@ -110,7 +110,7 @@ def consent_pair(
 ) -> tuple[ConsentRecord, ConsentRecord]:
     """The two consent records one registration makes (general information, studies)."""
 
-    def record(purpose: ConsentPurpose, granted: bool) -> ConsentRecord:
+    def record(purpose: ConsentPurpose, *, granted: bool) -> ConsentRecord:
         return ConsentRecord(
             insured_id=insured_id,
             purpose=purpose,
@@ -121,8 +121,8 @@ def consent_pair(
         )
 
     return (
-        record(ConsentPurpose.GENERAL_INFORMATION, general),
-        record(ConsentPurpose.STUDIES_AND_RESEARCH, studies),
+        record(ConsentPurpose.GENERAL_INFORMATION, granted=general),
+        record(ConsentPurpose.STUDIES_AND_RESEARCH, granted=studies),
     )
 
 
