@@ -161,11 +161,8 @@ class HandWrittenService:
         return proc
 
     def _past_deadline(self, proc: ec.Procedure) -> bool:
-        return (
-            proc.state in _EXPIRABLE
-            and proc.deadline is not None
-            and self.clock.now() >= proc.deadline
-        )
+        deadline = deadline_of(proc, self.policy)
+        return deadline is not None and self.clock.now() >= deadline
 
     def _operate(
         self, insured_id: str, procedure_id: str, event: str, **inputs: Any
@@ -203,25 +200,27 @@ class HandWrittenService:
             self._refused(proc, proc.id, event, error)
             raise error
         since = now - self.policy.insured_window
-        history = tuple(self.store.ledger_since(proc.insured_id, since))
-        draft = _Draft(proc.copy(), now)
-        try:
-            draft.proc.state = handler(draft, history, **inputs)
-        except ec.EmailChangeError as exc:
-            self._refused(proc, proc.id, event, exc)
-            raise
-        new = draft.proc
-        new.version = proc.version + 1
-        new.updated_at = now
-        new.deadline = deadline_of(new, self.policy)
-        self.store.commit(
-            ec.Commit(
-                procedure=new,
-                expected_version=None if proc.state == "new" else proc.version,
-                ledger=tuple(draft.ledger),
-                outbox=tuple(draft.outbox),
+        with self.store.transaction(proc.insured_id) as tx:
+            history = tuple(tx.ledger_since(since))
+            draft = _Draft(proc.copy(), now)
+            try:
+                draft.proc.state = ec.ProcedureState(handler(draft, history, **inputs))
+            except ec.EmailChangeError as exc:
+                self._refused(proc, proc.id, event, exc)
+                raise
+            new = draft.proc
+            new.version = proc.version + 1
+            new.updated_at = now
+            if new.state in ec.FINAL_STATES:
+                new.ended_at = now
+            tx.commit(
+                ec.Commit(
+                    procedure=new,
+                    expected_version=None if proc.state == "new" else proc.version,
+                    ledger=tuple(draft.ledger),
+                    outbox=tuple(draft.outbox),
+                )
             )
-        )
         detail = {"channel": new.channel.value}
         if new.new_address is not None:
             detail["new_address"] = ec.mask_address(new.new_address) or ""

@@ -144,7 +144,7 @@ def bench_engine(runs: int, count: int) -> dict[str, Any]:
         for _ in range(count):
             Step(now=world.clock.now(), policy=policy, keyring=keyring, rng=rng)
             draft = proc.copy()
-            draft.state = table[(draft.state, "cancel")]
+            draft.state = ec.ProcedureState(table[(draft.state, "cancel")])
             draft.code = None
             draft.ended_at = world.clock.now()
 

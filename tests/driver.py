@@ -30,6 +30,12 @@ def perform(world: World, pid: str | None, event: str, target: str) -> str:
         service.revert(world.token(CURRENT))
     elif event == "cancel":
         service.cancel(INSURED, pid)
+    elif event == "cancel_registration":
+        # The new address's server refuses the (resent) confirmation mail for good.
+        world.mailer.refused.add(NEW)
+        world.clock.advance(world.policy.link_resend_cooldown)
+        service.resend_confirmation(INSURED)
+        world.mailer.refused.discard(NEW)
     elif event == "expire":
         deadline = service.view(INSURED, pid).deadline
         assert deadline is not None

@@ -34,6 +34,18 @@ class FaultPlan:
         self.calls = 0
         self.failed: str | None = None
 
+    def _count(self, name: str) -> bool:
+        """Count one call; whether it is the one to fail."""
+        self.calls += 1
+        if self.calls != self.fail_at:
+            return False
+        self.failed = name
+        return True
+
+    def _fail(self) -> BaseException:
+        assert self.failed is not None
+        return (InjectedTimeout if self.timeout else InjectedFault)(self.failed)
+
     def wrap(self, name: str, port: Any, methods: tuple[str, ...]) -> Any:
         plan = self
 
@@ -42,29 +54,63 @@ class FaultPlan:
                 target = getattr(port, attr)
                 if attr not in methods:
                     return target
+                if attr == "transaction":
+                    return functools.partial(_Transaction, plan, f"{name}.transaction", target)
 
                 @functools.wraps(target)
                 def call(*args: Any, **kwargs: Any) -> Any:
-                    plan.calls += 1
-                    if plan.calls != plan.fail_at:
+                    if not plan._count(f"{name}.{attr}"):
                         return target(*args, **kwargs)
-                    plan.failed = f"{name}.{attr}"
                     if plan.mode == "lost_reply":
                         target(*args, **kwargs)
-                    raise (InjectedTimeout if plan.timeout else InjectedFault)(plan.failed)
+                    raise plan._fail()
 
                 return call
 
         return Proxy()
 
 
+class _Transaction:
+    """A store transaction whose start, every call inside and end can each be call number k.
+
+    A lost reply at the end is the classic one: the database committed, the caller saw a timeout.
+    """
+
+    def __init__(self, plan: FaultPlan, name: str, open_: Any, *args: Any) -> None:
+        self._plan, self._name = plan, name
+        self._context = open_(*args)
+
+    def __enter__(self) -> Any:
+        if self._plan._count(f"{self._name}.begin") and self._plan.mode != "lost_reply":
+            raise self._plan._fail()
+        tx = self._context.__enter__()
+        if self._plan.failed == f"{self._name}.begin" and self._plan.calls == self._plan.fail_at:
+            self._context.__exit__(None, None, None)  # lost reply: began, then the caller lost it
+            raise self._plan._fail()
+        return self._plan.wrap(f"{self._name}", tx, TRANSACTION_METHODS)
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> Any:
+        if kind is not None or not self._plan._count(f"{self._name}.end"):
+            return self._context.__exit__(kind, error, trace)
+        if self._plan.mode == "lost_reply":
+            self._context.__exit__(None, None, None)  # committed; the reply is lost
+        else:
+            failure = self._plan._fail()
+            self._context.__exit__(type(failure), failure, None)  # rolled back
+        raise self._plan._fail()
+
+
+#: What a transaction offers, each a port call the harness can fail.
+TRANSACTION_METHODS = ("load", "open_procedure", "ledger_since", "commit")
+
+
 PORT_METHODS: dict[str, tuple[str, ...]] = {
     "store": (
         "load",
         "open_procedure_of",
-        "ledger_since",
-        "commit",
+        "transaction",
         "due_outbox",
+        "dead_outbox",
         "outbox_items",
         "update_outbox",
         "procedures_due",

@@ -157,7 +157,10 @@ def test_relay_once_on_the_in_memory_store(
     keys: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["relay", "--once", "--outbox-dir", str(tmp_path), *URLS]) == 0
-    assert capsys.readouterr().out.strip() == "delivered 0, failed 0 (failed ones are retried)"
+    assert capsys.readouterr().out.strip() == (
+        "delivered 0, failed 0, dead 0 (failed ones are retried; list dead ones with"
+        " --dead-letters)"
+    )
 
 
 def pending_world(monkeypatch: pytest.MonkeyPatch) -> memory.InMemoryProcedureStore:
@@ -176,7 +179,8 @@ def pending_world(monkeypatch: pytest.MonkeyPatch) -> memory.InMemoryProcedureSt
         mail_settings=ec.MailSettings(
             confirm_url="https://ameli.example/c", revert_url="https://ameli.example/r"
         ),
-        clock=memory.FakeClock(datetime(2020, 1, 1, tzinfo=UTC)),  # long past: the item is due
+        # A minute ago: the item is due, and young enough to be retried rather than given up.
+        clock=memory.FakeClock(datetime.now(UTC) - timedelta(minutes=1)),
     )
     service.start("insured-1")
     backend = _cli.Backend(

@@ -41,6 +41,10 @@ ERROR_NOTES: dict[str, tuple[str, str]] = {
         "unchanged (`identity_verified`); `field` names the malformed field",
         "a frontend bug: reload the form",
     ),
+    "InvalidArgument": (
+        "unchanged, nothing read or written; `field` names the argument",
+        "a caller's bug (wrong type or shape): fix the call",
+    ),
     "ConsentMissing": (
         "unchanged (`identity_verified`); `purpose` names the unanswered choice",
         "highlight the unanswered choice",
@@ -135,7 +139,8 @@ def _error_classes() -> Iterator[type[EmailChangeError]]:
     stack = list(EmailChangeError.__subclasses__())
     while stack:
         cls = stack.pop(0)
-        yield cls
+        if not cls.__name__.startswith("_"):  # private helpers never reach a caller as such
+            yield cls
         stack.extend(cls.__subclasses__())
 
 

@@ -20,7 +20,7 @@ from email_change.adapters.sql import (
     open_postgres,
     open_sqlite,
 )
-from email_change.testing import full_procedure, mail_item, make_procedure
+from email_change.testing import commit_in_transaction, full_procedure, mail_item, make_procedure
 from tests.conftest import AT_REST_KEYS, at_rest
 from tests.storage_helpers import INSURED, card, complete_procedure, service_on
 
@@ -106,8 +106,12 @@ def test_a_sealed_payload_moved_to_another_row_does_not_load(
     sealed_sqlite_storage: SQLStorage,
 ) -> None:
     store, db = sealed_sqlite_storage.store, sealed_sqlite_storage.db
-    store.commit(Commit(procedure=make_procedure("p1", "i1"), expected_version=None))
-    store.commit(Commit(procedure=make_procedure("p2", "i2"), expected_version=None))
+    commit_in_transaction(
+        store, Commit(procedure=make_procedure("p1", "i1"), expected_version=None)
+    )
+    commit_in_transaction(
+        store, Commit(procedure=make_procedure("p2", "i2"), expected_version=None)
+    )
     with db.transaction() as tx:
         tx.execute(
             "UPDATE procedures SET record = (SELECT record FROM procedures WHERE id = 'p1')"
@@ -122,7 +126,9 @@ def test_a_sealed_payload_moved_to_another_row_does_not_load(
 def test_a_service_on_a_sealed_store_without_the_key_is_unavailable(tmp_path: Path) -> None:
     path = tmp_path / "ec.sqlite3"
     with open_sqlite(path, encryption=at_rest()) as storage:
-        storage.store.commit(Commit(procedure=make_procedure(), expected_version=None))
+        commit_in_transaction(
+            storage.store, Commit(procedure=make_procedure(), expected_version=None)
+        )
     with open_sqlite(path) as storage:
         with pytest.raises(EncryptedRecordError, match="encryption"):
             storage.store.load("p1")
@@ -140,15 +146,16 @@ def test_turning_encryption_on_reads_old_rows_and_seals_them_on_write(tmp_path: 
     path = tmp_path / "ec.sqlite3"
     item = mail_item("o1", "p-full")
     with open_sqlite(path) as storage:
-        storage.store.commit(
-            Commit(procedure=full_procedure(), expected_version=None, outbox=(item,))
+        commit_in_transaction(
+            storage.store, Commit(procedure=full_procedure(), expected_version=None, outbox=(item,))
         )
     with open_sqlite(path, encryption=at_rest()) as storage:
         proc = storage.store.load("p-full")
         assert proc == full_procedure()
         assert list(storage.store.outbox_items(["o1"])) == [item]
-        storage.store.commit(
-            Commit(procedure=attrs.evolve(proc, version=proc.version + 1), expected_version=7)
+        commit_in_transaction(
+            storage.store,
+            Commit(procedure=attrs.evolve(proc, version=proc.version + 1), expected_version=7),
         )
         raw = storage.db.query("SELECT record FROM procedures WHERE id = 'p-full'")[0][0]
         assert set(json.loads(raw)) == {"$sealed"}
@@ -162,13 +169,17 @@ def test_key_rotation_of_the_at_rest_key(tmp_path: Path) -> None:
         keyring=Keyring(keys=AT_REST_KEYS, current="rest-1"), rng=SeededRandom(1)
     )
     with open_sqlite(path, encryption=old) as storage:
-        storage.store.commit(Commit(procedure=make_procedure(), expected_version=None))
+        commit_in_transaction(
+            storage.store, Commit(procedure=make_procedure(), expected_version=None)
+        )
     both = Keyring(keys={**AT_REST_KEYS, "rest-2": b"s" * 32}, current="rest-2")
     rotated = RecordEncryption(keyring=both, rng=SeededRandom(2))
     with open_sqlite(path, encryption=rotated) as storage:
         proc = storage.store.load("p1")
         assert proc == make_procedure()
-        storage.store.commit(Commit(procedure=attrs.evolve(proc, version=2), expected_version=1))
+        commit_in_transaction(
+            storage.store, Commit(procedure=attrs.evolve(proc, version=2), expected_version=1)
+        )
         key_ids: Callable[[], list[str]] = lambda: [  # noqa: E731 - read twice below
             r[0]
             for r in storage.db.query(
@@ -182,7 +193,7 @@ def test_a_sealed_row_moved_on_in_sql_other_than_by_expiry_is_refused(
     sealed_sqlite_storage: SQLStorage,
 ) -> None:
     store, db = sealed_sqlite_storage.store, sealed_sqlite_storage.db
-    store.commit(Commit(procedure=make_procedure(), expected_version=None))
+    commit_in_transaction(store, Commit(procedure=make_procedure(), expected_version=None))
     with db.transaction() as tx:
         tx.execute("UPDATE procedures SET version = version + 1 WHERE id = 'p1'")
     with pytest.raises(EncryptedRecordError, match="changed outside the store"):

@@ -25,6 +25,7 @@ from email_change._machine import EmailChangeMachine
 from email_change._records import LedgerKind, MailEffect, Procedure
 from email_change.adapters import memory
 from email_change.adapters.sql import SQLProcedureStore, SQLStorage
+from email_change.testing import ledger_of
 from tests.faults import PORT_METHODS, FaultPlan
 from tests.support import INSURED, KEY, NEW, SERIAL, World, form, make_world
 
@@ -74,7 +75,7 @@ class _Before:
         self.outbox = outbox_ids(store)
 
     def _ledger(self) -> int:
-        return len(self.store.ledger_since(INSURED, _EPOCH))
+        return len(ledger_of(self.store, INSURED, _EPOCH))
 
     def check_after_failure(self) -> str:
         now: Procedure | None = (
@@ -192,7 +193,7 @@ def test_fault_at_call_k(
     assert str(world.directory.current_address(INSURED)) == NEW
     assert world.service.may_log_in(INSURED)
     # No wrong try lost: every WrongCode answer has its ledger entry.
-    ledger = store.ledger_since(INSURED, world.clock.now() - timedelta(days=1))
+    ledger = ledger_of(store, INSURED, world.clock.now() - timedelta(days=1))
     wrong = sum(1 for e in ledger if e.kind is LedgerKind.WRONG_CODE)
     assert wrong >= seen["code.wrong"]
     proc = store.open_procedure_of(INSURED)

@@ -40,7 +40,7 @@ def item(kind: ec.MailKind, locale: str = "fr", item_id: str = "0a1b2c3d") -> ec
 def render(
     kind: ec.MailKind, locale: str = "fr", messages: ec.Messages | None = None
 ) -> EmailMessage:
-    return (messages or ec.Messages()).render(item(kind, locale), SECRETS[kind], SETTINGS)
+    return (messages or ec.Messages()).render(item(kind, locale), SECRETS.get(kind), SETTINGS)
 
 
 def reparse(message: EmailMessage) -> EmailMessage:
@@ -91,8 +91,32 @@ def test_message_id_and_bytes_are_stable_across_renders_of_one_item(kind: ec.Mai
     first, second = render(kind), render(kind)
     assert first["Message-ID"] == second["Message-ID"]
     assert first["Date"] == second["Date"]
-    other = ec.Messages().render(item(kind, item_id="ffff0000"), SECRETS[kind], SETTINGS)
+    other = ec.Messages().render(item(kind, item_id="ffff0000"), SECRETS.get(kind), SETTINGS)
     assert other["Message-ID"] != first["Message-ID"]
+
+
+def test_an_internationalised_domain_is_addressed_in_its_ascii_form() -> None:
+    # Accepted at step 3 with the default policy (no SMTPUTF8): the mail must reach it through
+    # any server, so the domain goes out as its A-label, in the header and hence the envelope.
+    effect = ec.MailEffect(
+        kind=ec.MailKind.CONFIRM_ADDRESS,
+        to="jeanne@exemple-été.fr",
+        locale="fr",
+        procedure_id="proc42",
+        params=PARAMS,
+    )
+    outbox = ec.OutboxItem(id="i", effect=effect, created_at=WHEN, next_attempt_at=WHEN)
+    message = ec.Messages().render(outbox, SECRETS[ec.MailKind.CONFIRM_ADDRESS], SETTINGS)
+    assert message["To"] == "jeanne@xn--exemple-t-i4ab.fr"
+    assert str(message["To"]).isascii()
+    assert b"SMTPUTF8" not in message.as_bytes()
+
+
+def test_the_cancelled_registration_notice_carries_no_link() -> None:
+    message = reparse(render(ec.MailKind.REGISTRATION_CANCELLED))
+    assert "http" not in body(message, "plain")
+    assert "href" not in body(message, "html")
+    assert "&lt;script&gt;" in body(message, "html")  # the masked address, escaped
 
 
 def test_security_code_is_in_both_parts() -> None:

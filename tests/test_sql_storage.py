@@ -11,7 +11,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+from statemachine.exceptions import TransitionNotAllowed
 
+import email_change as ec
 from email_change import (
     CardModel,
     CardStatus,
@@ -25,6 +27,8 @@ from email_change import (
     ProcedureExpired,
     ServiceUnavailable,
 )
+from email_change._machine import Step
+from email_change.adapters import memory
 from email_change.adapters.sql import (
     MIGRATIONS,
     CardImportError,
@@ -40,7 +44,13 @@ from email_change.adapters.sql import (
     open_postgres,
     open_sqlite,
 )
-from email_change.testing import T0, full_procedure, mail_item, make_procedure
+from email_change.testing import (
+    T0,
+    commit_in_transaction,
+    full_procedure,
+    mail_item,
+    make_procedure,
+)
 from tests.storage_helpers import INSURED, card, complete_procedure, service_on
 
 LATEST = MIGRATIONS[-1].version
@@ -81,7 +91,9 @@ def test_sqlite_file_and_folder_are_created_on_first_use(tmp_path: Path) -> None
         assert storage.db.query("PRAGMA journal_mode")[0][0] == "wal"
     # Reopening an existing file keeps its data.
     with open_sqlite(path) as storage:
-        storage.store.commit(Commit(procedure=make_procedure(), expected_version=None))
+        commit_in_transaction(
+            storage.store, Commit(procedure=make_procedure(), expected_version=None)
+        )
     with open_sqlite(path) as storage:
         assert storage.store.load("p1") == make_procedure()
 
@@ -99,7 +111,9 @@ def test_closed_database_is_service_unavailable(sql_storage: SQLStorage) -> None
         sql_storage.store.load("p1")
     assert caught.value.dependency == "procedure_store"
     with pytest.raises(ServiceUnavailable):
-        sql_storage.store.commit(Commit(procedure=make_procedure(), expected_version=None))
+        commit_in_transaction(
+            sql_storage.store, Commit(procedure=make_procedure(), expected_version=None)
+        )
 
 
 def test_sqlite_writer_locked_out_fails_typed_and_writes_nothing(tmp_path: Path) -> None:
@@ -109,7 +123,9 @@ def test_sqlite_writer_locked_out_fails_typed_and_writes_nothing(tmp_path: Path)
         blocker.execute("BEGIN IMMEDIATE")
         try:
             with pytest.raises(ServiceUnavailable):
-                storage.store.commit(Commit(procedure=make_procedure(), expected_version=None))
+                commit_in_transaction(
+                    storage.store, Commit(procedure=make_procedure(), expected_version=None)
+                )
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
@@ -129,13 +145,42 @@ def test_migrations_apply_once(new_database: Callable[[], Database]) -> None:
 
 def test_upgrade_in_place_keeps_data(new_database: Callable[[], Database]) -> None:
     db = new_database()
-    assert migrate(db, target=1) == [1]
-    from email_change.adapters.sql import SQLProcedureStore
-
-    SQLProcedureStore(db).commit(Commit(procedure=full_procedure(), expected_version=None))
+    assert migrate(db, target=3) == [1, 2, 3]
+    d = db.dialect
+    # Rows as schema 3 stored them (a deadline column, no expiry columns): one open, one ended.
+    waiting = make_procedure("p-open", "i-open", codes_sent=2)
+    ended = attrs.evolve(
+        make_procedure("p-ended", "i-ended"), state="confirmed", code=None, ended_at=T0
+    )
+    with db.transaction() as tx:
+        for proc, deadline in ((waiting, T0 + timedelta(minutes=30)), (ended, None)):
+            tx.execute(
+                "INSERT INTO procedures (id, insured_id, state, version, deadline, updated_at,"
+                " ended_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    proc.id,
+                    proc.insured_id,
+                    proc.state.value,
+                    proc.version,
+                    d.time(deadline),
+                    d.time(proc.updated_at),
+                    d.time(proc.ended_at),
+                    d.json({**proc.to_dict(), "deadline": None}),
+                ),
+            )
     storage = open_database(new_database())
     assert current_version(storage.db) == LATEST
-    assert storage.store.load("p-full") == full_procedure()
+    assert storage.store.load("p-open") == waiting
+    assert storage.store.load("p-ended") == ended
+    assert storage.store.open_procedure_of("i-open") == waiting
+    assert storage.store.open_procedure_of("i-ended") is None
+    # Its expiry columns were filled from the record: the sweep finds it when the machine says.
+    policy = ec.Policy()
+    deadline = ec.deadline_of(waiting, policy)
+    assert deadline is not None
+    early = ec.expiry_cutoffs(policy, deadline - timedelta(microseconds=1))
+    assert list(storage.store.procedures_due(early, 10)) == []
+    assert list(storage.store.procedures_due(ec.expiry_cutoffs(policy, deadline), 10)) == [waiting]
     storage.registry.upsert([(INSURED, card())])
     assert list(storage.registry.cards_of(INSURED)) == [card()]
 
@@ -188,14 +233,15 @@ def _index_names(storage: SQLStorage) -> set[str]:
 
 def test_every_lookup_has_its_index(sql_storage: SQLStorage) -> None:
     assert {
-        "procedures_one_open_per_insured",
-        "procedures_due",
+        "procedures_open_per_insured",
+        "procedures_expiry",
         "procedures_ended",
         "ledger_by_insured",
         "ledger_by_time",
         "outbox_due",
         "outbox_pending_by_procedure",
         "outbox_done",
+        "outbox_dead",
     } <= _index_names(sql_storage)
 
 
@@ -203,22 +249,26 @@ def test_every_lookup_has_its_index(sql_storage: SQLStorage) -> None:
     ("sql", "index"),
     [
         (
-            (
-                "SELECT record FROM procedures WHERE insured_id = 'x' AND state NOT IN"
-                " ('confirmed', 'cancelled', 'expired', 'locked', 'reverted')"
-            ),
-            "procedures_one_open_per_insured",
+            "SELECT record FROM procedures WHERE insured_id = 'x' AND ended_at IS NULL",
+            "procedures_open_per_insured",
         ),
         (
             (
-                "SELECT record FROM procedures WHERE state IN"
-                " ('code_sent', 'code_verified', 'identity_verified') AND deadline <= 'z'"
-                " ORDER BY deadline LIMIT 5"
+                "SELECT record FROM procedures WHERE expiry_anchor <= 'z'"
+                " AND ((state = 'code_sent' AND expiry_anchor <= 'y'))"
+                " ORDER BY expiry_anchor LIMIT 5"
             ),
-            "procedures_due",
+            "procedures_expiry",
         ),
         ("SELECT kind FROM ledger WHERE insured_id = 'x' AND at >= 'a'", "ledger_by_insured"),
-        ("SELECT item FROM outbox WHERE done_at IS NULL AND next_attempt_at <= 'z'", "outbox_due"),
+        (
+            (
+                "SELECT item FROM outbox WHERE done_at IS NULL AND dead_at IS NULL"
+                " AND next_attempt_at <= 'z'"
+            ),
+            "outbox_due",
+        ),
+        ("SELECT item FROM outbox WHERE dead_at IS NOT NULL ORDER BY dead_at", "outbox_dead"),
         ("SELECT record FROM procedures WHERE id = 'x'", "sqlite_autoindex_procedures_1"),
     ],
 )
@@ -232,38 +282,77 @@ def test_sqlite_plans_use_the_indexes(sqlite_storage: SQLStorage, sql: str, inde
 
 def _insert(storage: SQLStorage, *procs: Procedure) -> None:
     for proc in procs:
-        storage.store.commit(Commit(procedure=proc, expected_version=None))
+        commit_in_transaction(storage.store, Commit(procedure=proc, expected_version=None))
 
 
-def test_bulk_expiry_matches_the_machine(sql_storage: SQLStorage) -> None:
-    at = T0 + timedelta(hours=1)
-    due = [make_procedure(f"due{n}", f"i{n}", deadline=T0 + timedelta(minutes=n)) for n in range(5)]
-    verified = make_procedure("ver", "iv", state="code_verified", deadline=at)
-    future = make_procedure("future", "if", deadline=at + timedelta(seconds=1))
-    waiting = full_procedure("waiting", "iw")
-    _insert(sql_storage, *due, verified, future, waiting)
+_POLICIES = [
+    ec.Policy(),
+    ec.Policy(code_lifetime=timedelta(minutes=30), verified_step_lifetime=timedelta(hours=2)),
+    ec.Policy(code_lifetime=timedelta(minutes=5), codes_per_procedure=1),
+]
 
-    maintenance = sql_storage.maintenance(batch_size=2)
-    assert maintenance.expire_abandoned(at) == 6
-    for proc in [*due, verified]:
-        expected = attrs.evolve(
-            proc,
-            state="expired",
-            version=proc.version + 1,
-            updated_at=at,
-            ended_at=at,
-            code=None,
-            deadline=None,
+
+def _open_procedures() -> list[Procedure]:
+    """Every open state, with anchors from long ago to just now, and 1 to 3 codes sent."""
+    rows: list[Procedure] = []
+    for n, (state, minutes, codes) in enumerate(
+        (state, minutes, codes)
+        for state in sorted(ec.OPEN_STATES)
+        for minutes in (-240, -120, -60, -31, -30, -29, -15, -10, -5, -1, 0)
+        for codes in (1, 2, 3)
+    ):
+        if state is ec.ProcedureState.AWAITING_CONFIRMATION:
+            rows.append(full_procedure(f"p{n}", f"i{n}"))
+            continue
+        anchor = T0 + timedelta(minutes=minutes)
+        rows.append(
+            make_procedure(
+                f"p{n}",
+                f"i{n}",
+                state=state,
+                codes_sent=codes,
+                last_code_sent_at=anchor,
+                code_verified_at=None if state is ec.ProcedureState.CODE_SENT else anchor,
+            )
         )
-        assert sql_storage.store.load(proc.id) == expected
-        assert sql_storage.store.open_procedure_of(proc.insured_id) is None
-    assert sql_storage.store.load("future") == future
-    assert sql_storage.store.load("waiting") == waiting
-    assert list(sql_storage.store.procedures_due(at, 10)) == []
-    # Idempotent.
-    assert maintenance.expire_abandoned(at) == 0
-    # The insured may start again.
-    _insert(sql_storage, make_procedure("again", "i0"))
+    return rows
+
+
+@pytest.mark.parametrize("policy", _POLICIES, ids=["defaults", "longer", "shorter"])
+def test_bulk_expiry_matches_the_machine(sql_storage: SQLStorage, policy: ec.Policy) -> None:
+    """Bulk expiry is generated from the machine's specification: on every open state, under
+    every policy, it expires exactly what the machine's ``expire`` would, and leaves each record
+    exactly as the machine's transition leaves it."""
+    rows = _open_procedures()
+    _insert(sql_storage, *rows)
+    at = T0
+    maintenance = sql_storage.maintenance(batch_size=7, policy=policy)
+    expected: dict[str, Procedure] = {}
+    for proc in rows:
+        draft = proc.copy()
+        step = Step(
+            now=at,
+            policy=policy,
+            keyring=ec.Keyring(keys={"k1": b"k" * 32}, current="k1"),
+            rng=memory.SeededRandom(1),
+        )
+        try:
+            ec.EmailChangeMachine(model=draft, state_field="state").send("expire", step=step)
+        except TransitionNotAllowed:
+            expected[proc.id] = proc
+            continue
+        expected[proc.id] = attrs.evolve(draft, version=proc.version + 1, updated_at=at)
+    due = sum(1 for p in rows if expected[p.id] is not p)
+    assert due > 0
+    assert due < len(rows)
+    assert maintenance.expire_abandoned(at) == due
+    for proc in rows:
+        assert sql_storage.store.load(proc.id) == expected[proc.id], proc.id
+    assert list(sql_storage.store.procedures_due(ec.expiry_cutoffs(policy, at), 1000)) == []
+    assert maintenance.expire_abandoned(at) == 0  # idempotent
+    # An insured whose procedure expired may start again.
+    ended = next(p for p in rows if expected[p.id] is not p)
+    _insert(sql_storage, make_procedure("again", ended.insured_id))
 
 
 def test_bulk_expiry_wins_against_a_request_in_flight(sql_storage: SQLStorage) -> None:
@@ -276,11 +365,12 @@ def test_bulk_expiry_wins_against_a_request_in_flight(sql_storage: SQLStorage) -
     assert sql_storage.maintenance().expire_abandoned(clock.now()) == 1
     # A write prepared from the version read before the expiry loses...
     with pytest.raises(ConcurrentUpdate):
-        store.commit(
+        commit_in_transaction(
+            store,
             Commit(
                 procedure=attrs.evolve(read, version=read.version + 1),
                 expected_version=read.version,
-            )
+            ),
         )
     # ...and the service, reloading, sees the procedure expired.
     with pytest.raises(ProcedureExpired):
@@ -299,11 +389,9 @@ def test_purge_keeps_what_is_still_needed(sql_storage: SQLStorage) -> None:
         proc_id: str, insured: str, when: timedelta, *, outbox: tuple[OutboxItem, ...] = ()
     ) -> None:
         proc = make_procedure(proc_id, insured)
-        store.commit(Commit(procedure=proc, expected_version=None, outbox=outbox))
-        done = attrs.evolve(
-            proc, state="confirmed", version=2, code=None, deadline=None, ended_at=T0 + when
-        )
-        store.commit(Commit(procedure=done, expected_version=1))
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None, outbox=outbox))
+        done = attrs.evolve(proc, state="confirmed", version=2, code=None, ended_at=T0 + when)
+        commit_in_transaction(store, Commit(procedure=done, expected_version=1))
 
     ended("old", "i1", timedelta(days=1))
     ended("recent", "i2", timedelta(days=50))
@@ -317,7 +405,8 @@ def test_purge_keeps_what_is_still_needed(sql_storage: SQLStorage) -> None:
     )
     proc = store.load("open")
     assert proc is not None
-    store.commit(
+    commit_in_transaction(
+        store,
         Commit(
             procedure=attrs.evolve(proc, version=2),
             expected_version=1,
@@ -336,7 +425,7 @@ def test_purge_keeps_what_is_still_needed(sql_storage: SQLStorage) -> None:
                     at=now - timedelta(hours=2),
                 ),
             ),
-        )
+        ),
     )
     store.update_outbox(delivered_old)
     store.update_outbox(delivered_new)

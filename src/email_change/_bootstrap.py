@@ -20,6 +20,23 @@ from email_change._service import EmailChangeService
 __all__ = ["build_relay", "build_service"]
 
 
+def _check(name: str, value: object, expected: type) -> None:
+    """Refuse a bad wiring at once, naming the argument, instead of failing on first use.
+
+    Ports are checked by shape (``runtime_checkable`` protocols: every method present), value
+    objects by type.
+    """
+    if not isinstance(value, expected):
+        raise TypeError(
+            f"{name} must be a {expected.__name__}, got {type(value).__name__}"
+            + (" (a Protocol: every method must be there)" if _is_protocol(expected) else "")
+        )
+
+
+def _is_protocol(cls: type) -> bool:
+    return bool(getattr(cls, "_is_protocol", False))
+
+
 def build_service(
     *,
     store: ProcedureStore,
@@ -45,14 +62,20 @@ def build_service(
     ...     mail_settings=MailSettings(confirm_url="https://ameli.example/confirmer",
     ...                                revert_url="https://ameli.example/annuler"),
     ... )
-    >>> service.start("insured-1").state
-    'code_sent'
+    >>> print(service.start("insured-1").state)
+    code_sent
     """
     if clock is None or rng is None:
         from email_change.adapters.system import SecretsRandom, SystemClock
 
         clock = clock or SystemClock()
         rng = rng or SecretsRandom()
+    policy = Policy() if policy is None else policy
+    _check("store", store, ProcedureStore)
+    _check("registry", registry, VitaleRegistry)
+    _check("audit", audit, AuditSink)
+    _check("rng", rng, RandomSource)
+    _check("policy", policy, Policy)
     relay = build_relay(
         store=store,
         mailer=mailer,
@@ -61,8 +84,9 @@ def build_service(
         mail_settings=mail_settings,
         clock=clock,
         messages=messages,
+        audit=audit,
     )
-    return EmailChangeService(
+    service = EmailChangeService(
         store=store,
         directory=directory,
         registry=registry,
@@ -71,8 +95,11 @@ def build_service(
         clock=clock,
         rng=rng,
         keyring=keyring,
-        policy=policy or Policy(),
+        policy=policy,
     )
+    # A registration whose confirmation mail died is withdrawn: nobody stays locked out.
+    relay.on_dead_letter(service.handle_dead_letter)
+    return service
 
 
 def build_relay(
@@ -85,22 +112,39 @@ def build_relay(
     clock: Clock | None = None,
     messages: Messages | None = None,
     backoff: Backoff | None = None,
+    audit: AuditSink | None = None,
 ) -> OutboxRelay:
-    """Wire the outbox relay alone, for a process that only delivers (``email-change relay``).
+    """Wire the outbox relay alone: it must get the same store, keyring and mail settings as the
+    service that filled the outbox.
 
-    It must get the same store, keyring and mail settings as the service that filled the outbox.
+    A relay built alone delivers and gives up like any other, but cannot withdraw a registration
+    whose confirmation mail died (that takes the state machine): a process that only delivers
+    should run ``build_service(...).relay`` instead, as ``email-change relay`` does.
     """
     if clock is None:
         from email_change.adapters.system import SystemClock
 
         clock = SystemClock()
+    messages = Messages() if messages is None else messages
+    backoff = Backoff() if backoff is None else backoff
+    _check("store", store, ProcedureStore)
+    _check("mailer", mailer, Mailer)
+    _check("directory", directory, AccountDirectory)
+    _check("keyring", keyring, Keyring)
+    _check("mail_settings", mail_settings, MailSettings)
+    _check("clock", clock, Clock)
+    _check("messages", messages, Messages)
+    _check("backoff", backoff, Backoff)
+    if audit is not None:
+        _check("audit", audit, AuditSink)
     return OutboxRelay(
         store=store,
         mailer=mailer,
         directory=directory,
         keyring=keyring,
-        messages=messages or Messages(),
+        messages=messages,
         settings=mail_settings,
         clock=clock,
         backoff=backoff,
+        audit=audit,
     )

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import attrs
 
-from email_change._bootstrap import build_relay, build_service
+from email_change._bootstrap import build_service
 from email_change._crypto import Keyring, parse_keyring
 from email_change._errors import EmailChangeError
 from email_change._messages import MailSettings
 from email_change._ports import AccountDirectory, Mailer, ProcedureStore, VitaleRegistry
+from email_change._records import MailEffect
 
 __all__ = ["main"]
 
@@ -165,17 +166,36 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     backend = _open_store(args)
     if not args.once and not backend.durable:
         raise CliError("the relay loop needs a durable store: --sqlite PATH or --postgres DSN")
-    relay = build_relay(
+    from email_change.adapters.audit_log import LoggingAuditSink
+
+    # The relay of a whole service, not one built alone: when a confirmation mail can never be
+    # delivered, the service withdraws the registration, so the insured can log in again.
+    relay = build_service(
         store=backend.store,
         mailer=_mailer(args),
         directory=backend.directory,
+        registry=backend.registry,
+        audit=LoggingAuditSink(),
         keyring=_keyring(),
         mail_settings=_mail_settings(args),
-    )
+    ).relay
+    if args.dead_letters:
+        for item in relay.dead_letters(args.limit):
+            effect = item.effect
+            kind = effect.kind.value if isinstance(effect, MailEffect) else effect.action.value
+            assert item.dead_at is not None  # noqa: S101 - dead letters have one
+            print(
+                f"{item.dead_at.isoformat()} {item.id} {kind} procedure={effect.procedure_id}"
+                f" attempts={item.attempts} error={item.last_error}"
+            )
+        return 0
     if args.once:
         report = relay.run_once(args.limit)
-        print(f"delivered {report.delivered}, failed {report.failed} (failed ones are retried)")
-        return 1 if report.failed else 0
+        print(
+            f"delivered {report.delivered}, failed {report.failed}, dead {report.dead}"
+            " (failed ones are retried; list dead ones with --dead-letters)"
+        )
+        return 1 if report.failed or report.dead else 0
     stop = threading.Event()
     on_main_thread = threading.current_thread() is threading.main_thread()
     if on_main_thread:  # signal handlers can only be set there
@@ -295,12 +315,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Deliver the effects the procedure owes, with retries and backoff. "
         "Needs the same keys (EMAIL_CHANGE_KEYS) and link URLs as the service, and the same "
         "store: --sqlite PATH or --postgres DSN (the account changes go to the reference account "
-        "directory in that database; a host with its own directory runs build_relay itself). "
-        "Exit status 1 if any delivery failed (it is retried).",
+        "directory in that database; a host with its own directory runs its service's relay). "
+        "Exit status 1 if any delivery failed (it is retried) or was given up on (a dead letter: "
+        "a permanent refusal, or a mail still undelivered a day after it was owed).",
         epilog=f"SMTP password: {SMTP_PASSWORD_ENV} (never on the command line).",
     )
     _store_options(relay)
     relay.add_argument("--once", action="store_true", help="one pass over due items, then exit")
+    relay.add_argument(
+        "--dead-letters",
+        action="store_true",
+        help="list the items the relay gave up on (most recent first, at most --limit), then exit",
+    )
     relay.add_argument("--interval", type=float, default=2.0, help="idle seconds between passes")
     relay.add_argument("--limit", type=int, default=100, help="items per pass")
     relay.add_argument("--outbox-dir", metavar="DIR", help="write .eml files here instead of SMTP")

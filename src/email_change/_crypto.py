@@ -71,11 +71,19 @@ class _KeyMaterial:
 
 
 def _check_keys(_inst: object, _attr: object, value: Mapping[str, bytes]) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"keys must be a mapping of key id to bytes, got {type(value).__name__}")
     if not value:
         raise ValueError("a keyring needs at least one key")
     for key_id, secret in value.items():
-        if not key_id or ":" in key_id:
-            raise ValueError(f"invalid key id {key_id!r}: non-empty, without ':'")
+        if not isinstance(key_id, str) or not key_id or ":" in key_id or not key_id.isprintable():
+            raise ValueError(f"invalid key id {key_id!r}: a non-empty printable str, without ':'")
+        if not isinstance(secret, bytes):
+            # Never echo the value: it is (or was meant to be) a secret.
+            raise TypeError(
+                f"key {key_id!r} must be bytes (decode it from base64 first), "
+                f"got {type(secret).__name__}"
+            )
         if len(secret) < _MIN_MASTER_KEY:
             raise ValueError(f"key {key_id!r} is shorter than {_MIN_MASTER_KEY} bytes")
 
@@ -98,7 +106,7 @@ class Keyring:
 
     @current.validator
     def _check_current(self, _attr: object, value: str) -> None:
-        if value not in self.keys:
+        if not isinstance(value, str) or value not in self.keys:
             raise ValueError(f"current key id {value!r} is not in the keyring")
 
     @_material.default
@@ -113,6 +121,10 @@ class Keyring:
 
     def __repr__(self) -> str:
         return f"Keyring(current={self.current!r}, key_ids={sorted(self.keys)!r})"
+
+    def holds(self, key_id: str) -> bool:
+        """Whether the keyring still has the key ``key_id`` (a secret under another is dead)."""
+        return key_id in self._material
 
     def _get(self, key_id: str) -> _KeyMaterial:
         try:

@@ -25,6 +25,7 @@ __all__ = [
     "EventNotAllowed",
     "InsuredBudgetSpent",
     "InvalidAddress",
+    "InvalidArgument",
     "InvalidCodeFormat",
     "InvalidForm",
     "InvalidLink",
@@ -109,6 +110,17 @@ class InvalidForm(EmailChangeError):
     """A form field has the wrong type or shape (``field`` names it). A frontend bug, not a try."""
 
     code = "form.invalid"
+    field: str
+
+
+@attrs.define(kw_only=True, eq=False, str=False)
+class InvalidArgument(EmailChangeError):
+    """An argument of a service call has the wrong type or shape (``field`` names it).
+
+    A caller's bug, refused before anything is read or written: no try is counted.
+    """
+
+    code = "argument.invalid"
     field: str
 
 

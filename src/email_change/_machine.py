@@ -1,4 +1,4 @@
-"""The whole transition table of the procedure, and the pure rules behind its guards.
+"""The whole transition table of the procedure, and every fact derived from it.
 
 Theory of operation
 -------------------
@@ -6,29 +6,40 @@ One :class:`EmailChangeMachine` is bound, per request, to a *copy* of the stored
 :class:`~email_change._records.Procedure`. The service sends one event with a :class:`Step`
 (the time, the policy, the keyring, the random source, the insured's recent ledger, and an
 :class:`Outcome` that collects what the event owes: ledger entries, outbox effects, and a refusal
-to raise once the counted try is saved). If the event succeeds the service commits the copy with a
-version check; if anything raises, the copy is dropped and the store is untouched.
+to raise once the counted try is saved). If the event succeeds the service commits the copy,
+checking both the procedure's version and the insured's (so every per-insured budget is decided
+on the state the commit records); if anything raises, the copy is dropped and the store is
+untouched.
 
 Guards come in two kinds, on purpose:
 
 * ``validators=`` refuse an event with a typed :class:`~email_change.EmailChangeError` (expired
-  code, cooldown, malformed address...). They sit on the first transition of an event, which the
-  engine checks first, so they run before any branch is chosen and nothing is counted.
+  code, cooldown, budget spent, malformed address...). They sit on the first transition of an
+  event, which the engine checks first, so they run before any branch is chosen, nothing is
+  counted and no secret is compared.
 * ``cond=`` only choose a branch: right code -> ``code_verified``; wrong code that spends the last
   budget -> ``locked``; other wrong code -> stay, counted.
 
 The class is strict (``allow_event_without_transition = False``,
 ``catch_errors_as_events = False``): an event a state does not accept raises, and an exception in a
-guard or action propagates. States and events are the reference model of the brief; the diagram in
-``docs/state-diagram.md`` is generated from this class.
+guard or action propagates.
+
+This module is the one owner of what the table implies: the state names
+(:class:`ProcedureState`), which states are final, open or expirable, when a procedure expires
+(:data:`EXPIRY`, :func:`deadline_of`, :func:`expiry_cutoffs`), what ending a procedure clears
+(:func:`ending`), which events each state accepts (:func:`accepts`) and the login gate
+(:func:`login_allowed`). Every other module, the SQL stores included, derives them from here;
+the diagram in ``docs/state-diagram.md`` is generated from this class.
 """
 
 from __future__ import annotations
 
 import base64
+import enum
 import re
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 from statemachine import State, StateChart
@@ -45,6 +56,7 @@ from email_change._errors import (
     InvalidLink,
     LinkExpired,
     MismatchedConfirmation,
+    ProcedureExpired,
     ProcedureLocked,
     ResendLimitReached,
     ResendTooSoon,
@@ -77,13 +89,50 @@ from email_change._values import (
     parse_address,
 )
 
-__all__ = ["AddressForm", "EmailChangeMachine", "Outcome", "Step", "deadline_of"]
+__all__ = [
+    "EXPIRABLE_STATES",
+    "EXPIRY",
+    "FINAL_STATES",
+    "OPEN_STATES",
+    "AddressForm",
+    "EmailChangeMachine",
+    "ExpiryCutoff",
+    "ExpiryRule",
+    "Outcome",
+    "ProcedureState",
+    "Step",
+    "accepts",
+    "deadline_of",
+    "ending",
+    "expiry_anchor",
+    "expiry_cutoffs",
+    "login_allowed",
+    "refusal_in",
+]
 
 #: A consent wording version is an identifier, e.g. ``consentements-2026-01`` (ASCII only).
 _WORDING_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 #: Purposes of the keyed digests: one secret can never pass for another kind.
 CODE, LINK, REVERT = "code", "link", "revert"
 TOKEN_BYTES = 32
+
+
+class ProcedureState(enum.StrEnum):
+    """The states of the procedure: the values stored in ``Procedure.state``."""
+
+    NEW = "new"
+    CODE_SENT = "code_sent"
+    CODE_VERIFIED = "code_verified"
+    IDENTITY_VERIFIED = "identity_verified"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    CONFIRMED = "confirmed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    LOCKED = "locked"
+    REVERTED = "reverted"
+
+
+S = ProcedureState
 
 
 @attrs.define(kw_only=True)
@@ -125,16 +174,58 @@ class Step:
         return self.count(LedgerKind.WRONG_CODE, LedgerKind.WRONG_SERIAL)
 
 
+# --- the address form (step 3), validated at construction ----------------------------------------
+
+
+def _form_text(_inst: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidForm(field=attribute.name)
+
+
+def _form_choice(_inst: object, attribute: attrs.Attribute[bool | None], value: object) -> None:
+    # ``None`` is "not chosen", refused as ConsentMissing when submitted; anything that is not a
+    # bool (``"yes"``, ``1``) is a frontend bug, refused here.
+    if value is not None and type(value) is not bool:
+        raise InvalidForm(field=attribute.name)
+
+
+def _form_wording(_inst: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or not _WORDING_VERSION.fullmatch(value):
+        raise InvalidForm(field=attribute.name)
+
+
+def _form_channel(value: object) -> Channel:
+    if isinstance(value, Channel):
+        return value
+    if isinstance(value, str) and value in _CHANNELS:
+        return Channel(value)
+    raise InvalidForm(field="channel")
+
+
+_CHANNELS = frozenset(c.value for c in Channel)
+
+
 @attrs.frozen(kw_only=True)
 class AddressForm:
-    """Step 3 as the insured filled it in. ``None`` consent means "not chosen" (an error)."""
+    """Step 3 as the insured filled it in, checked for shape when it is built.
 
-    new_address: str
-    confirmation: str
-    general_information: bool | None
-    studies_and_research: bool | None
-    wording_version: str
-    channel: Channel
+    A field of the wrong type raises :class:`~email_change.InvalidForm` naming it. A consent
+    choice is ``True``, ``False`` or ``None`` ("not chosen", refused as
+    :class:`~email_change.ConsentMissing` when submitted: there is no default).
+
+    >>> AddressForm(new_address="a@b.fr", confirmation="a@b.fr", general_information="yes",
+    ...             studies_and_research=False, wording_version="v1", channel="website")
+    Traceback (most recent call last):
+    ...
+    email_change._errors.InvalidForm: form.invalid (field='general_information')
+    """
+
+    new_address: str = attrs.field(validator=_form_text)
+    confirmation: str = attrs.field(validator=_form_text)
+    general_information: bool | None = attrs.field(validator=_form_choice)
+    studies_and_research: bool | None = attrs.field(validator=_form_choice)
+    wording_version: str = attrs.field(validator=_form_wording)
+    channel: Channel = attrs.field(converter=_form_channel)
 
 
 def new_token(rng: RandomSource) -> str:
@@ -142,20 +233,7 @@ def new_token(rng: RandomSource) -> str:
     return base64.urlsafe_b64encode(rng.token_bytes(TOKEN_BYTES)).rstrip(b"=").decode("ascii")
 
 
-def deadline_of(proc: Procedure, policy: Policy) -> datetime | None:
-    """When an open procedure that is not yet registered expires (``None``: it never does).
-
-    In ``code_sent`` the insured has one code lifetime after the last code dies to ask for another
-    one; with no code left, the procedure ends with its last code. Once the code is verified,
-    steps 2 and 3 must be done within ``verified_step_lifetime``.
-    """
-    if proc.state == "code_sent" and proc.last_code_sent_at is not None:
-        if proc.codes_sent >= policy.codes_per_procedure:
-            return proc.last_code_sent_at + policy.code_lifetime
-        return proc.last_code_sent_at + 2 * policy.code_lifetime
-    if proc.state in ("code_verified", "identity_verified") and proc.code_verified_at is not None:
-        return proc.code_verified_at + policy.verified_step_lifetime
-    return None
+# --- the machine ----------------------------------------------------------------------------------
 
 
 class EmailChangeMachine(StateChart[Procedure]):
@@ -165,30 +243,35 @@ class EmailChangeMachine(StateChart[Procedure]):
     catch_errors_as_events = False
 
     # The procedure exists only once ``start`` succeeds: ``new`` is never stored.
-    new = State("New", initial=True)
-    code_sent = State("Code sent")
-    code_verified = State("Code verified")
-    identity_verified = State("Identity verified")
-    awaiting_confirmation = State("Awaiting confirmation")
-    confirmed = State("Confirmed", final=True)
-    cancelled = State("Cancelled", final=True)
-    expired = State("Expired", final=True)
-    locked = State("Locked", final=True)
-    reverted = State("Reverted", final=True)
+    new = State("New", value=S.NEW, initial=True)
+    code_sent = State("Code sent", value=S.CODE_SENT)
+    code_verified = State("Code verified", value=S.CODE_VERIFIED)
+    identity_verified = State("Identity verified", value=S.IDENTITY_VERIFIED)
+    awaiting_confirmation = State("Awaiting confirmation", value=S.AWAITING_CONFIRMATION)
+    confirmed = State("Confirmed", value=S.CONFIRMED, final=True)
+    cancelled = State("Cancelled", value=S.CANCELLED, final=True)
+    expired = State("Expired", value=S.EXPIRED, final=True)
+    locked = State("Locked", value=S.LOCKED, final=True)
+    reverted = State("Reverted", value=S.REVERTED, final=True)
 
     start = new.to(code_sent, validators="may_send_code", on="issue_code")
     resend_code = code_sent.to.itself(
         internal=True, validators=["code_left", "may_send_code"], on="issue_code"
     )
     submit_code = (
-        code_sent.to(code_verified, validators="code_usable", cond="code_matches", on="accept_code")
+        code_sent.to(
+            code_verified,
+            validators=["insured_budget_left", "code_usable"],
+            cond="code_matches",
+            on="accept_code",
+        )
         | code_sent.to(locked, cond="last_code_guess", on=["count_wrong_code", "lock"])
         | code_sent.to.itself(internal=True, on="count_wrong_code")
     )
     submit_serial = (
         code_verified.to(
             identity_verified,
-            validators="has_usable_card",
+            validators=["insured_budget_left", "has_usable_card"],
             cond="serial_matches",
             on="accept_serial",
         )
@@ -203,6 +286,11 @@ class EmailChangeMachine(StateChart[Procedure]):
         internal=True, validators="may_resend_link", on="issue_link"
     )
     revert = awaiting_confirmation.to(reverted, validators="revert_valid", on="restore_address")
+    #: The registration is withdrawn without the insured's link: its confirmation mail could
+    #: never be delivered. The previous address stays, login works again, the insured is told.
+    cancel_registration = awaiting_confirmation.to(
+        cancelled, validators="link_mail_is", on="withdraw_registration"
+    )
     cancel = (
         code_sent.to(cancelled, on="end")
         | code_verified.to(cancelled, on="end")
@@ -238,7 +326,7 @@ class EmailChangeMachine(StateChart[Procedure]):
 
     def _mail(
         self, step: Step, kind: MailKind, to: EmailAddress, secret: str | None, **params: str
-    ) -> None:
+    ) -> str:
         outbox_id = step.rng.token_bytes(16).hex()
         sealed = None
         if secret is not None:
@@ -255,16 +343,13 @@ class EmailChangeMachine(StateChart[Procedure]):
         step.outcome.outbox.append(
             OutboxItem(id=outbox_id, effect=effect, created_at=step.now, next_attempt_at=step.now)
         )
+        return outbox_id
 
     # --- validators (refuse, typed, before anything changes) -------------------------------------
 
     def may_send_code(self, step: Step) -> None:
         policy = step.policy
-        failures = step.failures()
-        if len(failures) >= policy.failures_per_insured_per_window:
-            raise InsuredBudgetSpent(
-                retry_at=step.retry_at(failures, policy.failures_per_insured_per_window)
-            )
+        self.insured_budget_left(step)
         sends = step.count(LedgerKind.CODE_SENT)
         if sends and step.now < sends[-1] + policy.resend_cooldown:
             raise ResendTooSoon(retry_at=sends[-1] + policy.resend_cooldown)
@@ -273,13 +358,23 @@ class EmailChangeMachine(StateChart[Procedure]):
                 retry_at=step.retry_at(sends, policy.codes_per_insured_per_window)
             )
 
+    def insured_budget_left(self, step: Step) -> None:
+        # Before any comparison: once the insured's day of failures is spent, no code or serial
+        # is compared at all, whatever the procedure's own budgets say.
+        failures = step.failures()
+        budget = step.policy.failures_per_insured_per_window
+        if len(failures) >= budget:
+            raise InsuredBudgetSpent(retry_at=step.retry_at(failures, budget))
+
     def code_left(self, step: Step) -> None:
         if self.proc.codes_sent >= step.policy.codes_per_procedure:
             raise ResendLimitReached()
 
     def code_usable(self, step: Step) -> None:
         code = self.proc.code
-        if code is None:
+        # A code whose key was removed from the keyring can never verify: it is dead, not wrong,
+        # and trying it must not count against the insured.
+        if code is None or not step.keyring.holds(code.digest.key_id):
             raise CodeSpent()
         if step.now >= code.expires_at:
             raise CodeExpired()
@@ -291,12 +386,6 @@ class EmailChangeMachine(StateChart[Procedure]):
     def address_form_valid(self, step: Step, form: AddressForm) -> None:
         if not isinstance(form, AddressForm):
             raise InvalidForm(field="form")
-        if not isinstance(form.wording_version, str) or not _WORDING_VERSION.fullmatch(
-            form.wording_version
-        ):
-            raise InvalidForm(field="wording_version")
-        if not isinstance(form.channel, Channel):
-            raise InvalidForm(field="channel")
         new = parse_address(form.new_address, allow_smtputf8=step.policy.allow_smtputf8)
         try:
             again = parse_address(form.confirmation, allow_smtputf8=step.policy.allow_smtputf8)
@@ -310,7 +399,7 @@ class EmailChangeMachine(StateChart[Procedure]):
             (ConsentPurpose.GENERAL_INFORMATION, form.general_information),
             (ConsentPurpose.STUDIES_AND_RESEARCH, form.studies_and_research),
         ):
-            if not isinstance(choice, bool):
+            if choice is None:
                 raise ConsentMissing(purpose=purpose.value)
         # This machine serves one request: its action reuses the address parsed here.
         self._new_address = new
@@ -330,6 +419,12 @@ class EmailChangeMachine(StateChart[Procedure]):
         resends = [t for t in sends[1:] if t > step.now - policy.insured_window]
         if len(resends) >= policy.link_resends_per_window:
             raise ResendLimitReached(retry_at=resends[0] + policy.insured_window)
+
+    def link_mail_is(self, mail_id: str) -> None:
+        # Only the mail that carries the live link counts: a superseded one dying changes nothing.
+        link = self.proc.link
+        if link is None or link.mail_id != mail_id:
+            raise InvalidLink()
 
     def revert_valid(self, step: Step, secret: str) -> None:
         digest = self.proc.revert_digest
@@ -365,6 +460,12 @@ class EmailChangeMachine(StateChart[Procedure]):
         return deadline is not None and step.now >= deadline
 
     # --- actions (change the copy, owe effects) --------------------------------------------------
+
+    def on_enter_state(self, target: State, step: Step) -> None:
+        # Every final state ends the procedure the same way, so no new final state can forget to.
+        if target.final:
+            for name, value in ending(step.now).items():
+                setattr(self.proc, name, value)
 
     def issue_code(self, step: Step) -> None:
         proc, policy = self.proc, step.policy
@@ -411,8 +512,6 @@ class EmailChangeMachine(StateChart[Procedure]):
         )
 
     def lock(self, step: Step) -> None:
-        self.proc.code = None
-        self.proc.ended_at = step.now
         step.outcome.refusal = ProcedureLocked()
 
     def register_address(self, step: Step, form: AddressForm) -> None:
@@ -468,16 +567,17 @@ class EmailChangeMachine(StateChart[Procedure]):
         proc = self.proc
         assert proc.new_address is not None  # noqa: S101 - set at registration
         secret = new_token(step.rng)
+        hours = str(int(step.policy.link_lifetime.total_seconds() // 3600))
+        mail_id = self._mail(
+            step, MailKind.CONFIRM_ADDRESS, proc.new_address, f"{proc.id}.{secret}", hours=hours
+        )
         proc.link = LinkIssue(
             digest=step.keyring.digest(LINK, proc.id, secret),
             sent_at=step.now,
             expires_at=step.now + step.policy.link_lifetime,
+            mail_id=mail_id,
         )
         proc.link_sends = (*proc.link_sends, step.now)
-        hours = str(int(step.policy.link_lifetime.total_seconds() // 3600))
-        self._mail(
-            step, MailKind.CONFIRM_ADDRESS, proc.new_address, f"{proc.id}.{secret}", hours=hours
-        )
 
     def confirm_address(self, step: Step) -> None:
         proc = self.proc
@@ -490,7 +590,6 @@ class EmailChangeMachine(StateChart[Procedure]):
                 address=proc.new_address,
             ),
         )
-        self._close(step)
 
     def restore_address(self, step: Step) -> None:
         proc = self.proc
@@ -502,13 +601,213 @@ class EmailChangeMachine(StateChart[Procedure]):
                 procedure_id=proc.id,
             ),
         )
-        self._close(step)
 
-    def _close(self, step: Step) -> None:
-        self.proc.link = None
-        self.proc.revert_digest = None
-        self.proc.ended_at = step.now
+    def withdraw_registration(self, step: Step) -> None:
+        proc = self.proc
+        self._owe(
+            step,
+            AccountEffect(
+                action=AccountAction.CANCEL_PENDING,
+                insured_id=proc.insured_id,
+                procedure_id=proc.id,
+            ),
+        )
+        self._mail(
+            step,
+            MailKind.REGISTRATION_CANCELLED,
+            proc.current_address,
+            None,
+            new_address=mask_address(proc.new_address) or "",
+        )
 
     def end(self, step: Step) -> None:
-        self.proc.code = None
-        self.proc.ended_at = step.now
+        """Cancel and expire: ending the procedure is all they do (see ``on_enter_state``)."""
+
+
+# --- facts derived from the table -----------------------------------------------------------------
+
+_BY_VALUE: Mapping[ProcedureState, State] = {
+    ProcedureState(s.value): s for s in EmailChangeMachine.states
+}
+
+#: States a procedure never leaves; it has ``ended_at`` set exactly in these.
+FINAL_STATES: frozenset[ProcedureState] = frozenset(v for v, s in _BY_VALUE.items() if s.final)
+#: States of a stored procedure that has not ended (``new`` is never stored).
+OPEN_STATES: frozenset[ProcedureState] = frozenset(
+    v for v, s in _BY_VALUE.items() if not s.final and not s.initial
+)
+
+_ACCEPTS: Mapping[ProcedureState, frozenset[str]] = {
+    v: frozenset(str(e.id) for t in s.transitions for e in t.events) for v, s in _BY_VALUE.items()
+}
+
+#: States the ``expire`` event leaves (the ones with a deadline).
+EXPIRABLE_STATES: frozenset[ProcedureState] = frozenset(
+    v for v, events in _ACCEPTS.items() if "expire" in events
+)
+
+
+def accepts(state: ProcedureState, event: str) -> bool:
+    """Whether the table has a transition for ``event`` from ``state`` (guards aside)."""
+    return event in _ACCEPTS[state]
+
+
+def login_allowed(state: ProcedureState | None) -> bool:
+    """The login gate: refused exactly while a registered address awaits confirmation."""
+    return state is not ProcedureState.AWAITING_CONFIRMATION
+
+
+_REFUSALS: Mapping[ProcedureState, type[EmailChangeError]] = {
+    ProcedureState.LOCKED: ProcedureLocked,
+    ProcedureState.EXPIRED: ProcedureExpired,
+}
+
+
+def refusal_in(state: ProcedureState) -> type[EmailChangeError] | None:
+    """The error that tells the insured why an ended procedure takes no more events, if any.
+
+    A locked or expired procedure says so; other ends answer "wrong state".
+    """
+    return _REFUSALS.get(state)
+
+
+def ending(now: datetime) -> dict[str, Any]:
+    """The fields every transition into a final state sets (beside the state itself).
+
+    The one description of "ending", used by the machine and by bulk expiry in SQL alike.
+    """
+    return {"code": None, "link": None, "revert_digest": None, "ended_at": now}
+
+
+@attrs.frozen(kw_only=True)
+class ExpiryRule:
+    """One clause of the expiry specification.
+
+    A procedure in ``state`` (and, when ``codes_left`` is set, with or without a code left to ask
+    for) expires ``multiple * policy.<lifetime>`` after the instant in its field ``anchor``.
+    """
+
+    state: ProcedureState
+    anchor: str
+    lifetime: str
+    multiple: int = 1
+    codes_left: bool | None = None
+
+    def applies(self, proc: Procedure, policy: Policy) -> bool:
+        """Whether this clause is the one that decides ``proc``'s deadline."""
+        if proc.state is not self.state:
+            return False
+        if self.codes_left is None:
+            return True
+        return (proc.codes_sent < policy.codes_per_procedure) is self.codes_left
+
+    def span(self, policy: Policy) -> timedelta:
+        """How long after the anchor the procedure expires, under ``policy``."""
+        lifetime: timedelta = getattr(policy, self.lifetime)
+        return self.multiple * lifetime
+
+
+#: When an open procedure that is not yet registered expires. In ``code_sent`` the insured has
+#: one code lifetime after the last code dies to ask for another one; with no code left, the
+#: procedure ends with its last code. Once the code is verified, steps 2 and 3 must be done
+#: within ``verified_step_lifetime``. Registered procedures do not expire (the link does).
+EXPIRY: tuple[ExpiryRule, ...] = (
+    ExpiryRule(
+        state=S.CODE_SENT,
+        anchor="last_code_sent_at",
+        lifetime="code_lifetime",
+        multiple=2,
+        codes_left=True,
+    ),
+    ExpiryRule(
+        state=S.CODE_SENT, anchor="last_code_sent_at", lifetime="code_lifetime", codes_left=False
+    ),
+    ExpiryRule(state=S.CODE_VERIFIED, anchor="code_verified_at", lifetime="verified_step_lifetime"),
+    ExpiryRule(
+        state=S.IDENTITY_VERIFIED, anchor="code_verified_at", lifetime="verified_step_lifetime"
+    ),
+)
+
+_ANCHORS: Mapping[ProcedureState, str] = {rule.state: rule.anchor for rule in EXPIRY}
+
+
+def expiry_anchor(proc: Procedure) -> datetime | None:
+    """The instant ``proc``'s deadline runs from (``None``: it has no deadline).
+
+    Stores index it (with ``codes_sent``) to find due procedures under any policy.
+    """
+    field = _ANCHORS.get(proc.state)
+    return None if field is None else getattr(proc, field)
+
+
+def deadline_of(proc: Procedure, policy: Policy) -> datetime | None:
+    """When ``proc`` expires under ``policy`` if nothing happens (``None``: it does not).
+
+    Always computed from the procedure and the policy in force, never stored: a policy change
+    moves every open deadline with it.
+    """
+    anchor = expiry_anchor(proc)
+    if anchor is None:
+        return None
+    for rule in EXPIRY:
+        if rule.applies(proc, policy):
+            return anchor + rule.span(policy)
+    raise AssertionError(f"no expiry rule for {proc.state}")  # pragma: no cover - checked below
+
+
+@attrs.frozen(kw_only=True)
+class ExpiryCutoff:
+    """One clause of "due at ``now``" as a store can query it, without knowing the policy.
+
+    A procedure is due if it is in ``state``, its ``codes_sent`` is in
+    ``[codes_sent_min, codes_sent_max)`` (``None``: unbounded) and its :func:`expiry_anchor` is at
+    or before ``anchor_at_or_before``.
+    """
+
+    state: ProcedureState
+    anchor_at_or_before: datetime
+    codes_sent_min: int | None = None
+    codes_sent_max: int | None = None
+
+    def matches(self, proc: Procedure) -> bool:
+        """Whether ``proc`` is due by this clause."""
+        anchor = expiry_anchor(proc)
+        return (
+            proc.state is self.state
+            and anchor is not None
+            and anchor <= self.anchor_at_or_before
+            and (self.codes_sent_min is None or proc.codes_sent >= self.codes_sent_min)
+            and (self.codes_sent_max is None or proc.codes_sent < self.codes_sent_max)
+        )
+
+
+def expiry_cutoffs(policy: Policy, now: datetime) -> tuple[ExpiryCutoff, ...]:
+    """:data:`EXPIRY` at ``now`` under ``policy``: a procedure is due iff one cutoff matches it."""
+    limit = policy.codes_per_procedure
+    return tuple(
+        ExpiryCutoff(
+            state=rule.state,
+            anchor_at_or_before=now - rule.span(policy),
+            codes_sent_min=limit if rule.codes_left is False else None,
+            codes_sent_max=limit if rule.codes_left is True else None,
+        )
+        for rule in EXPIRY
+    )
+
+
+def _check_derived_facts() -> None:
+    """Fail at import, loudly, if the table and the facts written beside it disagree."""
+    if {ProcedureState(s.value) for s in EmailChangeMachine.states} != set(ProcedureState):
+        raise RuntimeError("ProcedureState and the machine's states differ")
+    if set(_ANCHORS) != EXPIRABLE_STATES:
+        raise RuntimeError("EXPIRY must cover exactly the states the expire event leaves")
+    for state in EXPIRABLE_STATES:
+        splits = {rule.codes_left for rule in EXPIRY if rule.state is state}
+        if (
+            splits not in ({None}, {True, False})
+            or len({r.anchor for r in EXPIRY if r.state is state}) != 1
+        ):
+            raise RuntimeError(f"EXPIRY clauses of {state} must partition it on one anchor")
+
+
+_check_derived_facts()

@@ -21,7 +21,7 @@ import attrs
 
 from email_change._errors import EmailChangeError
 from email_change._records import MailEffect, MailKind, OutboxItem
-from email_change._values import CardModel, parse_address
+from email_change._values import CardModel, ascii_form, parse_address
 
 __all__ = ["MailSettings", "Messages"]
 
@@ -143,13 +143,15 @@ class Messages:
             params["code"] = _require(secret)
         elif effect.kind is MailKind.CONFIRM_ADDRESS:
             params["link"] = f"{settings.confirm_url}?{urlencode({'token': _require(secret)})}"
-        else:
+        elif effect.kind is MailKind.PREVIOUS_ADDRESS_NOTICE:
             params["link"] = f"{settings.revert_url}?{urlencode({'token': _require(secret)})}"
         section = ("mail", effect.kind.value)
         message = EmailMessage()
         message["Subject"] = self.text(locale, *section, "subject")
         message["From"] = formataddr((settings.sender_name, settings.sender))
-        message["To"] = effect.to
+        # The domain in its ASCII (A-label) form whenever the address has one: any server
+        # delivers it, where a Unicode domain would need SMTPUTF8 all the way.
+        message["To"] = ascii_form(effect.to) or effect.to
         message["Date"] = format_datetime(item.created_at)
         # Stable per outbox item: a retried delivery carries the same id, so it can be deduplicated.
         message["Message-ID"] = f"<{item.id}@{settings.message_id_domain}>"

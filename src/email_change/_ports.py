@@ -8,17 +8,23 @@ reference fakes every contract test also runs against.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from email_change._records import AuditRecord, Commit, LedgerEntry, OutboxItem, Procedure
 from email_change._values import Card, ConsentRecord, EmailAddress
+
+if TYPE_CHECKING:
+    from email_change._machine import ExpiryCutoff
 
 __all__ = [
     "AccountDirectory",
     "AuditSink",
     "Clock",
+    "DeliveryRefused",
+    "InsuredTransaction",
     "Mailer",
     "ProcedureStore",
     "RandomSource",
@@ -42,9 +48,22 @@ class RandomSource(Protocol):
     def randbelow(self, n: int) -> int: ...
 
 
+class DeliveryRefused(Exception):
+    """Raised by a :class:`Mailer` when a message can never be delivered as it is.
+
+    A permanent SMTP refusal (5xx), a recipient that needs SMTPUTF8 from a server without it.
+    The relay does not retry it: the item goes to the dead letters. Any other exception is
+    taken as temporary and retried with backoff.
+    """
+
+
 @runtime_checkable
 class Mailer(Protocol):
-    """Hands one MIME message to a mail system. Raises on failure (the relay retries)."""
+    """Hands one MIME message to a mail system.
+
+    Raises :class:`DeliveryRefused` when the message can never be delivered, anything else on a
+    temporary failure (the relay retries).
+    """
 
     def send(self, message: EmailMessage) -> None: ...
 
@@ -85,30 +104,69 @@ class AccountDirectory(Protocol):
         ...
 
 
-@runtime_checkable
-class ProcedureStore(Protocol):
-    """Procedures, the insured's rolling ledger and the outbox, written together by :meth:`commit`.
+class InsuredTransaction(Protocol):
+    """One insured's procedures and ledger, held exclusively until the block ends.
 
-    The store is the unit of work: a commit writes the procedure (with a version check), its
-    ledger entries and the effects it owes in one transaction, or nothing.
+    Reads inside it see the latest committed state (and nothing another request could change
+    before this one writes); :meth:`commit`, called at most once, is written when the block exits
+    without an exception, and rolled back with everything else otherwise.
     """
 
-    def load(self, procedure_id: str) -> Procedure | None: ...
+    def load(self, procedure_id: str) -> Procedure | None:
+        """The procedure with this id (of any insured: the caller checks ownership)."""
+        ...
 
-    def open_procedure_of(self, insured_id: str) -> Procedure | None:
+    def open_procedure(self) -> Procedure | None:
         """The insured's procedure that has not ended, if any (there is at most one)."""
         ...
 
-    def ledger_since(self, insured_id: str, since: datetime) -> Sequence[LedgerEntry]:
+    def ledger_since(self, since: datetime) -> Sequence[LedgerEntry]:
         """The insured's ledger entries at or after ``since``, oldest first."""
         ...
 
     def commit(self, commit: Commit) -> None:
-        """Write atomically, or raise :class:`~email_change.ConcurrentUpdate` and write nothing."""
+        """Write the event's record, ledger entries and outbox items, or raise
+        :class:`~email_change.ConcurrentUpdate` and write nothing: if the stored procedure's
+        version is not ``commit.expected_version`` (bulk expiry may have moved it without the
+        insured's lock), or, for a new procedure, if it exists or the insured has an open one.
+        """
+        ...
+
+
+@runtime_checkable
+class ProcedureStore(Protocol):
+    """Procedures, the insured's rolling ledger and the outbox.
+
+    Every event runs inside :meth:`transaction`: the insured's state is read, the rule decided
+    and the result written while no other request for that insured can read or write, so a
+    budget, a cooldown or the one open procedure holds however many requests race, on every
+    process, and no code is compared against a budget another request has just spent. Requests
+    for different insureds need not wait for each other. The contract suites in
+    :mod:`email_change.testing` prove a store does this, concurrency included.
+    """
+
+    def load(self, procedure_id: str) -> Procedure | None:
+        """A procedure, read without any lock (views, links)."""
+        ...
+
+    def open_procedure_of(self, insured_id: str) -> Procedure | None:
+        """The insured's procedure that has not ended, if any, read without any lock."""
+        ...
+
+    def transaction(self, insured_id: str) -> AbstractContextManager[InsuredTransaction]:
+        """Hold the insured exclusively for one event (see :class:`InsuredTransaction`).
+
+        Waits while another transaction holds the same insured; raises
+        :class:`~email_change.ServiceUnavailable` if that takes longer than the store allows.
+        """
         ...
 
     def due_outbox(self, now: datetime, limit: int) -> Sequence[OutboxItem]:
-        """Undelivered outbox items whose next attempt is due, oldest first."""
+        """Outbox items neither delivered nor dead whose next attempt is due, oldest first."""
+        ...
+
+    def dead_outbox(self, limit: int) -> Sequence[OutboxItem]:
+        """Outbox items the relay gave up on, most recent first (for operators)."""
         ...
 
     def outbox_items(self, ids: Sequence[str]) -> Sequence[OutboxItem]:
@@ -119,8 +177,13 @@ class ProcedureStore(Protocol):
         """Record a delivery attempt or success (and drop a delivered item's sealed secret)."""
         ...
 
-    def procedures_due(self, now: datetime, limit: int) -> Sequence[Procedure]:
-        """Open procedures whose deadline has passed (for the sweep)."""
+    def procedures_due(self, cutoffs: Sequence[ExpiryCutoff], limit: int) -> Sequence[Procedure]:
+        """Open procedures that one of ``cutoffs`` matches (for the sweep), at most ``limit``.
+
+        The cutoffs come from :func:`~email_change.expiry_cutoffs`: a store can match them on
+        the procedure's state, ``codes_sent`` and :func:`~email_change.expiry_anchor`, which it
+        may index when it commits.
+        """
         ...
 
 

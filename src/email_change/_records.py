@@ -12,11 +12,15 @@ import base64
 import enum
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from email_change._crypto import KeyedDigest, SealedSecret
+
+if TYPE_CHECKING:
+    from email_change._machine import ProcedureState
+
 from email_change._values import (
     CardModel,
     Channel,
@@ -54,11 +58,38 @@ class CodeIssue:
 
 @attrs.frozen(kw_only=True)
 class LinkIssue:
-    """The live confirmation link: its digest and lifetime."""
+    """The live confirmation link: its digest, lifetime, and the outbox item of its mail."""
 
     digest: KeyedDigest
     sent_at: datetime
     expires_at: datetime
+    #: The outbox id of the mail that carries this link (so a dead-lettered mail can be matched).
+    mail_id: str | None = None
+
+
+_STATE_VALUES: frozenset[str] = frozenset()
+
+
+def _state(value: object) -> ProcedureState:
+    # The machine module owns the state names and imports this one, hence the late import.
+    from email_change._machine import ProcedureState
+
+    global _STATE_VALUES  # noqa: PLW0603 - filled once, on first use
+    if not _STATE_VALUES:
+        _STATE_VALUES = frozenset(s.value for s in ProcedureState)
+    if type(value) is ProcedureState:
+        return value
+    if isinstance(value, str) and value in _STATE_VALUES:
+        return ProcedureState(value)
+    if value is None:
+        # The engine clears the field between leaving a state and entering the next one; a
+        # record in that instant is never committed (``Commit`` refuses it).
+        return None  # type: ignore[return-value]
+    raise ValueError(f"unknown procedure state {value!r}")
+
+
+def _instance_of(*types: type) -> Any:
+    return attrs.validators.instance_of(types if len(types) > 1 else types[0])
 
 
 @attrs.define(kw_only=True)
@@ -66,15 +97,16 @@ class Procedure:
     """One e-mail change procedure of one insured.
 
     Mutable only because the state machine writes ``state``: the service always works on a
-    :meth:`copy` and saves it only when the event succeeded, with a version check.
+    :meth:`copy` and saves it only when the event succeeded, with a version check. Fields are
+    checked when set, so a record its codec could not read back cannot even be built.
     """
 
-    id: str
-    insured_id: str
-    state: str
+    id: str = attrs.field(validator=_instance_of(str))
+    insured_id: str = attrs.field(validator=_instance_of(str))
+    state: ProcedureState = attrs.field(converter=_state)
     version: int = 0
-    channel: Channel
-    locale: str
+    channel: Channel = attrs.field(validator=_instance_of(Channel))
+    locale: str = attrs.field(validator=_instance_of(str))
     created_at: datetime
     updated_at: datetime
     current_address: EmailAddress
@@ -93,8 +125,6 @@ class Procedure:
     revert_digest: KeyedDigest | None = attrs.field(default=None, repr=False)
     registered_at: datetime | None = None
     ended_at: datetime | None = None
-    #: When this open procedure expires if nothing happens (stored so a sweep can index it).
-    deadline: datetime | None = None
 
     def copy(self) -> Procedure:
         """A shallow copy: every field is immutable, so this is a full snapshot."""
@@ -134,6 +164,8 @@ class MailKind(enum.StrEnum):
     SECURITY_CODE = "security_code"
     CONFIRM_ADDRESS = "confirm_address"
     PREVIOUS_ADDRESS_NOTICE = "previous_address_notice"
+    #: To the previous address: the registration was cancelled (its confirmation mail died).
+    REGISTRATION_CANCELLED = "registration_cancelled"
 
 
 @attrs.frozen(kw_only=True)
@@ -183,21 +215,38 @@ class OutboxItem:
     next_attempt_at: datetime
     done_at: datetime | None = None
     last_error: str | None = None
+    #: Set when the relay gave up on the item (a permanent refusal, or its attempts spent).
+    dead_at: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
 class Commit:
     """Everything one successful event writes, atomically.
 
-    ``expected_version`` is the version read (``None`` for a new procedure); the store refuses
-    the commit with :class:`~email_change.ConcurrentUpdate` if the stored version differs, or if a
-    new procedure would make a second open procedure for the same insured.
+    ``expected_version`` is the procedure's version read (``None`` for a new procedure); the
+    store refuses the commit with :class:`~email_change.ConcurrentUpdate`, writing nothing, if the
+    stored version differs, or if a new procedure would make a second open procedure for the same
+    insured.
     """
 
-    procedure: Procedure
+    procedure: Procedure = attrs.field()
     expected_version: int | None
     ledger: tuple[LedgerEntry, ...] = ()
     outbox: tuple[OutboxItem, ...] = ()
+
+    @procedure.validator
+    def _ended_iff_final(self, _attribute: object, proc: Procedure) -> None:
+        # Stores find open procedures by ``ended_at IS NULL``: a record whose end disagrees
+        # with its state would be open for one store and ended for another.
+        from email_change._machine import FINAL_STATES
+
+        if proc.state is None:
+            raise ValueError("a procedure without a state cannot be committed")
+        if (proc.state in FINAL_STATES) != (proc.ended_at is not None):
+            given = "missing" if proc.ended_at is None else "set"
+            raise ValueError(
+                f"ended_at must be set exactly in final states: {proc.state.value}, {given}"
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -231,7 +280,7 @@ def _encode(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value,
     if cls in _PLAIN:  # exact types: enums (str/int subclasses) go on to their branch
         return value
     names = _FIELD_NAMES.get(cls)
-    if names is None and attrs.has(cls):
+    if names is None and _TYPES.get(cls.__name__) is cls:
         names = _FIELD_NAMES[cls] = tuple(f.name for f in attrs.fields(cls))
     if names is not None:
         out = {"$type": cls.__name__}
@@ -250,7 +299,9 @@ def _encode(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value,
         return [_encode(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): _encode(v) for k, v in value.items()}
-    return value
+    # Anything else would be stored as something the decoder cannot rebuild: refuse it before
+    # a store writes it.
+    raise TypeError(f"cannot encode a {cls.__name__} in a record")
 
 
 _TYPES: dict[str, type[Any]] = {

@@ -4,20 +4,41 @@ Effects are written in the same transaction as the transition that owes them, so
 down SMTP server loses nothing: the relay finds them again. Each delivery is idempotent on the
 receiving side (stable Message-ID per outbox item, idempotent directory calls), so a retry after
 a crash between "sent" and "marked sent" is recognisable as the same message.
+
+An item that can never be delivered ends as a *dead letter*, visibly: a permanent refusal
+(:class:`~email_change.DeliveryRefused` from the mailer, a sealed secret whose key is gone) at
+once; a mail still failing :attr:`Backoff.give_up_after` after it was owed (an account change
+is never given up for a temporary failure: it is retried until the directory takes it).
+The item leaves the queue (``dead_at`` set, its sealed secret dropped), an audit record says so
+(``outbox.dead``), and every dead-letter listener is called: the service's own listener cancels
+a registration whose confirmation mail died, so nobody stays locked out of their account.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import attrs
 
-from email_change._crypto import Keyring
+from email_change._crypto import Keyring, UnknownKeyError
 from email_change._messages import MailSettings, Messages
-from email_change._ports import AccountDirectory, Clock, Mailer, ProcedureStore
-from email_change._records import AccountAction, AccountEffect, MailEffect, OutboxItem
+from email_change._ports import (
+    AccountDirectory,
+    AuditSink,
+    Clock,
+    DeliveryRefused,
+    Mailer,
+    ProcedureStore,
+)
+from email_change._records import (
+    AccountAction,
+    AccountEffect,
+    AuditRecord,
+    MailEffect,
+    OutboxItem,
+)
 
 __all__ = ["Backoff", "OutboxRelay", "RelayReport"]
 
@@ -30,14 +51,22 @@ class RelayReport:
 
     delivered: int = 0
     failed: int = 0
+    #: Items given up on in this pass (now dead letters).
+    dead: int = 0
 
 
 @attrs.frozen(kw_only=True)
 class Backoff:
-    """Exponential backoff between delivery attempts, capped."""
+    """Exponential backoff between delivery attempts, capped, and when to give up.
+
+    ``give_up_after`` runs from when a mail was owed. The default, 24 hours, is the
+    confirmation link's lifetime: a mail later than that would carry a dead link anyway. An
+    account change is retried for as long as it takes (capped backoff).
+    """
 
     first: timedelta = timedelta(seconds=5)
     cap: timedelta = timedelta(minutes=15)
+    give_up_after: timedelta = timedelta(hours=24)
 
     def after(self, attempts: int) -> timedelta:
         """Delay before attempt number ``attempts + 1``."""
@@ -58,8 +87,11 @@ class OutboxRelay:
         settings: MailSettings,
         clock: Clock,
         backoff: Backoff | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         self._store = store
+        self._audit = audit
+        self._dead_listeners: list[Callable[[OutboxItem], None]] = []
         self._mailer = mailer
         self._directory = directory
         self._keyring = keyring
@@ -67,6 +99,17 @@ class OutboxRelay:
         self._settings = settings
         self._clock = clock
         self._backoff = backoff or Backoff()
+
+    def on_dead_letter(self, listener: Callable[[OutboxItem], None]) -> None:
+        """Call ``listener(item)`` for every item given up on (metrics, alerts...).
+
+        A listener that raises is logged and does not stop the others.
+        """
+        self._dead_listeners.append(listener)
+
+    def dead_letters(self, limit: int = 100) -> Sequence[OutboxItem]:
+        """The items given up on, most recent first."""
+        return self._store.dead_outbox(limit)
 
     def deliver(self, ids: Sequence[str]) -> RelayReport:
         """Deliver these items now if they are still pending (called right after a commit)."""
@@ -98,55 +141,93 @@ class OutboxRelay:
                 event.wait(idle_seconds)
 
     def _deliver_all(self, items: Sequence[OutboxItem]) -> RelayReport:
-        delivered = failed = 0
+        counts = {"delivered": 0, "failed": 0, "dead": 0}
         for item in items:
-            if self._deliver_one(item):
-                delivered += 1
-            else:
-                failed += 1
-        return RelayReport(delivered=delivered, failed=failed)
+            counts[self._deliver_one(item)] += 1
+        return RelayReport(**counts)
 
-    def _deliver_one(self, item: OutboxItem) -> bool:
+    def _deliver_one(self, item: OutboxItem) -> str:
         try:
             self._apply(item)
-        except Exception as exc:  # noqa: BLE001 - any adapter failure is retried later
+        except Exception as exc:  # noqa: BLE001 - any adapter failure is retried or given up on
             now = self._clock.now()
             attempts = item.attempts + 1
+            error = type(exc).__name__
+            # A mail late by a day is no use (its code or link is dead); an account change is
+            # owed whatever the delay, so only a permanent refusal ends it.
+            stale = isinstance(item.effect, MailEffect) and (
+                now - item.created_at >= self._backoff.give_up_after
+            )
+            if isinstance(exc, DeliveryRefused) or stale:
+                self._bury(item, attempts=attempts, error=error, now=now)
+                return "dead"
             self._store.update_outbox(
                 attrs.evolve(
                     item,
                     attempts=attempts,
                     next_attempt_at=now + self._backoff.after(attempts),
-                    last_error=type(exc).__name__,
+                    last_error=error,
                 )
             )
-            log.warning(
-                "outbox item %s not delivered (attempt %d): %s",
-                item.id,
-                attempts,
-                type(exc).__name__,
-            )
-            return False
-        effect = item.effect
-        if isinstance(effect, MailEffect):
-            effect = attrs.evolve(effect, sealed=None)  # the secret is not kept once sent
+            log.warning("outbox item %s not delivered (attempt %d): %s", item.id, attempts, error)
+            return "failed"
         self._store.update_outbox(
             attrs.evolve(
                 item,
-                effect=effect,
+                effect=_without_secret(item),  # the secret is not kept once sent
                 attempts=item.attempts + 1,
                 done_at=self._clock.now(),
                 last_error=None,
             )
         )
-        return True
+        return "delivered"
+
+    def _bury(self, item: OutboxItem, *, attempts: int, error: str, now: datetime) -> None:
+        dead = attrs.evolve(
+            item, effect=_without_secret(item), attempts=attempts, last_error=error, dead_at=now
+        )
+        self._store.update_outbox(dead)
+        effect = item.effect
+        kind = effect.kind.value if isinstance(effect, MailEffect) else effect.action.value
+        log.error(
+            "outbox item %s (%s) given up after %d attempts: %s", item.id, kind, attempts, error
+        )
+        if self._audit is not None:
+            try:
+                self._audit.record(
+                    AuditRecord(
+                        at=now,
+                        insured_id=self._insured_of(effect),
+                        procedure_id=effect.procedure_id,
+                        event="deliver",
+                        outcome="outbox.dead",
+                        detail={"item": item.id, "kind": kind, "error": error},
+                    )
+                )
+            except Exception:
+                log.exception("audit sink failed for a dead letter")
+        for listener in self._dead_listeners:
+            try:
+                listener(dead)
+            except Exception:
+                log.exception("dead-letter listener failed for outbox item %s", item.id)
+
+    def _insured_of(self, effect: MailEffect | AccountEffect) -> str:
+        if isinstance(effect, AccountEffect):
+            return effect.insured_id
+        proc = self._store.load(effect.procedure_id)
+        return "" if proc is None else proc.insured_id
 
     def _apply(self, item: OutboxItem) -> None:
         effect = item.effect
         if isinstance(effect, MailEffect):
             secret = None
             if effect.sealed is not None:
-                secret = self._keyring.open(effect.sealed, associated=item.id)
+                try:
+                    secret = self._keyring.open(effect.sealed, associated=item.id)
+                except (UnknownKeyError, ValueError) as exc:
+                    # Its key was removed, or it was tampered with: no retry will open it.
+                    raise DeliveryRefused("the mail's sealed secret cannot be opened") from exc
             self._mailer.send(self._messages.render(item, secret, self._settings))
             return
         self._apply_account(effect, item.created_at)
@@ -166,3 +247,8 @@ class OutboxRelay:
                 directory.confirm(insured, effect.address, at=at)
             case AccountAction.CANCEL_PENDING:
                 directory.cancel_pending(insured, at=at)
+
+
+def _without_secret(item: OutboxItem) -> MailEffect | AccountEffect:
+    effect = item.effect
+    return attrs.evolve(effect, sealed=None) if isinstance(effect, MailEffect) else effect

@@ -1,51 +1,81 @@
 """The service facade: the one object a frontend calls.
 
-Each operation loads the procedure, runs one event of :class:`EmailChangeMachine` on a copy,
-commits the copy with a version check together with the ledger entries and outbox effects the
-event owes, hands the new effects to the relay, audits, and returns a :class:`ProcedureView` or
-raises a typed :class:`EmailChangeError`. A refused event writes nothing; a counted refusal (wrong
-code, wrong serial) is committed first and raised after.
+Each operation checks its arguments (a wrong one is refused, typed, before anything is read),
+then, inside the store's transaction for the insured (:meth:`ProcedureStore.transaction`),
+reads the procedure and the insured's ledger, runs one event of :class:`EmailChangeMachine` on a
+copy and commits the copy together with the ledger entries and outbox effects the event owes.
+Once the transaction is over it audits, hands the new effects to the relay, and returns a
+:class:`ProcedureView` or raises a typed :class:`EmailChangeError`. A refused event writes
+nothing; a counted refusal (wrong code, wrong serial) is committed first and raised after. Every
+refusal is audited, once.
 
-If another request committed first, the operation is replayed on the fresh record as long as the
-procedure is still in the state it first saw, so concurrent wrong tries are all counted; if the
-state moved, :class:`ConcurrentUpdate` tells the caller.
+Because the insured is held for the whole event, a budget, a cooldown or the one open procedure
+is decided on exactly the state the commit records, and no code or serial is compared against a
+budget another request has just spent. Only bulk expiry in SQL moves a procedure without the
+insured's lock; the procedure's version catches it, and the operation is replayed on fresh reads
+as long as the procedure is still in the state it first saw (if the state moved,
+:class:`ConcurrentUpdate` tells the caller).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
+import attrs
 from statemachine.exceptions import TransitionNotAllowed
 
+from email_change import _arguments as arguments
 from email_change._crypto import Keyring
 from email_change._errors import (
     AwaitingConfirmation,
     ConcurrentUpdate,
     EmailChangeError,
     EventNotAllowed,
+    InvalidForm,
     InvalidLink,
     NoCurrentAddress,
     ProcedureExpired,
-    ProcedureLocked,
     ProcedureNotFound,
     ServiceUnavailable,
 )
-from email_change._machine import AddressForm, EmailChangeMachine, Step, deadline_of
+from email_change._machine import (
+    AddressForm,
+    EmailChangeMachine,
+    ExpiryCutoff,
+    Outcome,
+    ProcedureState,
+    Step,
+    accepts,
+    deadline_of,
+    expiry_cutoffs,
+    login_allowed,
+    refusal_in,
+)
 from email_change._policy import Policy
 from email_change._ports import (
     AccountDirectory,
     AuditSink,
     Clock,
+    InsuredTransaction,
     ProcedureStore,
     RandomSource,
     VitaleRegistry,
 )
-from email_change._records import AuditRecord, Commit, LedgerEntry, Procedure
+from email_change._records import (
+    AuditRecord,
+    Commit,
+    LedgerEntry,
+    MailEffect,
+    MailKind,
+    OutboxItem,
+    Procedure,
+)
 from email_change._relay import OutboxRelay
-from email_change._values import Card, Channel, mask_address, parse_code, parse_serial
+from email_change._values import Channel, mask_address, parse_code, parse_serial
 from email_change._views import ProcedureView
 
 __all__ = ["EmailChangeService"]
@@ -54,13 +84,24 @@ log = logging.getLogger("email_change")
 
 #: Replays of one operation after losing a race while the state stayed the same.
 MAX_REPLAYS = 64
-#: States from which the procedure can still expire.
-_EXPIRABLE = frozenset({"code_sent", "code_verified", "identity_verified"})
-_FINAL_ERRORS: dict[str, type[EmailChangeError]] = {
-    "locked": ProcedureLocked,
-    "expired": ProcedureExpired,
-}
+#: A link token is ``<procedure id>.<secret>``: 32 hex digits, a dot, 43 base64url characters.
 _TOKEN_MAX = 200
+
+
+@attrs.define
+class _Call:
+    """What one facade call knows so far, for the audit record of a refusal."""
+
+    event: str
+    insured_id: str = ""
+    procedure_id: str | None = None
+    state: ProcedureState | None = None
+    #: Set once the call's outcome is in the audit trail (a committed, counted refusal).
+    audited: bool = False
+
+    def saw(self, proc: Procedure) -> Procedure:
+        self.procedure_id, self.state = proc.id, proc.state
+        return proc
 
 
 class EmailChangeService:
@@ -103,116 +144,197 @@ class EmailChangeService:
 
         If the insured already has an open procedure it is returned (``resumed=True``) and no mail
         is sent; if a registered address awaits confirmation, :class:`AwaitingConfirmation`.
+        ``channel`` is a :class:`Channel` (or its value, ``"website"``); ``locale`` a language tag.
         """
-        for _ in range(MAX_REPLAYS):
-            existing = self._store.open_procedure_of(insured_id)
-            if existing is not None:
-                if existing.state == "awaiting_confirmation":
-                    raise AwaitingConfirmation()
-                if not self._past_deadline(existing):
-                    return ProcedureView.of(existing, self.policy, resumed=True)
+        call = _Call("start")
+        with self._audited(call):
+            call.insured_id = insured = arguments.insured_id(insured_id)
+            channel = arguments.channel(channel)
+            locale = arguments.locale(locale)
+            address = None
+            for _ in range(MAX_REPLAYS):
+                existing = self._store.open_procedure_of(insured)
+                if existing is not None:
+                    call.saw(existing)
+                    if existing.state is ProcedureState.AWAITING_CONFIRMATION:
+                        raise AwaitingConfirmation()
+                    if not self._past_deadline(existing, self._now()):
+                        return ProcedureView.of(existing, self.policy, resumed=True)
+                    self._expire_if_due(insured, existing.id)
+                    continue
+                if address is None:  # asked once, before the insured is held
+                    address = self._call(
+                        "account_directory", self._directory.current_address, insured
+                    )
+                    if address is None:
+                        raise NoCurrentAddress()
                 try:
-                    self._expire(existing)
+                    with self._store.transaction(insured) as tx:
+                        if tx.open_procedure() is not None:
+                            continue  # another request opened one first: resume it
+                        now = self._now()
+                        proc = Procedure(
+                            id=self._rng.token_bytes(16).hex(),
+                            insured_id=insured,
+                            state=ProcedureState.NEW,
+                            channel=channel,
+                            locale=locale,
+                            created_at=now,
+                            updated_at=now,
+                            current_address=address,
+                        )
+                        call.procedure_id, call.state = None, None
+                        fired = self._fire(tx, call, proc, "start", now)
                 except ConcurrentUpdate:
                     continue
-            address = self._call("account_directory", self._directory.current_address, insured_id)
-            if address is None:
-                raise NoCurrentAddress()
-            now = self._now()
-            proc = Procedure(
-                id=self._rng.token_bytes(16).hex(),
-                insured_id=insured_id,
-                state="new",
-                channel=channel,
-                locale=locale,
-                created_at=now,
-                updated_at=now,
-                current_address=address,
-            )
-            try:
-                return self._fire(proc, "start", now)
-            except ConcurrentUpdate:
-                continue
-        raise ConcurrentUpdate()
+                return self._report(fired)
+            raise ConcurrentUpdate()
 
     def resend_code(self, insured_id: str, procedure_id: str) -> ProcedureView:
         """ "Renvoyer le code par mail": a new code; the previous one dies."""
-        return self._operate(insured_id, procedure_id, "resend_code")
+        call = _Call("resend_code")
+        with self._audited(call):
+            insured, pid = self._ids(call, insured_id, procedure_id)
+            return self._operate(call, insured, pid)
 
     def submit_code(self, insured_id: str, procedure_id: str, code: str) -> ProcedureView:
         """Step 1: "Valider le code de sécurité"."""
-        parsed = parse_code(code, length=self.policy.code_length)
-        return self._operate(insured_id, procedure_id, "submit_code", code=parsed)
+        call = _Call("submit_code")
+        with self._audited(call):
+            insured, pid = self._ids(call, insured_id, procedure_id)
+            parsed = parse_code(code, length=self.policy.code_length)
+            return self._operate(call, insured, pid, code=parsed)
 
     def submit_serial(self, insured_id: str, procedure_id: str, serial: str) -> ProcedureView:
         """Step 2: "Confirmer votre numéro de série"."""
-        parsed = parse_serial(serial)
-        proc = self._owned(insured_id, procedure_id)
-        cards: Sequence[Card] = ()
-        if proc.state == "code_verified" and not self._past_deadline(proc):
-            cards = tuple(self._call("vitale_registry", self._registry.cards_of, insured_id))
-        return self._operate(insured_id, procedure_id, "submit_serial", serial=parsed, cards=cards)
+        call = _Call("submit_serial")
+        with self._audited(call):
+            insured, pid = self._ids(call, insured_id, procedure_id)
+            parsed = parse_serial(serial)
+
+            def cards() -> dict[str, Any]:
+                # Asked only when the serial will really be compared, and before the insured is
+                # held when that can be known: a slow registry never holds the insured's lock.
+                found = self._call("vitale_registry", self._registry.cards_of, insured)
+                return {"cards": tuple(found)}
+
+            return self._operate(call, insured, pid, serial=parsed, late_inputs=cards)
 
     def submit_new_address(
         self, insured_id: str, procedure_id: str, form: AddressForm
     ) -> ProcedureView:
         """Step 3: "Confirmer vos informations". Registers the address and ends the sessions."""
-        return self._operate(insured_id, procedure_id, "submit_address", form=form)
+        call = _Call("submit_address")
+        with self._audited(call):
+            insured, pid = self._ids(call, insured_id, procedure_id)
+            if not isinstance(form, AddressForm):
+                raise InvalidForm(field="form")
+            return self._operate(call, insured, pid, form=form)
 
     def confirm(self, token: str) -> ProcedureView:
         """Step 5: "Confirmer mon e-mail", from the link mailed to the new address."""
-        proc_id, secret = self._split_token(token)
-        return self._by_token(proc_id, "confirm", secret)
+        return self._by_token("confirm", token)
 
     def revert(self, token: str) -> ProcedureView:
         """Cancel a registered change from the link in the notice to the previous address."""
-        proc_id, secret = self._split_token(token)
-        return self._by_token(proc_id, "revert", secret)
+        return self._by_token("revert", token)
 
     def resend_confirmation(self, insured_id: str) -> ProcedureView:
         """A new confirmation mail (the old link dies). The insured is logged out: the host
         authenticates them with their login credentials before calling this."""
-        proc = self._store.open_procedure_of(insured_id)
-        if proc is None or proc.state != "awaiting_confirmation":
-            raise EventNotAllowed(event="resend_confirmation", state=proc.state if proc else "none")
-        return self._operate(insured_id, proc.id, "resend_confirmation")
+        call = _Call("resend_confirmation")
+        with self._audited(call):
+            call.insured_id = insured = arguments.insured_id(insured_id)
+            proc = self._store.open_procedure_of(insured)
+            if proc is None:
+                raise EventNotAllowed(event=call.event, state="none")
+            return self._operate(call, insured, call.saw(proc).id)
 
     def cancel(self, insured_id: str, procedure_id: str) -> ProcedureView:
         """The insured gives up before registering."""
-        return self._operate(insured_id, procedure_id, "cancel")
+        call = _Call("cancel")
+        with self._audited(call):
+            insured, pid = self._ids(call, insured_id, procedure_id)
+            return self._operate(call, insured, pid)
 
     def view(self, insured_id: str, procedure_id: str) -> ProcedureView:
         """Where the procedure stands. Expires it first if its deadline has passed."""
-        proc = self._owned(insured_id, procedure_id)
-        if self._past_deadline(proc):
-            try:
-                proc = self._expire(proc)
-            except ConcurrentUpdate:
-                proc = self._owned(insured_id, procedure_id)
-        return ProcedureView.of(proc, self.policy)
+        call = _Call("view")
+        with self._audited(call):
+            insured, pid = self._ids(call, insured_id, procedure_id)
+            return self._view(call, insured, pid)
 
     def current(self, insured_id: str) -> ProcedureView | None:
         """The insured's open procedure, if any."""
-        proc = self._store.open_procedure_of(insured_id)
-        return None if proc is None else self.view(insured_id, proc.id)
+        call = _Call("current")
+        with self._audited(call):
+            call.insured_id = insured = arguments.insured_id(insured_id)
+            proc = self._store.open_procedure_of(insured)
+            return None if proc is None else self._view(call, insured, proc.id)
 
     def may_log_in(self, insured_id: str) -> bool:
         """The login gate: ``False`` exactly while a registered address awaits confirmation."""
-        proc = self._store.open_procedure_of(insured_id)
-        return proc is None or proc.state != "awaiting_confirmation"
+        call = _Call("may_log_in")
+        with self._audited(call):
+            call.insured_id = insured = arguments.insured_id(insured_id)
+            proc = self._store.open_procedure_of(insured)
+            return login_allowed(None if proc is None else proc.state)
 
     def expire_due(self, limit: int = 500) -> int:
         """Expire abandoned procedures whose deadline passed; returns how many."""
-        done = 0
-        for proc in self._store.procedures_due(self._now(), limit):
-            try:
-                self._expire(proc)
-                done += 1
-            except (ConcurrentUpdate, EventNotAllowed):
-                continue
-        return done
+        call = _Call("expire_due")
+        with self._audited(call):
+            batch = arguments.limit(limit)
+            done = 0
+            for proc in self._store.procedures_due(expiry_cutoffs(self.policy, self._now()), batch):
+                expired = self._expire_if_due(proc.insured_id, proc.id)
+                done += expired is not None and expired.state is ProcedureState.EXPIRED
+            return done
+
+    def handle_dead_letter(self, item: OutboxItem) -> None:
+        """The relay gave up on ``item``: if it carried the live confirmation link, withdraw the
+        registration (the previous address stays, login works again, the insured is told).
+
+        :func:`build_service` registers this with the relay; anything else is left alone.
+        """
+        effect = item.effect
+        if not isinstance(effect, MailEffect) or effect.kind is not MailKind.CONFIRM_ADDRESS:
+            return
+        proc = self._store.load(effect.procedure_id)
+        if proc is None or not accepts(proc.state, "cancel_registration"):
+            return
+        call = _Call("cancel_registration", proc.insured_id, proc.id, proc.state)
+        # A superseded link's mail (InvalidLink), a race: audited, and nothing more to do.
+        with contextlib.suppress(EmailChangeError), self._audited(call):
+            self._operate(call, proc.insured_id, proc.id, mail_id=item.id)
 
     # --- engine ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _audited(self, call: _Call) -> Iterator[None]:
+        """Audit the refusal that ends ``call``, unless it is already in the trail."""
+        try:
+            yield
+        except EmailChangeError as error:
+            if not call.audited:
+                self._audit_record(
+                    AuditRecord(
+                        at=self._clock.now(),
+                        insured_id=call.insured_id,
+                        procedure_id=call.procedure_id,
+                        event=call.event,
+                        outcome=error.code,
+                        from_state=call.state,
+                        to_state=call.state,
+                    )
+                )
+            raise
+
+    def _ids(self, call: _Call, insured_id: object, procedure_id: object) -> tuple[str, str]:
+        call.insured_id = insured = arguments.insured_id(insured_id)
+        pid = arguments.procedure_id(procedure_id)
+        call.procedure_id = pid
+        return insured, pid
 
     def _now(self) -> Any:
         now = self._clock.now()
@@ -229,108 +351,145 @@ class EmailChangeService:
             log.warning("%s failed: %s", dependency, type(exc).__name__)
             raise ServiceUnavailable(dependency=dependency) from exc
 
-    def _owned(self, insured_id: str, procedure_id: str) -> Procedure:
-        proc = self._store.load(procedure_id) if isinstance(procedure_id, str) else None
+    def _owned(self, call: _Call, proc: Procedure | None, insured_id: str) -> Procedure:
         if proc is None or proc.insured_id != insured_id:
             raise ProcedureNotFound()
-        return proc
+        return call.saw(proc)
 
-    def _split_token(self, token: str) -> tuple[str, str]:
-        # Tokens are ASCII (hex id, base64url secret); anything else, a lone surrogate included
-        # (which the keyed hash could not even encode), is refused here.
-        if (
-            not isinstance(token, str)
-            or len(token) > _TOKEN_MAX
-            or not token.isascii()
-            or token.count(".") != 1
-        ):
-            raise InvalidLink()
-        proc_id, secret = token.split(".")
-        if not proc_id or not secret:
-            raise InvalidLink()
-        return proc_id, secret
-
-    def _by_token(self, procedure_id: str, event: str, secret: str) -> ProcedureView:
-        proc = self._store.load(procedure_id)
-        if proc is None or proc.state not in ("awaiting_confirmation", "confirmed", "reverted"):
-            self._audit_refusal(None, procedure_id, event, InvalidLink())
-            raise InvalidLink()
-        if proc.state != "awaiting_confirmation":
-            self._audit_refusal(proc, procedure_id, event, InvalidLink())
-            raise InvalidLink()
-        return self._operate(proc.insured_id, procedure_id, event, secret=secret)
-
-    def _past_deadline(self, proc: Procedure) -> bool:
-        deadline = proc.deadline
-        return proc.state in _EXPIRABLE and deadline is not None and self._now() >= deadline
-
-    def _expire(self, proc: Procedure) -> Procedure:
-        self._fire(proc, "expire", self._now())
-        stored = self._store.load(proc.id)
-        assert stored is not None  # noqa: S101 - just committed
-        return stored
-
-    def _operate(
-        self, insured_id: str, procedure_id: str, event: str, **inputs: Any
-    ) -> ProcedureView:
-        first_state: str | None = None
-        for _ in range(MAX_REPLAYS):
-            proc = self._owned(insured_id, procedure_id)
-            if first_state is None:
-                first_state = proc.state
-            elif proc.state != first_state:
-                raise ConcurrentUpdate()
-            if self._past_deadline(proc):
-                try:
-                    self._expire(proc)
-                except ConcurrentUpdate:
-                    continue
-                self._audit_refusal(proc, procedure_id, event, ProcedureExpired())
-                raise ProcedureExpired()
-            final_error = _FINAL_ERRORS.get(proc.state)
-            if final_error is not None:
-                error = final_error()
-                self._audit_refusal(proc, procedure_id, event, error)
-                raise error
+    def _by_token(self, event: str, token: object) -> ProcedureView:
+        call = _Call(event)
+        with self._audited(call):
+            procedure_id, secret = _split_token(token)
+            proc = self._store.load(procedure_id)
+            # One answer for an unknown, used, superseded or ended link: nothing tells them apart.
+            if proc is None or not accepts(call.saw(proc).state, event):
+                raise InvalidLink()
+            call.insured_id = proc.insured_id
             try:
-                return self._fire(proc, event, self._now(), **inputs)
-            except ConcurrentUpdate:
-                continue
+                return self._operate(call, proc.insured_id, procedure_id, secret=secret)
+            except EventNotAllowed:
+                raise InvalidLink() from None
+
+    def _past_deadline(self, proc: Procedure, now: datetime) -> bool:
+        # The machine's own rule under the policy in force: the facade never decides expiry on
+        # anything the ``expire`` transition would not agree with.
+        deadline = deadline_of(proc, self.policy)
+        return deadline is not None and now >= deadline
+
+    def _expire_if_due(self, insured_id: str, procedure_id: str) -> Procedure | None:
+        """Expire the procedure if it is due; returns it as it now stands (``None``: a race)."""
+        try:
+            with self._store.transaction(insured_id) as tx:
+                now = self._now()
+                proc = tx.load(procedure_id)
+                if proc is None or not self._past_deadline(proc, now):
+                    return proc
+                call = _Call("expire", insured_id, proc.id, proc.state)
+                fired = self._fire(tx, call, proc, "expire", now)
+        except ConcurrentUpdate:
+            return None
+        self._report(fired)
+        return fired.draft
+
+    def _view(self, call: _Call, insured_id: str, procedure_id: str) -> ProcedureView:
+        for _ in range(MAX_REPLAYS):
+            proc = self._owned(call, self._store.load(procedure_id), insured_id)
+            if not self._past_deadline(proc, self._now()):
+                return ProcedureView.of(proc, self.policy)
+            now_standing = self._expire_if_due(insured_id, procedure_id)
+            if now_standing is not None:
+                return ProcedureView.of(self._owned(call, now_standing, insured_id), self.policy)
         raise ConcurrentUpdate()
 
-    def _fire(self, proc: Procedure, event: str, now: Any, **inputs: Any) -> ProcedureView:
+    def _operate(
+        self,
+        call: _Call,
+        insured_id: str,
+        procedure_id: str,
+        *,
+        late_inputs: Callable[[], dict[str, Any]] | None = None,
+        **inputs: Any,
+    ) -> ProcedureView:
+        event = call.event
+        if late_inputs is not None:
+            peek = self._owned(call, self._store.load(procedure_id), insured_id)
+            if accepts(peek.state, event) and not self._past_deadline(peek, self._now()):
+                inputs.update(late_inputs())
+                late_inputs = None
+        first_state: ProcedureState | None = None
+        for _ in range(MAX_REPLAYS):
+            expired = False
+            try:
+                with self._store.transaction(insured_id) as tx:
+                    now = self._now()
+                    proc = self._owned(call, tx.load(procedure_id), insured_id)
+                    if first_state is None:
+                        first_state = proc.state
+                    elif proc.state is not first_state:
+                        raise _StateMoved()  # noqa: TRY301 - leaves the transaction
+                    if self._past_deadline(proc, now):
+                        expire = _Call("expire", insured_id, proc.id, proc.state)
+                        fired = self._fire(tx, expire, proc, "expire", now)
+                        expired = True
+                    else:
+                        refusal = refusal_in(proc.state)
+                        if refusal is not None:
+                            raise refusal()
+                        if late_inputs is not None and accepts(proc.state, event):
+                            inputs.update(late_inputs())  # the state moved since the peek
+                            late_inputs = None
+                        fired = self._fire(tx, call, proc, event, now, **inputs)
+            except _StateMoved:
+                raise ConcurrentUpdate() from None
+            except ConcurrentUpdate:
+                continue
+            view = self._report(fired)
+            if expired:
+                raise ProcedureExpired()
+            return view
+        raise ConcurrentUpdate()
+
+    def _fire(
+        self,
+        tx: InsuredTransaction,
+        call: _Call,
+        proc: Procedure,
+        event: str,
+        now: datetime,
+        **inputs: Any,
+    ) -> _Fired:
+        """Run ``event`` on a copy of ``proc`` and commit it in ``tx`` (the insured is held)."""
         policy = self.policy
-        history = tuple(self._store.ledger_since(proc.insured_id, now - policy.insured_window))
+        history = () if event == "expire" else tuple(tx.ledger_since(now - policy.insured_window))
         step = Step(now=now, policy=policy, keyring=self._keyring, rng=self._rng, history=history)
         draft = proc.copy()
         machine = EmailChangeMachine(model=draft, state_field="state")
         try:
             machine.send(event, step=step, **inputs)
         except TransitionNotAllowed:
-            error: EmailChangeError = EventNotAllowed(event=event, state=proc.state)
-            self._audit_refusal(proc, proc.id, event, error)
-            raise error from None
-        except EmailChangeError as exc:
-            self._audit_refusal(proc, proc.id, event, exc)
-            raise
+            raise EventNotAllowed(event=event, state=proc.state) from None
         draft.version = proc.version + 1
         draft.updated_at = now
-        draft.deadline = deadline_of(draft, policy)
         outcome = step.outcome
-        self._store.commit(
+        tx.commit(
             Commit(
                 procedure=draft,
-                expected_version=None if proc.state == "new" else proc.version,
+                expected_version=None if proc.state is ProcedureState.NEW else proc.version,
                 ledger=tuple(outcome.ledger),
                 outbox=tuple(outcome.outbox),
             )
         )
+        return _Fired(call=call, before=proc, draft=draft, now=now, outcome=outcome)
+
+    def _report(self, fired: _Fired) -> ProcedureView:
+        """After the commit, outside the insured's lock: audit, deliver, answer."""
+        outcome, proc, draft = fired.outcome, fired.before, fired.draft
         self._audit_record(
             AuditRecord(
-                at=now,
+                at=fired.now,
                 insured_id=proc.insured_id,
                 procedure_id=proc.id,
-                event=event,
+                event=fired.call.event,
                 outcome=outcome.refusal.code if outcome.refusal else "ok",
                 from_state=proc.state,
                 to_state=draft.state,
@@ -343,23 +502,9 @@ class EmailChangeService:
             except Exception as exc:  # noqa: BLE001 - committed: the relay's next pass delivers
                 log.warning("immediate delivery failed, left to the relay: %s", type(exc).__name__)
         if outcome.refusal is not None:
+            fired.call.audited = True
             raise outcome.refusal
-        return ProcedureView.of(draft, policy)
-
-    def _audit_refusal(
-        self, proc: Procedure | None, procedure_id: str, event: str, error: EmailChangeError
-    ) -> None:
-        self._audit_record(
-            AuditRecord(
-                at=self._now(),
-                insured_id=proc.insured_id if proc else "",
-                procedure_id=procedure_id if proc else None,
-                event=event,
-                outcome=error.code,
-                from_state=proc.state if proc else None,
-                to_state=proc.state if proc else None,
-            )
-        )
+        return ProcedureView.of(draft, self.policy)
 
     def _audit_record(self, record: AuditRecord) -> None:
         try:
@@ -368,35 +513,104 @@ class EmailChangeService:
             log.exception("audit sink failed for %s %s", record.event, record.outcome)
 
 
+def _split_token(token: object) -> tuple[str, str]:
+    # Tokens are ASCII (hex id, base64url secret); anything else, a lone surrogate included
+    # (which the keyed hash could not even encode), is refused here.
+    if (
+        not isinstance(token, str)
+        or len(token) > _TOKEN_MAX
+        or not token.isascii()
+        or token.count(".") != 1
+    ):
+        raise InvalidLink()
+    procedure_id, secret = token.split(".")
+    if not secret:
+        raise InvalidLink()
+    try:
+        return arguments.procedure_id(procedure_id), secret
+    except ProcedureNotFound:
+        raise InvalidLink() from None
+
+
 class _GuardedStore:
     """The store, with every failure but a version conflict turned into one typed answer."""
 
     def __init__(self, store: ProcedureStore) -> None:
         self._inner = store
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except EmailChangeError:
-            raise
-        except Exception as exc:
-            log.warning("procedure store failed: %s", type(exc).__name__)
-            raise ServiceUnavailable(dependency="procedure_store") from exc
-
     def load(self, procedure_id: str) -> Procedure | None:
-        return cast(Procedure | None, self._call(self._inner.load, procedure_id))
+        return cast(Procedure | None, _guard(self._inner.load, procedure_id))
 
     def open_procedure_of(self, insured_id: str) -> Procedure | None:
-        return cast(Procedure | None, self._call(self._inner.open_procedure_of, insured_id))
+        return cast(Procedure | None, _guard(self._inner.open_procedure_of, insured_id))
 
-    def ledger_since(self, insured_id: str, since: datetime) -> Sequence[LedgerEntry]:
-        return cast(Sequence[LedgerEntry], self._call(self._inner.ledger_since, insured_id, since))
+    @contextlib.contextmanager
+    def transaction(self, insured_id: str) -> Iterator[InsuredTransaction]:
+        # Only the store's own failures become ServiceUnavailable: an error raised by the
+        # block (a refusal, a bug) rolls the transaction back and reaches the caller as it is.
+        with _guarded():
+            context = self._inner.transaction(insured_id)
+            tx = context.__enter__()
+        try:
+            yield _GuardedTransaction(tx)
+        except BaseException as exc:
+            with _guarded():
+                context.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        with _guarded():
+            context.__exit__(None, None, None)
+
+    def procedures_due(self, cutoffs: Sequence[ExpiryCutoff], limit: int) -> Sequence[Procedure]:
+        return cast(Sequence[Procedure], _guard(self._inner.procedures_due, cutoffs, limit))
+
+
+class _GuardedTransaction:
+    def __init__(self, tx: InsuredTransaction) -> None:
+        self._inner = tx
+
+    def load(self, procedure_id: str) -> Procedure | None:
+        return cast(Procedure | None, _guard(self._inner.load, procedure_id))
+
+    def open_procedure(self) -> Procedure | None:
+        return cast(Procedure | None, _guard(self._inner.open_procedure))
+
+    def ledger_since(self, since: datetime) -> Sequence[LedgerEntry]:
+        return cast(Sequence[LedgerEntry], _guard(self._inner.ledger_since, since))
 
     def commit(self, commit: Commit) -> None:
-        self._call(self._inner.commit, commit)
+        _guard(self._inner.commit, commit)
 
-    def procedures_due(self, now: datetime, limit: int) -> Sequence[Procedure]:
-        return cast(Sequence[Procedure], self._call(self._inner.procedures_due, now, limit))
+
+@contextlib.contextmanager
+def _guarded() -> Iterator[None]:
+    try:
+        yield
+    except EmailChangeError:
+        raise
+    except Exception as exc:
+        log.warning("procedure store failed: %s", type(exc).__name__)
+        raise ServiceUnavailable(dependency="procedure_store") from exc
+
+
+def _guard(fn: Callable[..., Any], *args: Any) -> Any:
+    with _guarded():
+        return fn(*args)
+
+
+@attrs.define(kw_only=True, eq=False, str=False)
+class _StateMoved(ConcurrentUpdate):
+    """Another request moved the procedure on while this one waited: not replayed."""
+
+
+@attrs.frozen(kw_only=True)
+class _Fired:
+    """An event committed inside a transaction, to report once the transaction is over."""
+
+    call: _Call
+    before: Procedure
+    draft: Procedure
+    now: datetime
+    outcome: Outcome
 
 
 def _detail(proc: Procedure) -> dict[str, str]:

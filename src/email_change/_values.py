@@ -26,6 +26,7 @@ __all__ = [
     "ConsentPurpose",
     "ConsentRecord",
     "EmailAddress",
+    "ascii_form",
     "mask_address",
     "parse_address",
     "parse_code",
@@ -134,6 +135,28 @@ def parse_address(raw: object, *, allow_smtputf8: bool = False) -> EmailAddress:
         raise InvalidAddress(reason=reason) from None
     normalized: str = valid.normalized
     return EmailAddress(value=normalized, key=normalized.casefold())
+
+
+def ascii_form(address: str) -> str | None:
+    """The address with its domain in ASCII (IDNA A-labels), or ``None`` if it has none.
+
+    An address has none only when its local part is not ASCII (SMTPUTF8 is then required).
+
+    >>> ascii_form("jeanne@exemple-été.fr")
+    'jeanne@xn--exemple-t-i4ab.fr'
+    >>> ascii_form("jeanne@exemple.fr")
+    'jeanne@exemple.fr'
+    """
+    if address.isascii():
+        return address
+    try:
+        valid = email_validator.validate_email(
+            address, check_deliverability=False, allow_smtputf8=True
+        )
+    except email_validator.EmailNotValidError:
+        return None
+    ascii_email: str | None = valid.ascii_email
+    return ascii_email
 
 
 def mask_address(address: EmailAddress | str | None) -> str | None:

@@ -31,6 +31,14 @@ import pytest
 
 from email_change._crypto import KeyedDigest, SealedSecret
 from email_change._errors import ConcurrentUpdate, ServiceUnavailable
+from email_change._machine import (
+    FINAL_STATES,
+    OPEN_STATES,
+    ProcedureState,
+    deadline_of,
+    expiry_cutoffs,
+)
+from email_change._policy import Policy
 from email_change._ports import AccountDirectory, ProcedureStore, VitaleRegistry
 from email_change._records import (
     AccountAction,
@@ -60,7 +68,9 @@ __all__ = [
     "AccountDirectoryContract",
     "ProcedureStoreContract",
     "VitaleRegistryContract",
+    "commit_in_transaction",
     "full_procedure",
+    "ledger_of",
     "mail_item",
     "make_procedure",
 ]
@@ -76,7 +86,7 @@ def make_procedure(
     state: str = "code_sent",
     **changes: Any,
 ) -> Procedure:
-    """A plausible stored procedure (version 1, a live code, a deadline)."""
+    """A plausible stored procedure (version 1, a live code)."""
     proc = Procedure(
         id=proc_id,
         insured_id=insured_id,
@@ -94,7 +104,6 @@ def make_procedure(
         ),
         codes_sent=1,
         last_code_sent_at=T0,
-        deadline=T0 + timedelta(minutes=30),
     )
     return attrs.evolve(proc, **changes)
 
@@ -157,7 +166,6 @@ def full_procedure(proc_id: str = "p-full", insured_id: str = "insured-full") ->
         link_sends=(at, at + timedelta(minutes=1, microseconds=7)),
         revert_digest=KeyedDigest(key_id="k2", mac=b"\x03" * 32),
         registered_at=at,
-        deadline=None,
     )
 
 
@@ -184,6 +192,18 @@ def _entry(
     return LedgerEntry(insured_id=insured, procedure_id=proc, kind=kind, at=at)
 
 
+def commit_in_transaction(store: ProcedureStore, commit: Commit) -> None:
+    """Commit as the service does: inside the insured's transaction."""
+    with store.transaction(commit.procedure.insured_id) as tx:
+        tx.commit(commit)
+
+
+def ledger_of(store: ProcedureStore, insured_id: str, since: datetime) -> list[LedgerEntry]:
+    """The insured's ledger entries at or after ``since``, read as the service reads them."""
+    with store.transaction(insured_id) as tx:
+        return list(tx.ledger_since(since))
+
+
 def _next(proc: Procedure, **changes: Any) -> Procedure:
     """The procedure as the service would commit it after one event."""
     return attrs.evolve(proc, version=proc.version + 1, **changes)
@@ -197,14 +217,14 @@ class ProcedureStoreContract:
     def test_unknown_procedure_is_none(self, store: ProcedureStore) -> None:
         assert store.load("nope") is None
         assert store.open_procedure_of("nobody") is None
-        assert list(store.ledger_since("nobody", T0)) == []
+        assert list(ledger_of(store, "nobody", T0)) == []
         assert list(store.outbox_items(["nope"])) == []
 
     def test_round_trip_equals_committed(self, store: ProcedureStore) -> None:
         simple = make_procedure()
         full = full_procedure()
-        store.commit(Commit(procedure=simple, expected_version=None))
-        store.commit(Commit(procedure=full, expected_version=None))
+        commit_in_transaction(store, Commit(procedure=simple, expected_version=None))
+        commit_in_transaction(store, Commit(procedure=full, expected_version=None))
         assert store.load(simple.id) == simple
         loaded = store.load(full.id)
         assert loaded == full
@@ -216,67 +236,71 @@ class ProcedureStoreContract:
 
     def test_update_with_the_read_version(self, store: ProcedureStore) -> None:
         proc = make_procedure()
-        store.commit(Commit(procedure=proc, expected_version=None))
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None))
         moved = _next(proc, state="code_verified", code=None, code_verified_at=T0)
-        store.commit(Commit(procedure=moved, expected_version=proc.version))
+        commit_in_transaction(store, Commit(procedure=moved, expected_version=proc.version))
         assert store.load(proc.id) == moved
 
     def test_stale_version_is_refused_and_changes_nothing(self, store: ProcedureStore) -> None:
         proc = make_procedure()
-        store.commit(Commit(procedure=proc, expected_version=None))
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None))
         winner = _next(proc, wrong_codes=1)
-        store.commit(Commit(procedure=winner, expected_version=proc.version))
+        commit_in_transaction(store, Commit(procedure=winner, expected_version=proc.version))
         loser = _next(proc, state="code_verified")
         with pytest.raises(ConcurrentUpdate):
-            store.commit(Commit(procedure=loser, expected_version=proc.version))
+            commit_in_transaction(store, Commit(procedure=loser, expected_version=proc.version))
         assert store.load(proc.id) == winner
 
     def test_update_of_a_missing_procedure_is_refused(self, store: ProcedureStore) -> None:
         with pytest.raises(ConcurrentUpdate):
-            store.commit(Commit(procedure=make_procedure(), expected_version=1))
+            commit_in_transaction(store, Commit(procedure=make_procedure(), expected_version=1))
         assert store.load("p1") is None
 
     def test_insert_of_an_existing_id_is_refused(self, store: ProcedureStore) -> None:
         proc = make_procedure()
-        store.commit(Commit(procedure=proc, expected_version=None))
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None))
         with pytest.raises(ConcurrentUpdate):
-            store.commit(Commit(procedure=_next(proc), expected_version=None))
+            commit_in_transaction(store, Commit(procedure=_next(proc), expected_version=None))
         assert store.load(proc.id) == proc
 
     # --- one open procedure per insured ------------------------------------------------------
 
     def test_second_open_procedure_is_refused(self, store: ProcedureStore) -> None:
         first = make_procedure("p1")
-        store.commit(Commit(procedure=first, expected_version=None))
+        commit_in_transaction(store, Commit(procedure=first, expected_version=None))
         with pytest.raises(ConcurrentUpdate):
-            store.commit(Commit(procedure=make_procedure("p2"), expected_version=None))
+            commit_in_transaction(
+                store, Commit(procedure=make_procedure("p2"), expected_version=None)
+            )
         assert store.load("p2") is None
         assert store.open_procedure_of("insured-1") == first
         # Another insured is not affected.
         other = make_procedure("p3", "insured-2")
-        store.commit(Commit(procedure=other, expected_version=None))
+        commit_in_transaction(store, Commit(procedure=other, expected_version=None))
         assert store.open_procedure_of("insured-2") == other
 
-    @pytest.mark.parametrize("final", ["confirmed", "cancelled", "expired", "locked", "reverted"])
+    @pytest.mark.parametrize("final", sorted(FINAL_STATES))
     def test_a_new_procedure_may_follow_an_ended_one(
-        self, store: ProcedureStore, final: str
+        self, store: ProcedureStore, final: ProcedureState
     ) -> None:
         first = make_procedure("p1")
-        store.commit(Commit(procedure=first, expected_version=None))
-        ended = _next(first, state=final, code=None, ended_at=T0, deadline=None)
-        store.commit(Commit(procedure=ended, expected_version=first.version))
+        commit_in_transaction(store, Commit(procedure=first, expected_version=None))
+        ended = _next(first, state=final, code=None, ended_at=T0)
+        commit_in_transaction(store, Commit(procedure=ended, expected_version=first.version))
         assert store.open_procedure_of("insured-1") is None
         second = make_procedure("p2")
-        store.commit(Commit(procedure=second, expected_version=None))
+        commit_in_transaction(store, Commit(procedure=second, expected_version=None))
         assert store.open_procedure_of("insured-1") == second
         assert store.load("p1") == ended
 
     def test_awaiting_confirmation_is_open(self, store: ProcedureStore) -> None:
         full = full_procedure("p1", "insured-1")
-        store.commit(Commit(procedure=full, expected_version=None))
+        commit_in_transaction(store, Commit(procedure=full, expected_version=None))
         assert store.open_procedure_of("insured-1") == full
         with pytest.raises(ConcurrentUpdate):
-            store.commit(Commit(procedure=make_procedure("p2"), expected_version=None))
+            commit_in_transaction(
+                store, Commit(procedure=make_procedure("p2"), expected_version=None)
+            )
 
     # --- ledger ------------------------------------------------------------------------------
 
@@ -284,51 +308,55 @@ class ProcedureStoreContract:
         proc = make_procedure()
         late, early = T0 + timedelta(minutes=2), T0 - timedelta(hours=25)
         first = (_entry(LedgerKind.CODE_SENT, T0), _entry(LedgerKind.WRONG_CODE, late))
-        store.commit(Commit(procedure=proc, expected_version=None, ledger=first))
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None, ledger=first))
         # Written later but counted earlier: the order is by time, not by insertion.
         second = (
             _entry(LedgerKind.WRONG_CODE, T0 + timedelta(minutes=1)),
             _entry(LedgerKind.WRONG_SERIAL, early),
         )
-        store.commit(Commit(procedure=_next(proc), expected_version=proc.version, ledger=second))
+        commit_in_transaction(
+            store, Commit(procedure=_next(proc), expected_version=proc.version, ledger=second)
+        )
         other = make_procedure("p9", "insured-2")
-        store.commit(
+        commit_in_transaction(
+            store,
             Commit(
                 procedure=other,
                 expected_version=None,
                 ledger=(_entry(LedgerKind.WRONG_CODE, T0, "insured-2", "p9"),),
-            )
+            ),
         )
         since = T0 - timedelta(hours=24)
-        assert list(store.ledger_since("insured-1", since)) == [
+        assert list(ledger_of(store, "insured-1", since)) == [
             first[0],
             second[0],
             first[1],
         ]
         # ``since`` is inclusive.
-        assert list(store.ledger_since("insured-1", late)) == [first[1]]
-        assert list(store.ledger_since("insured-1", early)) == [
+        assert list(ledger_of(store, "insured-1", late)) == [first[1]]
+        assert list(ledger_of(store, "insured-1", early)) == [
             second[1],
             first[0],
             second[0],
             first[1],
         ]
-        assert list(store.ledger_since("insured-2", since)) == [
+        assert list(ledger_of(store, "insured-2", since)) == [
             _entry(LedgerKind.WRONG_CODE, T0, "insured-2", "p9")
         ]
 
     def test_ledger_ties_keep_their_order(self, store: ProcedureStore) -> None:
         proc = make_procedure()
         entries = tuple(_entry(kind, T0) for kind in (LedgerKind.CODE_SENT, LedgerKind.WRONG_CODE))
-        store.commit(Commit(procedure=proc, expected_version=None, ledger=entries))
-        store.commit(
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None, ledger=entries))
+        commit_in_transaction(
+            store,
             Commit(
                 procedure=_next(proc),
                 expected_version=proc.version,
                 ledger=(_entry(LedgerKind.WRONG_SERIAL, T0),),
-            )
+            ),
         )
-        kinds = [e.kind for e in store.ledger_since("insured-1", T0)]
+        kinds = [e.kind for e in ledger_of(store, "insured-1", T0)]
         assert kinds == [LedgerKind.CODE_SENT, LedgerKind.WRONG_CODE, LedgerKind.WRONG_SERIAL]
 
     # --- outbox ------------------------------------------------------------------------------
@@ -347,7 +375,7 @@ class ProcedureStoreContract:
                 next_attempt_at=T0 + timedelta(minutes=10),
             ),
         )
-        store.commit(Commit(procedure=proc, expected_version=None, outbox=items))
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None, outbox=items))
         later = T0 + timedelta(minutes=10)
         assert [i.id for i in store.due_outbox(T0 + timedelta(seconds=5), 10)] == ["o1", "o2"]
         assert [i.id for i in store.due_outbox(later, 10)] == ["o1", "o2", "o3"]
@@ -377,39 +405,60 @@ class ProcedureStoreContract:
 
     # --- procedures due ----------------------------------------------------------------------
 
-    def test_procedures_due(self, store: ProcedureStore) -> None:
-        at = T0 + timedelta(minutes=30)
-        rows = [
-            make_procedure("late", "i1", deadline=at - timedelta(minutes=1)),
-            make_procedure("now", "i2", deadline=at),
-            make_procedure("future", "i3", deadline=at + timedelta(seconds=1)),
-            make_procedure(
-                "verified", "i4", state="code_verified", deadline=at - timedelta(hours=1)
+    @pytest.mark.parametrize(
+        "policy",
+        [
+            Policy(),
+            Policy(code_lifetime=timedelta(minutes=30), verified_step_lifetime=timedelta(hours=1)),
+            Policy(code_lifetime=timedelta(minutes=5), codes_per_procedure=1),
+        ],
+        ids=["defaults", "longer", "shorter"],
+    )
+    def test_procedures_due_follows_the_machine_under_any_policy(
+        self, store: ProcedureStore, policy: Policy
+    ) -> None:
+        # One procedure per (state, anchor offset, codes sent): the store's query must select
+        # exactly those the machine's own rule says are due, under the policy in force.
+        rows: list[Procedure] = []
+        for n, (state, minutes, codes) in enumerate(
+            (state, minutes, codes)
+            for state in sorted(OPEN_STATES)
+            for minutes in (-120, -61, -60, -31, -30, -16, -15, -6, -5, 0, 1)
+            for codes in (1, 2, 3)
+        ):
+            anchor = T0 + timedelta(minutes=minutes)
+            proc = make_procedure(f"d{n}", f"i{n}", state=state, codes_sent=codes)
+            if state is ProcedureState.AWAITING_CONFIRMATION:
+                proc = full_procedure(f"d{n}", f"i{n}")
+            else:
+                proc = attrs.evolve(proc, last_code_sent_at=anchor, code_verified_at=anchor)
+            rows.append(proc)
+            commit_in_transaction(store, Commit(procedure=proc, expected_version=None))
+        ended = _next(rows[0], state=ProcedureState.CANCELLED, ended_at=T0)
+        commit_in_transaction(
+            store,
+            Commit(
+                procedure=attrs.evolve(ended, id="ended", insured_id="ix"), expected_version=None
             ),
-            make_procedure(
-                "identity", "i5", state="identity_verified", deadline=at - timedelta(minutes=2)
-            ),
-            full_procedure("waiting", "i6"),
-        ]
-        for proc in rows:
-            store.commit(Commit(procedure=proc, expected_version=None))
-        ended = _next(rows[0], state="cancelled", ended_at=T0)
-        ended = attrs.evolve(ended, id="ended", insured_id="i7", version=1)
-        store.commit(Commit(procedure=ended, expected_version=None))
-        assert [p.id for p in store.procedures_due(at, 10)] == [
-            "verified",
-            "identity",
-            "late",
-            "now",
-        ]
-        assert [p.id for p in store.procedures_due(at, 2)] == ["verified", "identity"]
-        assert list(store.procedures_due(T0 - timedelta(hours=1), 10)) == []
+        )
+        now = T0 + timedelta(minutes=1)
+        expected = {
+            p.id
+            for p in rows
+            if (deadline := deadline_of(p, policy)) is not None and deadline <= now
+        }
+        cutoffs = expiry_cutoffs(policy, now)
+        due = [p.id for p in store.procedures_due(cutoffs, len(rows) + 10)]
+        assert sorted(due) == sorted(expected)
+        assert len(due) == len(set(due))
+        assert len(store.procedures_due(cutoffs, 2)) == min(2, len(expected))
+        assert list(store.procedures_due(expiry_cutoffs(policy, T0 - timedelta(days=1)), 10)) == []
 
     # --- atomicity ---------------------------------------------------------------------------
 
     def test_a_refused_commit_writes_nothing(self, store: ProcedureStore) -> None:
         proc = make_procedure()
-        store.commit(Commit(procedure=proc, expected_version=None))
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None))
         stale = Commit(
             procedure=_next(proc, wrong_codes=1),
             expected_version=proc.version + 5,
@@ -417,7 +466,7 @@ class ProcedureStoreContract:
             outbox=(mail_item("ghost"),),
         )
         with pytest.raises(ConcurrentUpdate):
-            store.commit(stale)
+            commit_in_transaction(store, stale)
         second_open = Commit(
             procedure=make_procedure("p2"),
             expected_version=None,
@@ -425,16 +474,16 @@ class ProcedureStoreContract:
             outbox=(mail_item("ghost2", "p2"),),
         )
         with pytest.raises(ConcurrentUpdate):
-            store.commit(second_open)
+            commit_in_transaction(store, second_open)
         assert store.load(proc.id) == proc
         assert store.load("p2") is None
-        assert list(store.ledger_since("insured-1", T0 - timedelta(days=1))) == []
+        assert list(ledger_of(store, "insured-1", T0 - timedelta(days=1))) == []
         assert list(store.outbox_items(["ghost", "ghost2"])) == []
         assert list(store.due_outbox(T0 + timedelta(days=1), 10)) == []
 
     def test_racing_writers_one_wins(self, store: ProcedureStore) -> None:
         proc = make_procedure()
-        store.commit(Commit(procedure=proc, expected_version=None))
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None))
         results: list[str] = []
         lock = threading.Lock()
         barrier = threading.Barrier(8)
@@ -448,7 +497,7 @@ class ProcedureStoreContract:
             )
             barrier.wait()
             try:
-                store.commit(commit)
+                commit_in_transaction(store, commit)
                 outcome = f"won:{n}"
             except ConcurrentUpdate:
                 outcome = "lost"
@@ -465,7 +514,7 @@ class ProcedureStoreContract:
         assert results.count("lost") == 7
         n = int(winners[0].split(":")[1])
         assert store.load(proc.id) == _next(proc, wrong_codes=n)
-        assert len(store.ledger_since("insured-1", T0)) == 1
+        assert len(ledger_of(store, "insured-1", T0)) == 1
         ids = [f"race-{i}" for i in range(8)]
         assert [i.id for i in store.outbox_items(ids)] == [f"race-{n}"]
 

@@ -7,10 +7,12 @@ objects with the service.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -18,6 +20,8 @@ from typing import Any
 import attrs
 
 from email_change._errors import ConcurrentUpdate, ServiceUnavailable
+from email_change._machine import FINAL_STATES, ExpiryCutoff
+from email_change._ports import DeliveryRefused
 from email_change._records import (
     AuditRecord,
     Commit,
@@ -38,8 +42,6 @@ __all__ = [
     "InMemoryVitaleRegistry",
     "SeededRandom",
 ]
-
-_FINAL = frozenset({"confirmed", "cancelled", "expired", "locked", "reverted"})
 
 
 class FakeClock:
@@ -81,11 +83,18 @@ class SeededRandom:
 
 
 class InMemoryMailer:
-    """Keeps sent messages in :attr:`outbox`. Set :attr:`fail_next` to simulate a down server."""
+    """Keeps sent messages in :attr:`outbox`.
+
+    Set :attr:`fail_next` to simulate a server that is down for the next sends (a temporary
+    failure, retried), or add addresses to :attr:`refused` to simulate a server that refuses
+    them for good (:class:`~email_change.DeliveryRefused`, a dead letter).
+    """
 
     def __init__(self) -> None:
         self.outbox: list[EmailMessage] = []
         self.fail_next = 0
+        #: Recipients refused permanently (compared case-insensitively).
+        self.refused: set[str] = set()
         self._lock = threading.Lock()
 
     def send(self, message: EmailMessage) -> None:
@@ -93,6 +102,8 @@ class InMemoryMailer:
             if self.fail_next:
                 self.fail_next -= 1
                 raise ConnectionError("simulated mail server failure")
+            if str(message["To"]).casefold() in {a.casefold() for a in self.refused}:
+                raise DeliveryRefused("550 simulated permanent refusal of the recipient")
             self.outbox.append(message)
 
     def to(self, address: str) -> list[EmailMessage]:
@@ -188,11 +199,62 @@ def _dump(value: Any) -> str:
     return json.dumps(encode(value), sort_keys=True, separators=(",", ":"))
 
 
+#: A commit as stored: the record, (insured, entry) pairs, (id, item) pairs.
+_Encoded = tuple[str, list[tuple[str, str]], list[tuple[str, str]]]
+
+
+def _encode_commit(commit: Commit) -> _Encoded:
+    return (
+        _dump(commit.procedure),
+        [(e.insured_id, _dump(e)) for e in commit.ledger],
+        [(i.id, _dump(i)) for i in commit.outbox],
+    )
+
+
+#: Insureds are held by one of this many locks (by a hash of their id): bounded memory, and two
+#: insureds rarely wait for each other.
+_STRIPES = 256
+
+
+class _Transaction:
+    """One insured, held by its lock; the commit is applied when the block exits cleanly."""
+
+    def __init__(self, store: InMemoryProcedureStore, insured_id: str) -> None:
+        self._store = store
+        self._insured_id = insured_id
+        self.pending: tuple[Commit, _Encoded] | None = None
+
+    def load(self, procedure_id: str) -> Procedure | None:
+        return self._store.load(procedure_id)
+
+    def open_procedure(self) -> Procedure | None:
+        return self._store.open_procedure_of(self._insured_id)
+
+    def ledger_since(self, since: datetime) -> Sequence[LedgerEntry]:
+        return self._store.ledger_since(self._insured_id, since)
+
+    def commit(self, commit: Commit) -> None:
+        if commit.procedure.insured_id != self._insured_id:
+            raise ValueError("a transaction commits only its own insured's procedure")
+        if self.pending is not None:
+            raise RuntimeError("one commit per transaction")
+        # Encoded and checked now, as a SQL store refuses at the statement: a record that cannot
+        # be encoded, or a stale version, never gets as far as the end of the block.
+        encoded = _encode_commit(commit)
+        self._store.check(commit)
+        self.pending = (commit, encoded)
+
+
 class InMemoryProcedureStore:
-    """Procedures, ledger and outbox under one lock; every commit is all-or-nothing."""
+    """Procedures, ledger and outbox; every commit is all-or-nothing.
+
+    :meth:`transaction` holds a per-insured lock (striped) for the whole event, and the writes
+    happen under one store-wide lock, so racing threads get exactly what a SQL store gives.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._insured_locks = tuple(threading.Lock() for _ in range(_STRIPES))
         self._procedures: dict[str, str] = {}
         self._ledger: list[str] = []
         self._outbox: dict[str, str] = {}
@@ -216,14 +278,32 @@ class InMemoryProcedureStore:
         return None if raw is None else Procedure.from_dict(json.loads(raw))
 
     def ledger_since(self, insured_id: str, since: datetime) -> Sequence[LedgerEntry]:
+        """The insured's ledger entries at or after ``since``, oldest first (for tests too)."""
         with self._lock:
             raws = list(self._ledger_of.get(insured_id, ()))
         entries = [decode(json.loads(r)) for r in raws]
         return sorted((e for e in entries if e.at >= since), key=lambda e: e.at)
 
+    @contextlib.contextmanager
+    def transaction(self, insured_id: str) -> Iterator[_Transaction]:
+        stripe = self._insured_locks[zlib.crc32(insured_id.encode("utf-8", "replace")) % _STRIPES]
+        with stripe:
+            tx = _Transaction(self, insured_id)
+            yield tx
+            if tx.pending is not None:
+                self._apply(*tx.pending)
+
     def due_outbox(self, now: datetime, limit: int) -> Sequence[OutboxItem]:
-        items = [i for i in self._items() if i.done_at is None and i.next_attempt_at <= now]
+        items = [
+            i
+            for i in self._items()
+            if i.done_at is None and i.dead_at is None and i.next_attempt_at <= now
+        ]
         return sorted(items, key=lambda i: i.created_at)[:limit]
+
+    def dead_outbox(self, limit: int) -> Sequence[OutboxItem]:
+        dead = [i for i in self._items() if i.dead_at is not None]
+        return sorted(dead, key=lambda i: (i.dead_at, i.id), reverse=True)[:limit]
 
     def outbox_items(self, ids: Sequence[str]) -> Sequence[OutboxItem]:
         with self._lock:
@@ -235,40 +315,60 @@ class InMemoryProcedureStore:
             raws = list(self._outbox.values())
         return [decode(json.loads(r)) for r in raws]
 
-    def procedures_due(self, now: datetime, limit: int) -> Sequence[Procedure]:
+    def procedures_due(self, cutoffs: Sequence[ExpiryCutoff], limit: int) -> Sequence[Procedure]:
         with self._lock:
             raws = [self._procedures[i] for i in self._open.values()]
         opened = (Procedure.from_dict(json.loads(r)) for r in raws)
-        due = [p for p in opened if p.deadline is not None and p.deadline <= now]
-        return sorted(due, key=lambda p: p.deadline or now)[:limit]
+        due = [p for p in opened if any(c.matches(p) for c in cutoffs)]
+        return sorted(due, key=lambda p: (p.updated_at, p.id))[:limit]
 
     # writes
 
-    def commit(self, commit: Commit) -> None:
+    def check(self, commit: Commit) -> None:
+        """Raise :class:`ConcurrentUpdate` if ``commit`` would be refused now."""
         proc = commit.procedure
         with self._lock:
             stored = self._procedures.get(proc.id)
             if commit.expected_version is None:
                 if stored is not None or proc.insured_id in self._open:
                     raise ConcurrentUpdate()
-            elif stored is None or json.loads(stored)["version"] != commit.expected_version:
+                return
+            if stored is None:
                 raise ConcurrentUpdate()
-            self._procedures[proc.id] = _dump(proc)
-            if proc.state in _FINAL:
+            current = json.loads(stored)
+            if current["version"] != commit.expected_version or (
+                current["insured_id"] != proc.insured_id
+            ):
+                raise ConcurrentUpdate()
+
+    def _apply(self, commit: Commit, encoded: _Encoded) -> None:
+        proc = commit.procedure
+        record, ledger, outbox = encoded
+        self.check(commit)
+        with self._lock:
+            self._procedures[proc.id] = record
+            if proc.state in FINAL_STATES:
                 if self._open.get(proc.insured_id) == proc.id:
                     del self._open[proc.insured_id]
             else:
                 self._open[proc.insured_id] = proc.id
-            for entry in commit.ledger:
-                raw = _dump(entry)
+            for insured_id, raw in ledger:
                 self._ledger.append(raw)
-                self._ledger_of.setdefault(entry.insured_id, []).append(raw)
-            for item in commit.outbox:
-                self._outbox[item.id] = _dump(item)
+                self._ledger_of.setdefault(insured_id, []).append(raw)
+            for item_id, raw in outbox:
+                self._outbox[item_id] = raw
 
     def update_outbox(self, item: OutboxItem) -> None:
+        raw = _dump(item)
         with self._lock:
-            self._outbox[item.id] = _dump(item)
+            stored = self._outbox.get(item.id)
+            if stored is not None:
+                current = json.loads(stored)
+                # A delivered or dead item stays so: a slower relay reporting on the same item
+                # must not make it due again (its mail would go out twice).
+                if current.get("done_at") is not None or current.get("dead_at") is not None:
+                    return
+            self._outbox[item.id] = raw
 
     # for tests
 

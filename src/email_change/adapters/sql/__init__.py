@@ -27,7 +27,11 @@ from email_change._errors import ServiceUnavailable
 from email_change.adapters._closing import ClosesOnExit
 from email_change.adapters.sql._db import Database, SQLiteDatabase, Unavailable
 from email_change.adapters.sql._directory import SQLAccountDirectory
-from email_change.adapters.sql._encryption import EncryptedRecordError, RecordEncryption
+from email_change.adapters.sql._encryption import (
+    EncryptedRecordError,
+    PlainRecords,
+    RecordEncryption,
+)
 from email_change.adapters.sql._maintenance import Maintenance, MaintenanceReport, Retention
 from email_change.adapters.sql._migrations import MIGRATIONS, SchemaTooNew, current_version, migrate
 from email_change.adapters.sql._registry import CardImportError, SQLVitaleRegistry
@@ -84,8 +88,9 @@ def open_database(db: Database, *, encryption: RecordEncryption | None = None) -
 
     ``encryption``: store the procedure records and outbox items sealed (AES-256-GCM).
     """
+    box = encryption or PlainRecords()
     try:
-        migrate(db)
+        migrate(db, open_record=lambda stored, associated: box.open(stored, associated=associated))
     except Unavailable as exc:
         db.close()
         raise ServiceUnavailable(dependency="procedure_store") from exc

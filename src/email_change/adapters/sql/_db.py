@@ -48,6 +48,9 @@ class Dialect:
     #: Appended to a maintenance batch's row selection: skip rows another transaction holds,
     #: so maintenance never waits on (nor deadlocks with) the service or another maintenance run.
     skip_locked: str = ""
+    #: Whether a transaction can lock one row (``SELECT ... FOR UPDATE``); SQLite's write
+    #: transaction locks the whole file instead.
+    locks_rows: bool = False
 
     def sql(self, text: str) -> str:
         """Our SQL uses ``?``; psycopg wants ``%s``. (No statement of ours has a literal ``?``.)"""
@@ -81,28 +84,6 @@ class Dialect:
         """The inverse of :meth:`json` (psycopg already decodes ``jsonb``)."""
         return json.loads(value) if isinstance(value, str) else value
 
-    def ended_record(self) -> str:
-        """SQL expression: the stored JSON with state/version/times of a bulk-expired procedure.
-
-        Parameters: the ``{"$dt": ...}`` JSON of the expiry time, twice (updated_at, ended_at).
-        The same fields the machine's ``end`` action sets: state, version, ended_at, no live code,
-        no deadline. A sealed record (encryption at rest) cannot be edited in SQL: it is left as
-        it is, and the store brings it up to date from the columns when it loads it.
-        """
-        if self.name == "sqlite":
-            return (
-                "CASE WHEN json_type(record, '$.\"$sealed\"') IS NOT NULL THEN record ELSE"
-                " json_set(record, '$.state', 'expired', '$.version', version + 1,"
-                " '$.updated_at', json(?), '$.ended_at', json(?),"
-                " '$.code', json('null'), '$.deadline', json('null')) END"
-            )
-        return (
-            "CASE WHEN (record -> '$sealed') IS NOT NULL THEN record ELSE"
-            " record || jsonb_build_object('state', 'expired', 'version', version + 1,"
-            " 'updated_at', ?, 'ended_at', ?,"
-            " 'code', 'null'::jsonb, 'deadline', 'null'::jsonb) END"
-        )
-
 
 SQLITE = Dialect(
     name="sqlite",
@@ -116,6 +97,7 @@ POSTGRES = Dialect(
     json_type="JSONB",
     serial_key="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
     skip_locked=" FOR UPDATE SKIP LOCKED",
+    locks_rows=True,
 )
 
 
@@ -156,14 +138,28 @@ class _SQLiteTransaction:
         self._conn = conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._conn.execute(sql, params).rowcount
+        with _unique_as_violation():
+            return self._conn.execute(sql, params).rowcount
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            self._conn.executemany(sql, rows)
+            with _unique_as_violation():
+                self._conn.executemany(sql, rows)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(sql, params).fetchall()
+
+
+@contextlib.contextmanager
+def _unique_as_violation() -> Iterator[None]:
+    # At the statement, so a store can tell "another request won" from a failure right away;
+    # the transaction is rolled back when the exception leaves its block.
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
+            raise UniqueViolation(str(exc)) from exc
+        raise
 
 
 class _Connection(sqlite3.Connection):

@@ -3,16 +3,18 @@
 Everything is set-based SQL in batches of ``batch_size`` rows, one short transaction per batch,
 so it runs while the service runs:
 
-* **Expiry** moves procedures whose deadline passed to ``expired`` in SQL, without the state
-  machine, doing what its ``expire`` transition does (state, ``ended_at``, no live code, no
-  deadline), in the columns *and* in the stored JSON record, and bumps the version: a service
-  request that read the procedure before gets ``ConcurrentUpdate``, reloads, and sees it expired.
-  The outer ``WHERE`` repeats the conditions, so a procedure that moved on since the batch was
-  chosen is left alone. Bulk expiry writes no audit record (the service's own expiry does).
+* **Expiry** moves procedures that are due under the policy in force to ``expired`` in SQL,
+  without running the state machine but generated from its specification (``_expiry.py``: which
+  procedures are due, what ending clears), in the columns *and* in the stored JSON record, and
+  bumps the version: a service request that read the procedure before gets
+  ``ConcurrentUpdate``, reloads, and sees it expired. The outer ``WHERE`` repeats the
+  conditions, so a procedure that moved on since the batch was chosen is left alone. Bulk expiry
+  writes no audit record (the service's own expiry does). Give it the service's policy.
 * **Purge** deletes ended procedures older than ``Retention.ended_procedures`` (never one that
   still owes an undelivered effect), ledger entries older than ``Retention.ledger`` (at least the
-  policy's rolling window, or budgets would forget failures), and delivered outbox items older
-  than ``Retention.delivered_outbox``. Undelivered items are never purged.
+  policy's rolling window, or budgets would forget failures), delivered outbox items older than
+  ``Retention.delivered_outbox`` and dead letters older than ``Retention.dead_outbox``. Items
+  still being retried are never purged.
 
 Consents: a procedure record holds the insured's consent choices, but the copy of record is the
 account directory's (the ``record_consents`` effect delivers them there). A procedure is purged
@@ -27,11 +29,11 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
+from email_change._machine import ProcedureState, expiry_cutoffs
 from email_change._policy import Policy
 from email_change._ports import Clock
-from email_change._records import encode
 from email_change.adapters.sql._db import Database
-from email_change.adapters.sql._migrations import EXPIRABLE_STATES, FINAL_STATES, _in
+from email_change.adapters.sql._expiry import due_predicate, expired_record
 from email_change.adapters.sql._store import unavailable_as
 
 __all__ = ["Maintenance", "MaintenanceReport", "Retention"]
@@ -47,6 +49,8 @@ class Retention:
     ledger: timedelta = timedelta(days=1)
     #: Delivered outbox items (mails sent, directory changes applied), from their delivery.
     delivered_outbox: timedelta = timedelta(days=7)
+    #: Outbox items the relay gave up on, from when it did: long enough for an operator to look.
+    dead_outbox: timedelta = timedelta(days=30)
 
 
 @attrs.frozen(kw_only=True)
@@ -57,6 +61,7 @@ class MaintenanceReport:
     procedures_purged: int = 0
     ledger_purged: int = 0
     outbox_purged: int = 0
+    dead_purged: int = 0
 
 
 class Maintenance:
@@ -74,7 +79,8 @@ class Maintenance:
         batch_size: int = 1000,
     ) -> None:
         self.retention = retention or Retention()
-        window = (policy or Policy()).insured_window
+        self.policy = policy or Policy()
+        window = self.policy.insured_window
         if self.retention.ledger < window:
             raise ValueError(
                 f"ledger retention {self.retention.ledger} is shorter than the policy's "
@@ -101,29 +107,36 @@ class Maintenance:
                 return total
 
     def expire_abandoned(self, now: datetime | None = None) -> int:
-        """Expire open procedures whose deadline is at or before ``now``; returns how many."""
+        """Expire open procedures due at ``now`` under the policy; returns how many."""
         at = self._now(now)
         d = self.db.dialect
-        due = f"state IN {_in(EXPIRABLE_STATES)} AND deadline <= ?"
+        due, due_params = due_predicate(expiry_cutoffs(self.policy, at), d)
+        record, record_params = expired_record(d, at)
         sql = (
-            "UPDATE procedures SET state = 'expired', version = version + 1, updated_at = ?,"  # noqa: S608 - constants only
-            f" ended_at = ?, deadline = NULL, record = {d.ended_record()}"
+            "UPDATE procedures SET state = ?, version = version + 1, updated_at = ?,"  # noqa: S608 - generated, placeholders only
+            f" ended_at = ?, expiry_anchor = NULL, record = {record}"
             f" WHERE id IN (SELECT id FROM procedures WHERE {due}"
-            f" ORDER BY deadline LIMIT ?{d.skip_locked}) AND {due}"
+            f" ORDER BY expiry_anchor LIMIT ?{d.skip_locked}) AND {due}"
         )
-        stamp = d.json(encode(at))
-        return self._batches(
-            sql, (d.time(at), d.time(at), stamp, stamp, d.time(at), self._batch, d.time(at))
+        params = (
+            ProcedureState.EXPIRED.value,
+            d.time(at),
+            d.time(at),
+            *record_params,
+            *due_params,
+            self._batch,
+            *due_params,
         )
+        return self._batches(sql, params)
 
     def purge_procedures(self, now: datetime | None = None) -> int:
         """Delete procedures ended before ``now - retention.ended_procedures``."""
         cutoff = self.db.dialect.time(self._now(now) - self.retention.ended_procedures)
         sql = (
             "DELETE FROM procedures WHERE id IN (SELECT p.id FROM procedures p"  # noqa: S608 - constants only
-            f" WHERE p.ended_at IS NOT NULL AND p.ended_at < ? AND p.state IN {_in(FINAL_STATES)}"
+            " WHERE p.ended_at IS NOT NULL AND p.ended_at < ?"
             " AND NOT EXISTS (SELECT 1 FROM outbox o"
-            "  WHERE o.procedure_id = p.id AND o.done_at IS NULL)"
+            "  WHERE o.procedure_id = p.id AND o.done_at IS NULL AND o.dead_at IS NULL)"
             f" ORDER BY p.ended_at LIMIT ?{self.db.dialect.skip_locked})"
         )
         return self._batches(sql, (cutoff, self._batch))
@@ -146,6 +159,15 @@ class Maintenance:
         )
         return self._batches(sql, (cutoff, self._batch))
 
+    def purge_dead_outbox(self, now: datetime | None = None) -> int:
+        """Delete dead letters older than ``retention.dead_outbox``."""
+        cutoff = self.db.dialect.time(self._now(now) - self.retention.dead_outbox)
+        sql = (
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE dead_at IS NOT NULL"  # noqa: S608
+            f" AND dead_at < ? ORDER BY dead_at LIMIT ?{self.db.dialect.skip_locked})"
+        )
+        return self._batches(sql, (cutoff, self._batch))
+
     def run(self, now: datetime | None = None) -> MaintenanceReport:
         """Expire, then purge; for a scheduler (cron, a periodic task). Safe to run concurrently."""
         at = self._now(now)
@@ -154,4 +176,5 @@ class Maintenance:
             procedures_purged=self.purge_procedures(at),
             ledger_purged=self.purge_ledger(at),
             outbox_purged=self.purge_outbox(at),
+            dead_purged=self.purge_dead_outbox(at),
         )

@@ -13,23 +13,27 @@ Never edit a released step: add a new one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 
-from email_change.adapters.sql._db import Database, Dialect
+from email_change._machine import expiry_anchor
+from email_change._records import Procedure
+from email_change.adapters.sql._db import Database, Dialect, Transaction
 
 __all__ = ["MIGRATIONS", "Migration", "SchemaTooNew", "current_version", "migrate"]
 
-#: Final states: a procedure in one of them is "ended" and may be purged after retention.
-FINAL_STATES = ("confirmed", "cancelled", "expired", "locked", "reverted")
-#: States a procedure can expire from (the ones that have a deadline).
-EXPIRABLE_STATES = ("code_sent", "code_verified", "identity_verified")
+# Steps are history: each says what the schema was made of when it was written, with literal
+# values, and never follows the code. Since step 4 no index or query names a state: "open" is
+# ``ended_at IS NULL`` and "due" comes from the machine's expiry specification
+# (``_expiry.py``), so a change of the state table needs no migration.
+_FINAL_AT_V1 = "('confirmed', 'cancelled', 'expired', 'locked', 'reverted')"
+_EXPIRABLE_AT_V1 = "('code_sent', 'code_verified', 'identity_verified')"
 
-
-def _in(values: Sequence[str]) -> str:
-    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+#: Reads a stored JSON payload (sealed or not) of the row named by ``associated``.
+RecordOpener = Callable[[Any, str], Any]
 
 
 class SchemaTooNew(Exception):
@@ -38,11 +42,13 @@ class SchemaTooNew(Exception):
 
 @attrs.frozen(kw_only=True)
 class Migration:
-    """One schema step."""
+    """One schema step: statements, then optionally a data step written in Python."""
 
     version: int
     description: str
     statements: tuple[str, ...]
+    #: Runs after the statements, in the same transaction, with a reader of stored payloads.
+    backfill: Callable[[Transaction, Dialect, RecordOpener], None] | None = None
 
     def render(self, dialect: Dialect) -> list[str]:
         """The statements with this engine's type names."""
@@ -50,6 +56,17 @@ class Migration:
             s.format(time=dialect.time_type, json=dialect.json_type, serial=dialect.serial_key)
             for s in self.statements
         ]
+
+
+def _anchors(tx: Transaction, d: Dialect, open_record: RecordOpener) -> None:
+    """Step 4's data: each open procedure's expiry columns, read from its record."""
+    rows = tx.query("SELECT id, record FROM procedures WHERE ended_at IS NULL")
+    for proc_id, raw in rows:
+        proc = Procedure.from_dict(open_record(d.from_json(raw), f"procedures/{proc_id}"))
+        tx.execute(
+            "UPDATE procedures SET expiry_anchor = ?, codes_sent = ? WHERE id = ?",
+            (d.time(expiry_anchor(proc)), proc.codes_sent, proc_id),
+        )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -71,12 +88,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             # open_procedure_of, and the guard that makes two concurrent starts impossible.
             (
                 "CREATE UNIQUE INDEX procedures_one_open_per_insured ON procedures (insured_id)"
-                f" WHERE state NOT IN {_in(FINAL_STATES)}"
+                f" WHERE state NOT IN {_FINAL_AT_V1}"
             ),
             # procedures_due and the bulk expiry.
             (
                 "CREATE INDEX procedures_due ON procedures (deadline)"
-                f" WHERE state IN {_in(EXPIRABLE_STATES)}"
+                f" WHERE state IN {_EXPIRABLE_AT_V1}"
             ),
             # The purge of ended procedures.
             "CREATE INDEX procedures_ended ON procedures (ended_at) WHERE ended_at IS NOT NULL",
@@ -149,6 +166,50 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        version=4,
+        description="insured locks, state-free indexes, expiry columns, dead letters",
+        statements=(
+            # One row per insured, locked by each event's transaction (PostgreSQL; SQLite's write
+            # transaction holds the whole file): a per-insured budget is decided on the state the
+            # commit records, and an insured's racing requests queue instead of racing.
+            "CREATE TABLE insureds (insured_id TEXT PRIMARY KEY)",
+            "ALTER TABLE procedures ADD COLUMN expiry_anchor {time}",
+            "ALTER TABLE procedures ADD COLUMN codes_sent INTEGER NOT NULL DEFAULT 0",
+            # Every end sets ended_at; make sure rows from before agree, then key "open" on it.
+            (
+                "UPDATE procedures SET ended_at = updated_at"  # noqa: S608 - constants only
+                f" WHERE ended_at IS NULL AND state IN {_FINAL_AT_V1}"
+            ),
+            "DROP INDEX procedures_one_open_per_insured",
+            (
+                "CREATE UNIQUE INDEX procedures_open_per_insured ON procedures (insured_id)"
+                " WHERE ended_at IS NULL"
+            ),
+            # The stored deadline followed the policy of the last write; the machine's expiry
+            # specification over these columns follows the policy in force.
+            "DROP INDEX procedures_due",
+            "ALTER TABLE procedures DROP COLUMN deadline",
+            (
+                "CREATE INDEX procedures_expiry ON procedures (expiry_anchor)"
+                " WHERE expiry_anchor IS NOT NULL"
+            ),
+            # Items the relay gave up on: out of the due index, in one of their own.
+            "ALTER TABLE outbox ADD COLUMN dead_at {time}",
+            "DROP INDEX outbox_due",
+            (
+                "CREATE INDEX outbox_due ON outbox (next_attempt_at)"
+                " WHERE done_at IS NULL AND dead_at IS NULL"
+            ),
+            "DROP INDEX outbox_pending_by_procedure",
+            (
+                "CREATE INDEX outbox_pending_by_procedure ON outbox (procedure_id)"
+                " WHERE done_at IS NULL AND dead_at IS NULL"
+            ),
+            "CREATE INDEX outbox_dead ON outbox (dead_at) WHERE dead_at IS NOT NULL",
+        ),
+        backfill=_anchors,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -169,10 +230,24 @@ def current_version(db: Database) -> int:
     return int(rows[0][0] or 0)
 
 
+def _refuse_sealed(stored: Any, associated: str) -> Any:
+    from email_change.adapters.sql._encryption import PlainRecords
+
+    return PlainRecords().open(stored, associated=associated)
+
+
 def migrate(
-    db: Database, *, target: int | None = None, steps: Sequence[Migration] = MIGRATIONS
+    db: Database,
+    *,
+    target: int | None = None,
+    steps: Sequence[Migration] = MIGRATIONS,
+    open_record: RecordOpener = _refuse_sealed,
 ) -> list[int]:
-    """Bring ``db`` to ``target`` (default: the latest version); returns the versions applied."""
+    """Bring ``db`` to ``target`` (default: the latest version); returns the versions applied.
+
+    ``open_record`` reads stored payloads for data steps; pass the store's encryption's ``open``
+    when records are sealed (the ``open_*`` functions do).
+    """
     goal = steps[-1].version if target is None else target
     applied: list[int] = []
     with db.transaction() as tx:
@@ -188,6 +263,8 @@ def migrate(
             if current < step.version <= goal:
                 for statement in step.render(db.dialect):
                     tx.execute(statement)
+                if step.backfill is not None:
+                    step.backfill(tx, db.dialect, open_record)
                 tx.execute(
                     "INSERT INTO schema_version (version, description, applied_at)"
                     " VALUES (?, ?, ?)",

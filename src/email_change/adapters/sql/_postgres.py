@@ -35,12 +35,20 @@ class _PgTransaction:
         self._conn = conn
 
     def execute(self, text: str, params: Sequence[Any] = ()) -> int:
-        return self._conn.execute(POSTGRES.sql(text), params).rowcount
+        try:
+            return self._conn.execute(POSTGRES.sql(text), params).rowcount
+        except psycopg.errors.UniqueViolation as exc:
+            # At the statement: the store tells "another request won" right away; the aborted
+            # transaction is rolled back when the exception leaves its block.
+            raise UniqueViolation(exc.diag.constraint_name or "unique") from exc
 
     def executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            with self._conn.cursor() as cur:
-                cur.executemany(POSTGRES.sql(text), rows)
+            try:
+                with self._conn.cursor() as cur:
+                    cur.executemany(POSTGRES.sql(text), rows)
+            except psycopg.errors.UniqueViolation as exc:
+                raise UniqueViolation(exc.diag.constraint_name or "unique") from exc
 
     def query(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(POSTGRES.sql(text), params).fetchall()

@@ -17,9 +17,8 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-import attrs
-
 from email_change._errors import ConcurrentUpdate, ServiceUnavailable
+from email_change._machine import ExpiryCutoff, ProcedureState, expiry_anchor
 from email_change._records import (
     Commit,
     LedgerEntry,
@@ -29,27 +28,28 @@ from email_change._records import (
     decode,
     encode,
 )
-from email_change.adapters.sql._db import Database, Unavailable, UniqueViolation
+from email_change.adapters.sql._db import Database, Transaction, Unavailable, UniqueViolation
 from email_change.adapters.sql._encryption import (
     EncryptedRecordError,
     PlainRecords,
     RecordEncryption,
     is_sealed,
 )
-from email_change.adapters.sql._migrations import EXPIRABLE_STATES, FINAL_STATES, _in
+from email_change.adapters.sql._expiry import due_predicate, expired_by_sweep
 
 __all__ = ["SQLProcedureStore"]
 
 # What a procedure is loaded from: the record, and the columns bulk expiry may have moved on.
 _PROC = "SELECT id, record, state, version, updated_at, ended_at FROM procedures"
-# Built from constants only (state names), never from input.
-_SELECT_OPEN = f"{_PROC} WHERE insured_id = ? AND state NOT IN {_in(FINAL_STATES)}"
-_SELECT_DUE = (
-    f"{_PROC} WHERE state IN {_in(EXPIRABLE_STATES)} AND deadline <= ? ORDER BY deadline LIMIT ?"
-)
+# "Open" is "not ended": the same predicate as the partial unique index, which serves the query.
+_SELECT_OPEN = f"{_PROC} WHERE insured_id = ? AND ended_at IS NULL"
 _INSERT_PROCEDURE = (
-    "INSERT INTO procedures (id, insured_id, state, version, deadline, updated_at, ended_at,"
-    " record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO procedures (id, insured_id, state, version, expiry_anchor, codes_sent,"
+    " updated_at, ended_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_PROCEDURE = (
+    "UPDATE procedures SET state = ?, version = ?, expiry_anchor = ?, codes_sent = ?,"
+    " updated_at = ?, ended_at = ?, record = ? WHERE id = ? AND insured_id = ? AND version = ?"
 )
 
 
@@ -91,16 +91,13 @@ class SQLProcedureStore:
             return proc
         # A sealed record behind its columns: bulk expiry moved the row on in SQL (it cannot edit
         # a sealed payload). Apply what the machine's expire transition does.
-        if state != "expired":
+        if state != ProcedureState.EXPIRED.value:
             raise EncryptedRecordError(f"procedures/{proc_id} changed outside the store")
-        return attrs.evolve(
+        return expired_by_sweep(
             proc,
-            state=state,
             version=version,
             updated_at=self._d.from_time(updated_at),
             ended_at=self._d.from_time(ended_at),
-            code=None,
-            deadline=None,
         )
 
     # --- reads ------------------------------------------------------------------------------
@@ -118,26 +115,42 @@ class SQLProcedureStore:
         return self._procedure(rows[0]) if rows else None
 
     def ledger_since(self, insured_id: str, since: datetime) -> Sequence[LedgerEntry]:
-        rows = self._query(
-            "SELECT procedure_id, kind, at FROM ledger WHERE insured_id = ? AND at >= ?"
-            " ORDER BY at, seq",
-            (insured_id, self._d.time(since)),
-        )
-        return [
-            LedgerEntry(
-                insured_id=insured_id,
-                procedure_id=procedure_id,
-                kind=LedgerKind(kind),
-                at=self._d.from_time(at),
-            )
-            for procedure_id, kind, at in rows
-        ]
+        """The insured's ledger entries at or after ``since``, oldest first (no lock)."""
+        return _ledger(self._query, insured_id, since, self._d)
+
+    @contextlib.contextmanager
+    def transaction(self, insured_id: str) -> Iterator[_SQLTransaction]:
+        try:
+            with unavailable_as(self.dependency), self.db.transaction() as tx:
+                if self._d.locks_rows:
+                    # A row per insured, locked for the transaction: the insured's writers queue
+                    # here, other insureds' do not. (SQLite's write transaction holds the file.)
+                    tx.execute(
+                        "INSERT INTO insureds (insured_id) VALUES (?) ON CONFLICT DO NOTHING",
+                        (insured_id,),
+                    )
+                    tx.query(
+                        "SELECT insured_id FROM insureds WHERE insured_id = ? FOR UPDATE",
+                        (insured_id,),
+                    )
+                yield _SQLTransaction(self, tx, insured_id)
+        except UniqueViolation as exc:
+            # A second open procedure for the insured, or an id that exists: rolled back.
+            raise ConcurrentUpdate() from exc
 
     def due_outbox(self, now: datetime, limit: int) -> Sequence[OutboxItem]:
         rows = self._query(
-            "SELECT id, item FROM outbox WHERE done_at IS NULL AND next_attempt_at <= ?"
-            " ORDER BY created_at, id LIMIT ?",
+            "SELECT id, item FROM outbox WHERE done_at IS NULL AND dead_at IS NULL"
+            " AND next_attempt_at <= ? ORDER BY created_at, id LIMIT ?",
             (self._d.time(now), limit),
+        )
+        return [self._item(r) for r in rows]
+
+    def dead_outbox(self, limit: int) -> Sequence[OutboxItem]:
+        rows = self._query(
+            "SELECT id, item FROM outbox WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, id DESC"
+            " LIMIT ?",
+            (limit,),
         )
         return [self._item(r) for r in rows]
 
@@ -149,10 +162,11 @@ class SQLProcedureStore:
         by_id = {item.id: item for item in (self._item(r) for r in rows)}
         return [by_id[i] for i in ids if i in by_id]
 
-    def procedures_due(self, now: datetime, limit: int) -> Sequence[Procedure]:
+    def procedures_due(self, cutoffs: Sequence[ExpiryCutoff], limit: int) -> Sequence[Procedure]:
+        due, params = due_predicate(cutoffs, self._d)
         rows = self._query(
-            _SELECT_DUE,
-            (self._d.time(now), limit),
+            f"{_PROC} WHERE {due} ORDER BY expiry_anchor, id LIMIT ?",
+            (*params, limit),
         )
         return [self._procedure(r) for r in rows]
 
@@ -170,9 +184,10 @@ class SQLProcedureStore:
         return (
             proc.id,
             proc.insured_id,
-            proc.state,
+            proc.state.value,
             proc.version,
-            d.time(proc.deadline),
+            d.time(expiry_anchor(proc)),
+            proc.codes_sent,
             d.time(proc.updated_at),
             d.time(proc.ended_at),
             d.json(self._box.seal(proc.to_dict(), associated=f"procedures/{proc.id}")),
@@ -186,52 +201,91 @@ class SQLProcedureStore:
             d.time(item.created_at),
             d.time(item.next_attempt_at),
             d.time(item.done_at),
+            d.time(item.dead_at),
             item.attempts,
             d.json(self._box.seal(encode(item), associated=f"outbox/{item.id}")),
         )
 
-    def commit(self, commit: Commit) -> None:
+    def _write(self, tx: Transaction, commit: Commit) -> None:
         proc, d = commit.procedure, self._d
-        try:
-            with unavailable_as(self.dependency), self.db.transaction() as tx:
-                if commit.expected_version is None:
-                    tx.execute(
-                        _INSERT_PROCEDURE,
-                        self._proc_row(proc),
-                    )
-                else:
-                    row = self._proc_row(proc)
-                    changed = tx.execute(
-                        "UPDATE procedures SET state = ?, version = ?, deadline = ?,"
-                        " updated_at = ?, ended_at = ?, record = ?"
-                        " WHERE id = ? AND insured_id = ? AND version = ?",
-                        (*row[2:], proc.id, proc.insured_id, commit.expected_version),
-                    )
-                    if changed != 1:
-                        # Raised inside the transaction: it is rolled back, nothing is written.
-                        raise ConcurrentUpdate()
-                tx.executemany(
-                    "INSERT INTO ledger (insured_id, procedure_id, kind, at) VALUES (?, ?, ?, ?)",
-                    [
-                        (e.insured_id, e.procedure_id, e.kind.value, d.time(e.at))
-                        for e in commit.ledger
-                    ],
-                )
-                tx.executemany(
-                    "INSERT INTO outbox (id, procedure_id, created_at, next_attempt_at,"
-                    " done_at, attempts, item) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [self._outbox_row(i) for i in commit.outbox],
-                )
-        except UniqueViolation as exc:
-            # A second open procedure for the insured, or an id that exists: another request won.
-            raise ConcurrentUpdate() from exc
+        # Encoded before any statement: a record that cannot be encoded writes nothing.
+        row = self._proc_row(proc)
+        ledger = [(e.insured_id, e.procedure_id, e.kind.value, d.time(e.at)) for e in commit.ledger]
+        outbox = [self._outbox_row(i) for i in commit.outbox]
+        if commit.expected_version is None:
+            try:
+                tx.execute(_INSERT_PROCEDURE, row)
+            except UniqueViolation as exc:
+                # A second open procedure for the insured, or an id that exists: rolled back.
+                raise ConcurrentUpdate() from exc
+        else:
+            changed = tx.execute(
+                _UPDATE_PROCEDURE, (*row[2:], proc.id, proc.insured_id, commit.expected_version)
+            )
+            if changed != 1:
+                raise ConcurrentUpdate()  # inside the transaction: it is rolled back
+        tx.executemany(
+            "INSERT INTO ledger (insured_id, procedure_id, kind, at) VALUES (?, ?, ?, ?)", ledger
+        )
+        tx.executemany(
+            "INSERT INTO outbox (id, procedure_id, created_at, next_attempt_at,"
+            " done_at, dead_at, attempts, item) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            outbox,
+        )
 
     def update_outbox(self, item: OutboxItem) -> None:
-        # A delivered item stays delivered: a slower relay reporting a failure on the same item
+        # A delivered or dead item stays so: a slower relay reporting a failure on the same item
         # must not make it due again (its mail would go out twice).
+        row = self._outbox_row(item)
         with unavailable_as(self.dependency), self.db.transaction() as tx:
             tx.execute(
-                "UPDATE outbox SET next_attempt_at = ?, done_at = ?, attempts = ?, item = ?"
-                " WHERE id = ? AND done_at IS NULL",
-                (*self._outbox_row(item)[3:], item.id),
+                "UPDATE outbox SET next_attempt_at = ?, done_at = ?, dead_at = ?, attempts = ?,"
+                " item = ? WHERE id = ? AND done_at IS NULL AND dead_at IS NULL",
+                (*row[3:], item.id),
             )
+
+
+class _SQLTransaction:
+    """One insured inside one SQL write transaction (see ``SQLProcedureStore.transaction``)."""
+
+    def __init__(self, store: SQLProcedureStore, tx: Transaction, insured_id: str) -> None:
+        self._store = store
+        self._tx = tx
+        self._insured_id = insured_id
+        self._committed = False
+
+    def load(self, procedure_id: str) -> Procedure | None:
+        rows = self._tx.query(f"{_PROC} WHERE id = ?", (procedure_id,))
+        return self._store._procedure(rows[0]) if rows else None
+
+    def open_procedure(self) -> Procedure | None:
+        rows = self._tx.query(_SELECT_OPEN, (self._insured_id,))
+        return self._store._procedure(rows[0]) if rows else None
+
+    def ledger_since(self, since: datetime) -> Sequence[LedgerEntry]:
+        return _ledger(self._tx.query, self._insured_id, since, self._store.db.dialect)
+
+    def commit(self, commit: Commit) -> None:
+        if commit.procedure.insured_id != self._insured_id:
+            raise ValueError("a transaction commits only its own insured's procedure")
+        if self._committed:
+            raise RuntimeError("one commit per transaction")
+        self._store._write(self._tx, commit)
+        self._committed = True
+
+
+def _ledger(query: Any, insured_id: str, since: datetime, d: Any) -> tuple[LedgerEntry, ...]:
+    rows = query(
+        "SELECT procedure_id, kind, at FROM ledger WHERE insured_id = ? AND at >= ?"
+        " ORDER BY at, seq",
+        (insured_id, d.time(since)),
+    )
+    return tuple(
+        LedgerEntry(
+            insured_id=insured_id,
+            procedure_id=procedure_id,
+            kind=LedgerKind(kind),
+            at=d.from_time(at),
+        )
+        for procedure_id, kind, at in rows
+    )

@@ -1,0 +1,78 @@
+"""Checks of the service's arguments, before anything is read or written (pure).
+
+A facade call with an argument of the wrong type or shape is refused with
+:class:`~email_change.InvalidArgument` naming the argument, so one careless call can never store
+something that a later call cannot read back.
+"""
+
+from __future__ import annotations
+
+import re
+
+from email_change._errors import InvalidArgument, ProcedureNotFound
+from email_change._values import Channel
+
+__all__ = ["channel", "insured_id", "limit", "locale", "procedure_id"]
+
+#: Insured ids are the host's (a NIR, a UUID...): opaque, but printable and bounded.
+MAX_INSURED_ID = 255
+#: Procedure ids are the service's own (128 random bits in hex); anything outside this shape,
+#: a huge or non-ASCII string included, cannot be one and is not even looked up.
+_PROCEDURE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+#: A BCP 47 language tag, as far as catalogues need one (``fr``, ``en``, ``fr-FR``).
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,3}")
+
+
+def insured_id(value: object) -> str:
+    """The insured id, or :class:`InvalidArgument` (``field="insured_id"``).
+
+    >>> insured_id("285057512345678")
+    '285057512345678'
+    >>> insured_id(285057512345678)
+    Traceback (most recent call last):
+    ...
+    email_change._errors.InvalidArgument: argument.invalid (field='insured_id')
+    """
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_INSURED_ID
+        or not value.isprintable()  # control characters, lone surrogates
+        or value.strip() != value
+    ):
+        raise InvalidArgument(field="insured_id")
+    return value
+
+
+def procedure_id(value: object) -> str:
+    """A procedure id: not a str is :class:`InvalidArgument`; not one of ours is not found."""
+    if not isinstance(value, str):
+        raise InvalidArgument(field="procedure_id")
+    if not _PROCEDURE_ID.fullmatch(value):
+        raise ProcedureNotFound()
+    return value
+
+
+def channel(value: object) -> Channel:
+    """A :class:`Channel`, or its value as a str (``"website"``)."""
+    if isinstance(value, Channel):
+        return value
+    if isinstance(value, str) and value in _CHANNELS:
+        return Channel(value)
+    raise InvalidArgument(field="channel")
+
+
+_CHANNELS = frozenset(c.value for c in Channel)
+
+
+def locale(value: object) -> str:
+    """A language tag; catalogues fall back to French for one they do not have."""
+    if not isinstance(value, str) or not _LOCALE.fullmatch(value):
+        raise InvalidArgument(field="locale")
+    return value
+
+
+def limit(value: object) -> int:
+    """A batch size: an int of at least 1 (not a bool)."""
+    if type(value) is not int or value < 1:
+        raise InvalidArgument(field="limit")
+    return value
