@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from email_change import EmailChangeError, EmailChangeService, Policy
-from tests.storage_helpers import address_form, service_on
+from tests.storage_helpers import address_form, service_on, wrong_code
 
 
 def answer(call: Callable[[], object]) -> str:
@@ -31,11 +31,41 @@ def request(service: EmailChangeService, action: str, args: tuple[Any, ...], n: 
     if action == "code":
         insured, proc_id, code = args
         return answer(lambda: service.submit_code(insured, proc_id, code))
+    if action == "storm":
+        (insured,) = args
+        return "|".join(storm(service, insured))
     if action == "address":
         insured, proc_id, base = args
         form = address_form(f"{base}.{n}@exemple.org")
         return answer(lambda: service.submit_new_address(insured, proc_id, form))
     raise ValueError(action)
+
+
+def storm(service: EmailChangeService, insured: str) -> list[str]:
+    """The attack as it was reported: start, wrong codes until refused, cancel; three times."""
+    answers: list[str] = []
+    for _ in range(3):
+        try:
+            pid = service.start(insured).procedure_id
+        except EmailChangeError as exc:
+            answers.append(exc.code)
+            continue
+        answers.append("ok")
+        answers += _guess_then_cancel(service, insured, pid)
+    return answers
+
+
+def _guess_then_cancel(service: EmailChangeService, insured: str, pid: str) -> list[str]:
+    answers = []
+    proc = service._store.load(pid)
+    if proc is not None and proc.code is not None:
+        wrong = wrong_code(proc)
+        for _ in range(4):
+            answers.append(answer(lambda: service.submit_code(insured, pid, wrong)))
+            if answers[-1] != "code.wrong":
+                break
+    answers.append(answer(lambda: service.cancel(insured, pid)))
+    return answers
 
 
 def race_in_threads(

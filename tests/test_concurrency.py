@@ -15,6 +15,7 @@ import multiprocessing
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -141,6 +142,30 @@ def test_concurrent_wrong_codes_are_all_counted(
         assert after.code is None  # the code died
         assert answers["code.wrong"] == budget
         assert answers["code.spent"] == SUBMISSIONS - budget
+
+
+@pytest.mark.slow
+def test_the_reported_storm_holds_the_cooldown_and_the_code_budget(
+    racing: tuple[SQLStorage, Race],
+) -> None:
+    """32 racers for one insured loop start, wrong codes until refused, cancel, with the clock
+    standing still. On 844c465 this sent several code mails (SQLite: 3 to 7) and answered up to
+    9 wrong codes: ``start`` read the insured's ledger before its write. Now: one code mail (the
+    30 s cooldown), exactly the code's 3 tries, each counted once."""
+    storage, race = racing
+    answers = Counter(
+        a for joined in race(storage, {}, "storm", (INSURED,), 32) for a in joined.split("|")
+    )
+
+    assert not any(a.startswith("crash") for a in answers), answers
+    ledger = storage.store.ledger_since(INSURED, T0 - timedelta(days=1))
+    sent = [e for e in ledger if e.kind is LedgerKind.CODE_SENT]
+    wrong = [e for e in ledger if e.kind is LedgerKind.WRONG_CODE]
+    rows = storage.db.query("SELECT item FROM outbox")
+    kinds = [storage.db.dialect.from_json(r[0])["effect"].get("kind") for r in rows]
+    assert len(sent) == kinds.count("security_code") == 1, answers
+    assert answers["code.wrong"] == len(wrong) == Policy().wrong_tries_per_code, answers
+    assert answers["resend.cooldown"] > 0
 
 
 def _verified_identity(storage: SQLStorage) -> str:

@@ -16,6 +16,7 @@ from email_change.adapters.sql import SQLStorage, SQLVitaleRegistry
 from email_change.testing import (
     AccountDirectoryContract,
     ProcedureStoreContract,
+    ServiceConcurrencyContract,
     VitaleRegistryContract,
 )
 from tests.conftest import SQL_STORAGES
@@ -32,6 +33,18 @@ STORAGE = SQL_STORAGES
 
 
 class TestProcedureStore(ProcedureStoreContract):
+    @pytest.fixture(params=STORES)
+    def store(self, request: pytest.FixtureRequest) -> ProcedureStore:
+        if request.param == "memory":
+            return InMemoryProcedureStore()
+        storage: SQLStorage = request.getfixturevalue(STORAGE[request.param])
+        return storage.store
+
+
+class TestServiceConcurrency(ServiceConcurrencyContract):
+    """The same racing scenarios on every store (threads; PostgreSQL also across processes in
+    ``tests/test_concurrency.py``)."""
+
     @pytest.fixture(params=STORES)
     def store(self, request: pytest.FixtureRequest) -> ProcedureStore:
         if request.param == "memory":

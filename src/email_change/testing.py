@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 import pytest
 
+from email_change._concurrency_contract import ServiceConcurrencyContract
 from email_change._crypto import KeyedDigest, SealedSecret
 from email_change._errors import ConcurrentUpdate, ServiceUnavailable
 from email_change._machine import (
@@ -67,6 +68,7 @@ __all__ = [
     "T0",
     "AccountDirectoryContract",
     "ProcedureStoreContract",
+    "ServiceConcurrencyContract",
     "VitaleRegistryContract",
     "commit_in_transaction",
     "full_procedure",
