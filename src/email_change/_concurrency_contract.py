@@ -159,7 +159,7 @@ def _race_world(store: ProcedureStore, policy: Policy) -> _Race:
 
 
 def _rounds(
-    race: _Race, threads: int, rounds: int, work: Callable[[int], None], step: timedelta
+    race: _Race, threads: int, rounds: int, work: Callable[[int], object], step: timedelta
 ) -> None:
     """``threads`` threads run ``work(thread)`` together, ``rounds`` times; the clock moves by
     ``step`` between rounds, while every thread waits."""
