@@ -91,6 +91,8 @@ class Sink:
         self.envelopes: list[Any] = []
         self.logins: list[tuple[str, str]] = []
         self.refuse_rcpt: str | None = None
+        #: Replies for some recipients only (lower-case address -> reply).
+        self.refuse_rcpt_for: dict[str, str] = {}
         self.refuse_data: str | None = None
 
     async def handle_RCPT(
@@ -98,6 +100,8 @@ class Sink:
     ) -> str:
         if self.refuse_rcpt:
             return self.refuse_rcpt
+        if address.lower() in self.refuse_rcpt_for:
+            return self.refuse_rcpt_for[address.lower()]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

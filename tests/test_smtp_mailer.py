@@ -198,20 +198,57 @@ def test_wrong_password_raises_and_never_shows_the_password(
     assert all(wrong not in r.getMessage() for r in client_records)
 
 
-def test_a_refused_recipient_raises(sink: Sink, plain_port: int) -> None:
+def test_a_recipient_refused_for_good_is_a_dead_letter(sink: Sink, plain_port: int) -> None:
     sink.refuse_rcpt = "550 5.1.1 No such user"
+    mailer = SmtpMailer(SmtpSettings(host=HOST, port=plain_port, security="none", timeout=TIMEOUT))
+    with pytest.raises(ec.DeliveryRefused) as caught:
+        mailer.send(code_mail())
+    assert isinstance(caught.value.__cause__, smtplib.SMTPRecipientsRefused)
+    assert caught.value.__cause__.recipients["jeanne.martin@exemple.fr"][0] == 550
+
+
+def test_a_recipient_refused_for_now_is_retried(sink: Sink, plain_port: int) -> None:
+    sink.refuse_rcpt = "450 4.2.1 Mailbox busy"
     mailer = SmtpMailer(SmtpSettings(host=HOST, port=plain_port, security="none", timeout=TIMEOUT))
     with pytest.raises(smtplib.SMTPRecipientsRefused) as caught:
         mailer.send(code_mail())
-    assert caught.value.recipients["jeanne.martin@exemple.fr"][0] == 550
+    assert not isinstance(caught.value, ec.DeliveryRefused)
 
 
-def test_a_refused_message_raises(sink: Sink, plain_port: int) -> None:
+def test_a_message_refused_for_good_is_a_dead_letter(sink: Sink, plain_port: int) -> None:
     sink.refuse_data = "554 5.7.1 Rejected"
+    mailer = SmtpMailer(SmtpSettings(host=HOST, port=plain_port, security="none", timeout=TIMEOUT))
+    with pytest.raises(ec.DeliveryRefused):
+        mailer.send(code_mail())
+
+
+def test_a_message_refused_for_now_is_retried(sink: Sink, plain_port: int) -> None:
+    sink.refuse_data = "451 4.3.0 Try again later"
     mailer = SmtpMailer(SmtpSettings(host=HOST, port=plain_port, security="none", timeout=TIMEOUT))
     with pytest.raises(smtplib.SMTPDataError) as caught:
         mailer.send(code_mail())
-    assert caught.value.smtp_code == 554
+    assert caught.value.smtp_code == 451
+
+
+def test_an_internationalised_domain_reaches_a_server_without_smtputf8(sink: Sink) -> None:
+    """Reproduced on 844c465: ``jeanne@exemple-été.fr`` was accepted at step 3 with the default
+    policy, and every delivery to it failed on a server without SMTPUTF8 (the insured, logged
+    out, never got the link). The domain now goes out as its A-label."""
+    with smtp_server(sink, enable_SMTPUTF8=False) as port:
+        SmtpMailer(SmtpSettings(host=HOST, port=port, security="none", timeout=TIMEOUT)).send(
+            code_mail(to="jeanne@exemple-été.fr")
+        )
+    [envelope] = sink.envelopes
+    assert envelope.rcpt_tos == ["jeanne@xn--exemple-t-i4ab.fr"]
+    assert "SMTPUTF8" not in envelope.mail_options
+
+
+def test_an_internationalised_local_part_without_smtputf8_is_a_dead_letter(sink: Sink) -> None:
+    with smtp_server(sink, enable_SMTPUTF8=False) as port:
+        mailer = SmtpMailer(SmtpSettings(host=HOST, port=port, security="none", timeout=TIMEOUT))
+        with pytest.raises(ec.DeliveryRefused):
+            mailer.send(code_mail(to="jéanne@exemple.fr"))
+    assert sink.envelopes == []
 
 
 def test_a_server_that_is_down_raises() -> None:

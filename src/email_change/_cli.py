@@ -164,6 +164,17 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
 
 def _cmd_relay(args: argparse.Namespace) -> int:
     backend = _open_store(args)
+    if args.dead_letters:
+        # What an operator reads: ids, kinds, times and errors; never an address or a secret.
+        for item in backend.store.dead_outbox(args.limit):
+            effect = item.effect
+            kind = effect.kind.value if isinstance(effect, MailEffect) else effect.action.value
+            dead_at = item.dead_at.isoformat() if item.dead_at else "?"
+            print(
+                f"{dead_at} {item.id} {kind} procedure={effect.procedure_id}"
+                f" attempts={item.attempts} error={item.last_error}"
+            )
+        return 0
     if not args.once and not backend.durable:
         raise CliError("the relay loop needs a durable store: --sqlite PATH or --postgres DSN")
     from email_change.adapters.audit_log import LoggingAuditSink
@@ -179,16 +190,6 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         keyring=_keyring(),
         mail_settings=_mail_settings(args),
     ).relay
-    if args.dead_letters:
-        for item in relay.dead_letters(args.limit):
-            effect = item.effect
-            kind = effect.kind.value if isinstance(effect, MailEffect) else effect.action.value
-            assert item.dead_at is not None  # noqa: S101 - dead letters have one
-            print(
-                f"{item.dead_at.isoformat()} {item.id} {kind} procedure={effect.procedure_id}"
-                f" attempts={item.attempts} error={item.last_error}"
-            )
-        return 0
     if args.once:
         report = relay.run_once(args.limit)
         print(

@@ -69,8 +69,19 @@ class Backoff:
     give_up_after: timedelta = timedelta(hours=24)
 
     def after(self, attempts: int) -> timedelta:
-        """Delay before attempt number ``attempts + 1``."""
-        return min(self.first * (1 << max(0, attempts - 1)), self.cap)
+        """Delay before attempt number ``attempts + 1``.
+
+        >>> Backoff().after(1), Backoff().after(3), Backoff().after(10_000)
+        (datetime.timedelta(seconds=5), datetime.timedelta(seconds=20), datetime.timedelta(seconds=900))
+        """
+        # Doubled step by step up to the cap: ``first * 2 ** (attempts - 1)`` overflowed
+        # timedelta around the 30th attempt of a long outage and crashed the relay pass.
+        delay = self.first
+        for _ in range(max(0, attempts - 1)):
+            if delay >= self.cap:
+                break
+            delay *= 2
+        return min(delay, self.cap)
 
 
 class OutboxRelay:

@@ -1,9 +1,15 @@
 """A :class:`~email_change.Mailer` that hands each message to an SMTP server (``smtplib``).
 
 One fresh connection per message: the relay sends few mails, each after a commit, so a pooled
-connection would mostly sit idle and go stale; a fresh one cannot be half-broken. Every failure
-(refused connection, timeout, TLS error, refused login, refused recipient) propagates as the
-exception ``smtplib`` raises, and the outbox relay records it and retries later.
+connection would mostly sit idle and go stale; a fresh one cannot be half-broken.
+
+What the server says about *this message* decides whether it is worth retrying. A permanent
+refusal of the recipient or of the message (a 5xx reply to ``RCPT`` or ``DATA``), or a recipient
+that needs SMTPUTF8 from a server that does not offer it, raises
+:class:`~email_change.DeliveryRefused`: the relay gives up on the mail at once (a dead letter).
+Everything else (refused connection, timeout, TLS error, refused login, a 4xx reply, a refused
+sender, which is the deployment's problem and not the recipient's) propagates as the exception
+``smtplib`` raises, and the relay retries later.
 
 >>> settings = SmtpSettings(host="smtp.example", username="relay", password="hunter2")
 >>> settings
@@ -21,6 +27,8 @@ import ssl
 from email.message import EmailMessage
 
 import attrs
+
+from email_change._ports import DeliveryRefused
 
 __all__ = ["SmtpMailer", "SmtpSecurity", "SmtpSettings"]
 
@@ -93,8 +101,9 @@ class SmtpMailer:
         return f"SmtpMailer({self.settings!r})"
 
     def send(self, message: EmailMessage) -> None:
-        """Deliver ``message`` to its ``To`` recipients, or raise (``smtplib.SMTPException``,
-        ``OSError`` including ``TimeoutError`` and ``ssl.SSLError``)."""
+        """Deliver ``message`` to its ``To`` recipients, or raise: :class:`DeliveryRefused` when
+        it can never be delivered, else ``smtplib.SMTPException`` or ``OSError`` (including
+        ``TimeoutError`` and ``ssl.SSLError``), to be retried."""
         s = self.settings
         client: smtplib.SMTP
         if s.security is SmtpSecurity.TLS:
@@ -117,7 +126,31 @@ class SmtpMailer:
                 client.ehlo()
             if s.username is not None and s.password is not None:
                 client.login(s.username, s.password)
-            refused = client.send_message(message, from_addr=s.envelope_from)
+            if _needs_smtputf8(message) and not client.has_extn("smtputf8"):
+                # Domains already go out in ASCII (A-labels): only a non-ASCII local part is left,
+                # and no retry on this server will deliver it.
+                raise DeliveryRefused("the recipient needs SMTPUTF8, which the server lacks")
+            try:
+                refused = client.send_message(message, from_addr=s.envelope_from)
+            except smtplib.SMTPRecipientsRefused as exc:
+                _permanent_if_all_5xx(exc.recipients, exc)
+                raise
+            except smtplib.SMTPDataError as exc:
+                if 500 <= exc.smtp_code < 600:
+                    raise DeliveryRefused(f"message refused ({exc.smtp_code})") from exc
+                raise
             if refused:
                 # Some recipients refused, others accepted: still a failure to report.
-                raise smtplib.SMTPRecipientsRefused(refused)
+                failure = smtplib.SMTPRecipientsRefused(refused)
+                _permanent_if_all_5xx(refused, failure)
+                raise failure
+
+
+def _needs_smtputf8(message: EmailMessage) -> bool:
+    return not all(str(message.get(header, "")).isascii() for header in ("From", "To", "Cc", "Bcc"))
+
+
+def _permanent_if_all_5xx(recipients: dict[str, tuple[int, bytes]], cause: BaseException) -> None:
+    codes = [code for code, _text in recipients.values()]
+    if codes and all(500 <= code < 600 for code in codes):
+        raise DeliveryRefused(f"recipient refused ({codes[0]})") from cause
