@@ -71,8 +71,8 @@ class Backoff:
     def after(self, attempts: int) -> timedelta:
         """Delay before attempt number ``attempts + 1``.
 
-        >>> Backoff().after(1), Backoff().after(3), Backoff().after(10_000)
-        (datetime.timedelta(seconds=5), datetime.timedelta(seconds=20), datetime.timedelta(seconds=900))
+        >>> [Backoff().after(n).total_seconds() for n in (1, 3, 10_000)]
+        [5.0, 20.0, 900.0]
         """
         # Doubled step by step up to the cap: ``first * 2 ** (attempts - 1)`` overflowed
         # timedelta around the 30th attempt of a long outage and crashed the relay pass.
