@@ -436,8 +436,10 @@ class EmailChangeService:
                         if refusal is not None:
                             raise refusal()
                         if late_inputs is not None and accepts(proc.state, event):
-                            inputs.update(late_inputs())  # the state moved since the peek
-                            late_inputs = None
+                            # The state moved since the look before the lock. Never ask a port
+                            # while the insured is held (on PostgreSQL it would take a second
+                            # pooled connection): answer as for any race; the caller retries.
+                            raise _StateMoved()  # noqa: TRY301 - leaves the transaction
                         fired = self._fire(tx, call, proc, event, now, **inputs)
             except _StateMoved:
                 raise ConcurrentUpdate() from None
