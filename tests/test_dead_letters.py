@@ -63,6 +63,14 @@ def test_a_confirmation_refused_for_good_withdraws_the_registration() -> None:
     world.mailer.refused.add(NEW)
     pid = to_registered(world)
     _assert_withdrawn(world, pid)
+    # The previous address reads the story in order: the change, then its withdrawal (the
+    # withdrawal's mail waits for the end of the delivery pass that found the dead letter).
+    subject = {
+        ec.Messages().text("fr", "mail", kind, "subject"): kind
+        for kind in ("security_code", "previous_address_notice", "registration_cancelled")
+    }
+    kinds = [subject[str(m["Subject"])] for m in world.mailer.to(CURRENT)]
+    assert kinds == ["security_code", "previous_address_notice", "registration_cancelled"]
     # The insured can start again, once the cooldown has passed.
     world.mailer.refused.clear()
     world.clock.advance(world.policy.resend_cooldown)

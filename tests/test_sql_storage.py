@@ -563,3 +563,47 @@ def test_many_connections_opening_a_fresh_sqlite_file_at_once(tmp_path: Path) ->
         for db in databases:
             db.close()
     assert failures == []
+
+
+# --- the insured's lock on PostgreSQL ------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_request_waiting_for_a_held_insured_gives_up_typed(pg_dsn: str, pg_schema: str) -> None:
+    """Another transaction holds the insured's row: the service's wait is bounded by the pool's
+    ``timeout`` (``lock_timeout``), and ends as ``service.unavailable``, writing nothing."""
+    import psycopg
+
+    with open_postgres(pg_dsn, schema=pg_schema, timeout=1.0) as storage:
+        service, _mailer, _clock = service_on(storage.store, storage.registry)
+        view = service.start(INSURED)
+        with psycopg.connect(pg_dsn, autocommit=False) as holder:
+            holder.execute(f'SET search_path TO "{pg_schema}"')
+            holder.execute("SELECT 1 FROM insureds WHERE insured_id = %s FOR UPDATE", (INSURED,))
+            with pytest.raises(ServiceUnavailable):
+                service.cancel(INSURED, view.procedure_id)
+            holder.rollback()
+        assert storage.store.load(view.procedure_id).state == "code_sent"  # type: ignore[union-attr]
+        assert service.cancel(INSURED, view.procedure_id).state == "cancelled"
+
+
+@pytest.mark.postgres
+def test_idle_insured_rows_are_purged_and_come_back(pg_storage: SQLStorage) -> None:
+    service, _mailer, clock = service_on(pg_storage.store, pg_storage.registry)
+    pid = service.start(INSURED).procedure_id
+    service.cancel(INSURED, pid)
+    maintenance = pg_storage.maintenance()
+    assert maintenance.purge_insureds() == 0  # the ledger still counts the code mail
+    clock.advance(days=2)
+    assert maintenance.purge_ledger(clock.now()) == 1
+    assert maintenance.purge_insureds() == 1
+    assert pg_storage.db.query("SELECT COUNT(*) FROM insureds")[0][0] == 0
+    assert service.start(INSURED).state == "code_sent"  # its lock row is made again
+    assert pg_storage.db.query("SELECT COUNT(*) FROM insureds")[0][0] == 1
+
+
+def test_sqlite_has_no_insured_rows_to_purge(sqlite_storage: SQLStorage) -> None:
+    service, _mailer, _clock = service_on(sqlite_storage.store, sqlite_storage.registry)
+    service.start(INSURED)
+    assert sqlite_storage.db.query("SELECT COUNT(*) FROM insureds")[0][0] == 0
+    assert sqlite_storage.maintenance().purge_insureds() == 0

@@ -50,8 +50,10 @@ def build_service(
     rng: RandomSource | None = None,
     policy: Policy | None = None,
     messages: Messages | None = None,
+    backoff: Backoff | None = None,
 ) -> EmailChangeService:
-    """Wire a service. ``clock`` and ``rng`` default to the system clock and the CSPRNG.
+    """Wire a service. ``clock`` and ``rng`` default to the system clock and the CSPRNG;
+    ``backoff`` is the relay's (when to retry a delivery, when to give a mail up).
 
     >>> from email_change.adapters import memory
     >>> service = build_service(
@@ -84,6 +86,7 @@ def build_service(
         mail_settings=mail_settings,
         clock=clock,
         messages=messages,
+        backoff=backoff,
         audit=audit,
     )
     service = EmailChangeService(

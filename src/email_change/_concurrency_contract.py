@@ -46,17 +46,18 @@ _SERIAL = "12345678901"
 _START = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 
+@attrs.frozen(kw_only=True, repr=False)
 class _CountingKeyring(Keyring):
     """A keyring that counts the security codes it is asked to compare."""
 
+    #: One counter per keyring (a list: the keyring itself is frozen).
+    compared: list[int] = attrs.field(factory=lambda: [0], eq=False)
+
     def verify(self, purpose: str, binding: str, secret: str, expected: KeyedDigest) -> bool:
         if purpose == CODE:
-            _COMPARED[id(self)] += 1
+            self.compared[0] += 1
         return super().verify(purpose, binding, secret, expected)
 
-
-#: Codes compared, per counting keyring (the keyring is frozen: the count lives beside it).
-_COMPARED: Counter[int] = Counter()
 
 #: Every code of a race: the contract counts tries, so a wrong guess must never be right by luck.
 _THE_CODE = 4321
@@ -88,7 +89,7 @@ class _Race:
 
     @property
     def compared(self) -> int:
-        return _COMPARED[id(self.keyring)]
+        return self.keyring.compared[0]
 
     def call(self, action: Callable[[], object]) -> object:
         """Run one operation; count its answer; keep anything that is not a typed refusal."""

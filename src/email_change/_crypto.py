@@ -111,6 +111,9 @@ class Keyring:
 
     @_material.default
     def _derive_all(self) -> Mapping[str, _KeyMaterial]:
+        # attrs fills defaults before it runs validators: check the keys before deriving from
+        # them, so a key given as ``str`` (or no keys at all) gets its own clear message.
+        _check_keys(self, None, self.keys)
         return {
             key_id: _KeyMaterial(
                 mac_key=_derive(secret, b"email_change/v1/hmac"),

@@ -6,10 +6,10 @@ One :class:`EmailChangeMachine` is bound, per request, to a *copy* of the stored
 :class:`~email_change._records.Procedure`. The service sends one event with a :class:`Step`
 (the time, the policy, the keyring, the random source, the insured's recent ledger, and an
 :class:`Outcome` that collects what the event owes: ledger entries, outbox effects, and a refusal
-to raise once the counted try is saved). If the event succeeds the service commits the copy,
-checking both the procedure's version and the insured's (so every per-insured budget is decided
-on the state the commit records); if anything raises, the copy is dropped and the store is
-untouched.
+to raise once the counted try is saved). The service does all of it inside the store's
+transaction for the insured, so every per-insured budget is decided on the state the commit
+records; if the event succeeds the copy is committed with a version check, and if anything
+raises, the copy is dropped and the store is untouched.
 
 Guards come in two kinds, on purpose:
 

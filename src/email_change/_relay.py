@@ -153,11 +153,24 @@ class OutboxRelay:
 
     def _deliver_all(self, items: Sequence[OutboxItem]) -> RelayReport:
         counts = {"delivered": 0, "failed": 0, "dead": 0}
+        buried: list[OutboxItem] = []
         for item in items:
-            counts[self._deliver_one(item)] += 1
+            outcome = self._deliver_one(item, buried)
+            counts[outcome] += 1
+        # Listeners run once the pass is over: what they owe in turn (a withdrawn registration's
+        # mail) goes out after the mails of this pass, in the order they were owed.
+        for dead in buried:
+            self._tell_listeners(dead)
         return RelayReport(**counts)
 
-    def _deliver_one(self, item: OutboxItem) -> str:
+    def _tell_listeners(self, dead: OutboxItem) -> None:
+        for listener in self._dead_listeners:
+            try:
+                listener(dead)
+            except Exception:
+                log.exception("dead-letter listener failed for outbox item %s", dead.id)
+
+    def _deliver_one(self, item: OutboxItem, buried: list[OutboxItem]) -> str:
         try:
             self._apply(item)
         except Exception as exc:  # noqa: BLE001 - any adapter failure is retried or given up on
@@ -170,7 +183,7 @@ class OutboxRelay:
                 now - item.created_at >= self._backoff.give_up_after
             )
             if isinstance(exc, DeliveryRefused) or stale:
-                self._bury(item, attempts=attempts, error=error, now=now)
+                buried.append(self._bury(item, attempts=attempts, error=error, now=now))
                 return "dead"
             self._store.update_outbox(
                 attrs.evolve(
@@ -193,7 +206,7 @@ class OutboxRelay:
         )
         return "delivered"
 
-    def _bury(self, item: OutboxItem, *, attempts: int, error: str, now: datetime) -> None:
+    def _bury(self, item: OutboxItem, *, attempts: int, error: str, now: datetime) -> OutboxItem:
         dead = attrs.evolve(
             item, effect=_without_secret(item), attempts=attempts, last_error=error, dead_at=now
         )
@@ -217,11 +230,7 @@ class OutboxRelay:
                 )
             except Exception:
                 log.exception("audit sink failed for a dead letter")
-        for listener in self._dead_listeners:
-            try:
-                listener(dead)
-            except Exception:
-                log.exception("dead-letter listener failed for outbox item %s", item.id)
+        return dead
 
     def _insured_of(self, effect: MailEffect | AccountEffect) -> str:
         if isinstance(effect, AccountEffect):

@@ -405,6 +405,26 @@ class ProcedureStoreContract:
         assert [i.id for i in store.due_outbox(T0 + timedelta(hours=1), 10)] == ["o1", "o3"]
         assert list(store.outbox_items(["o1", "o2"])) == [retry, done]
 
+    def test_dead_letters_leave_the_queue_and_are_listed(self, store: ProcedureStore) -> None:
+        proc = make_procedure()
+        items = (mail_item("d1", created=T0), mail_item("d2", created=T0 + timedelta(seconds=1)))
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None, outbox=items))
+        later = T0 + timedelta(hours=1)
+        assert list(store.dead_outbox(10)) == []
+        first = attrs.evolve(items[0], attempts=3, last_error="DeliveryRefused", dead_at=later)
+        second = attrs.evolve(
+            items[1], attempts=1, last_error="DeliveryRefused", dead_at=later + timedelta(1)
+        )
+        store.update_outbox(first)
+        store.update_outbox(second)
+        assert list(store.due_outbox(later + timedelta(days=2), 10)) == []
+        assert list(store.dead_outbox(10)) == [second, first]  # most recent first
+        assert list(store.dead_outbox(1)) == [second]
+        # A dead item stays dead: a slower relay reporting on it cannot make it due again.
+        store.update_outbox(attrs.evolve(items[0], attempts=4, next_attempt_at=T0))
+        assert list(store.outbox_items(["d1"])) == [first]
+        assert list(store.due_outbox(later + timedelta(days=2), 10)) == []
+
     # --- procedures due ----------------------------------------------------------------------
 
     @pytest.mark.parametrize(

@@ -62,6 +62,7 @@ class MaintenanceReport:
     ledger_purged: int = 0
     outbox_purged: int = 0
     dead_purged: int = 0
+    insureds_purged: int = 0
 
 
 class Maintenance:
@@ -168,6 +169,21 @@ class Maintenance:
         )
         return self._batches(sql, (cutoff, self._batch))
 
+    def purge_insureds(self) -> int:
+        """Delete the lock rows of insureds whose ledger is empty (PostgreSQL; none on SQLite).
+
+        A row is only what an event's transaction locks; it is created again by the next event,
+        so deleting one is always safe. A row locked right now is skipped.
+        """
+        if not self.db.dialect.locks_rows:
+            return 0
+        sql = (
+            "DELETE FROM insureds WHERE insured_id IN (SELECT i.insured_id FROM insureds i"  # noqa: S608
+            " WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.insured_id = i.insured_id)"
+            f" LIMIT ?{self.db.dialect.skip_locked})"
+        )
+        return self._batches(sql, (self._batch,))
+
     def run(self, now: datetime | None = None) -> MaintenanceReport:
         """Expire, then purge; for a scheduler (cron, a periodic task). Safe to run concurrently."""
         at = self._now(now)
@@ -177,4 +193,5 @@ class Maintenance:
             ledger_purged=self.purge_ledger(at),
             outbox_purged=self.purge_outbox(at),
             dead_purged=self.purge_dead_outbox(at),
+            insureds_purged=self.purge_insureds(),
         )

@@ -4,10 +4,13 @@ Imported only by whoever opens a PostgreSQL database, so the core and the SQLite
 psycopg (``pip install 'email_change[postgres]'``).
 
 Connections are in autocommit mode: a read is one statement; a write is an explicit
-``conn.transaction()`` at READ COMMITTED. That is enough for the stores' writes, because each
-guards itself: ``UPDATE ... WHERE id = ? AND version = ?`` re-checks the version on the row it
-waited for, and the partial unique index refuses a second open procedure whichever insert commits
-second.
+``conn.transaction()`` at READ COMMITTED. An event's transaction first locks the insured's row of
+``insureds`` (an upsert, so the row exists and is locked in one statement): the insured's other
+requests wait there, other insureds' do not. Each write also guards itself:
+``UPDATE ... WHERE id = ? AND version = ?`` re-checks the version on the row it waited for (bulk
+expiry takes no insured lock), and the partial unique index refuses a second open procedure. Every
+connection has ``lock_timeout`` set to the pool's ``timeout``, so a wait for a lock is bounded
+and ends as ``ServiceUnavailable``.
 """
 
 from __future__ import annotations
@@ -82,9 +85,13 @@ class PostgresDatabase:
         #: Kept so a worker process can open the same database (it may hold a password).
         self.dsn = dsn
 
+        lock_ms = max(1, int(timeout * 1000))
+
         def configure(conn: psycopg.Connection[Any]) -> None:
             if schema is not None:
                 conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            # A request waiting for an insured another request holds gives up, typed, in time.
+            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{lock_ms}ms")))
 
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             dsn,

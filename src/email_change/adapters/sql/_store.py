@@ -1,13 +1,16 @@
 """The SQL :class:`~email_change.ProcedureStore`, on SQLite or PostgreSQL.
 
-A procedure is one row: the columns the store looks up (insured, state, version, deadline, times)
-and the whole record as JSON (``Procedure.to_dict()``), so what :meth:`load` returns is exactly
-what was committed. The record carries both forms of each address (as typed, for delivery; the
-comparison key), so no extra column is needed for them.
+A procedure is one row: the columns the store looks up (insured, state, version, times, and the
+expiry columns ``expiry_anchor`` and ``codes_sent`` that the machine's expiry specification is
+matched on) and the whole record as JSON (``Procedure.to_dict()``), so what :meth:`load` returns
+is exactly what was committed. The record carries both forms of each address (as typed, for
+delivery; the comparison key), so no extra column is needed for them.
 
-:meth:`commit` is one transaction: the version-checked ``UPDATE`` (or the ``INSERT`` the partial
-unique index guards), the ledger rows, the outbox rows. Losing either race is
-:class:`~email_change.ConcurrentUpdate`, and the transaction is rolled back, so nothing is written.
+:meth:`transaction` is one write transaction that holds the insured: SQLite's ``BEGIN IMMEDIATE``
+(the whole file), PostgreSQL's lock on the insured's row of ``insureds``. Its commit writes the
+version-checked ``UPDATE`` (or the ``INSERT`` the partial unique index guards), the ledger rows and
+the outbox rows. Losing either check is :class:`~email_change.ConcurrentUpdate`, and the
+transaction is rolled back, so nothing is written.
 """
 
 from __future__ import annotations
@@ -123,14 +126,13 @@ class SQLProcedureStore:
         try:
             with unavailable_as(self.dependency), self.db.transaction() as tx:
                 if self._d.locks_rows:
-                    # A row per insured, locked for the transaction: the insured's writers queue
-                    # here, other insureds' do not. (SQLite's write transaction holds the file.)
+                    # A row per insured, created if need be and locked in one statement (an upsert
+                    # locks the row it touches): the insured's writers queue here, other
+                    # insureds' do not, and a purge of idle rows can never slip in between a
+                    # check and a lock. (SQLite's write transaction holds the whole file.)
                     tx.execute(
-                        "INSERT INTO insureds (insured_id) VALUES (?) ON CONFLICT DO NOTHING",
-                        (insured_id,),
-                    )
-                    tx.query(
-                        "SELECT insured_id FROM insureds WHERE insured_id = ? FOR UPDATE",
+                        "INSERT INTO insureds (insured_id) VALUES (?) ON CONFLICT (insured_id)"
+                        " DO UPDATE SET insured_id = excluded.insured_id",
                         (insured_id,),
                     )
                 yield _SQLTransaction(self, tx, insured_id)
