@@ -111,6 +111,9 @@ class Keyring:
 
     @_material.default
     def _derive_all(self) -> Mapping[str, _KeyMaterial]:
+        # Defaults are computed before validators run: check the keys first, or a key given as
+        # str fails deep inside the key derivation with a message that names nothing.
+        _check_keys(self, None, self.keys)
         return {
             key_id: _KeyMaterial(
                 mac_key=_derive(secret, b"email_change/v1/hmac"),
