@@ -5,17 +5,24 @@ outlive the process is kept where a killed process cannot half-write it: the pro
 store, and the mails and account changes in append-only journal files (one ``write`` of one short
 line each, ``O_APPEND``). The test's parent reads them after the kill, as the host's SMTP server
 and account directory would hold them.
+
+The worker counts its durable operations (every SQL statement, the start and the commit of every
+transaction, every journal line). It does the number the test drew, then says so through a pipe
+and waits; the test lets one more operation go and kills: the kill lands during that operation
+or right after it (the next one waits again), whatever the machine's speed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from email.message import EmailMessage
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -37,7 +44,14 @@ from email_change import (
 )
 from email_change._values import parse_address
 from email_change.adapters.memory import InMemoryAuditSink
-from email_change.adapters.sql import SQLStorage, open_postgres, open_sqlite
+from email_change.adapters.sql import (
+    SQLiteDatabase,
+    SQLStorage,
+    open_database,
+    open_postgres,
+    open_sqlite,
+)
+from email_change.adapters.sql._db import Database, Transaction
 from email_change.adapters.system import SecretsRandom, SystemClock
 
 SERIAL = "12345678"
@@ -50,8 +64,69 @@ _TOKEN = re.compile(r"token=([^\s&]+)")
 ACTIVE = 3
 
 
+#: The worker's end of the pipe to the test (``None`` in the test's own process: no counting).
+_PROGRESS: Connection | None = None
+#: Durable operations the worker may still do before it waits for the test.
+_LEFT = 0
+
+
+def _tick() -> None:
+    """About to do a durable operation: count it, or (none left) wait for the test's go-ahead."""
+    global _LEFT  # noqa: PLW0603 - one worker per process
+    if _PROGRESS is None:
+        return
+    if _LEFT > 0:
+        _LEFT -= 1
+        return
+    _PROGRESS.send_bytes(b"t")
+    _PROGRESS.recv_bytes()
+
+
+class _TickingTransaction:
+    def __init__(self, inner: Transaction) -> None:
+        self._inner = inner
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        _tick()
+        return self._inner.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        _tick()
+        self._inner.executemany(sql, rows)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        _tick()
+        return self._inner.query(sql, params)
+
+
+class _TickingDatabase:
+    """A database whose every statement, begin and commit waits for the test's go-ahead."""
+
+    def __init__(self, inner: Database) -> None:
+        self._inner = inner
+        self.dialect = inner.dialect
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        _tick()
+        return self._inner.query(sql, params)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        _tick()
+        with self._inner.transaction() as tx:
+            yield _TickingTransaction(tx)
+            _tick()  # the commit
+
+    def lock_for_migrations(self, tx: Transaction) -> None:
+        self._inner.lock_for_migrations(tx)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    _tick()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line)
@@ -148,6 +223,18 @@ def open_storage(engine: str, target: str, schema: str | None) -> SQLStorage:
     return open_postgres(target, schema=schema, min_size=1, max_size=2)
 
 
+def _open_ticking(engine: str, target: str, schema: str | None) -> SQLStorage:
+    """The worker's opening: the same store, each durable operation in lockstep with the test."""
+    db: Database
+    if engine == "sqlite":
+        db = SQLiteDatabase(target)
+    else:
+        from email_change.adapters.sql._postgres import PostgresDatabase
+
+        db = PostgresDatabase(target, schema=schema, min_size=1, max_size=2)
+    return open_database(_TickingDatabase(db))
+
+
 def service_on(storage: SQLStorage, folder: Path) -> tuple[EmailChangeService, JournalMailer]:
     """The service as a deployment wires it, on the journals of ``folder``."""
     mailer = JournalMailer(folder)
@@ -234,10 +321,24 @@ def step(
 
 
 def run(
-    engine: str, target: str, schema: str | None, *, folder: str, run_id: int, seed: int
+    engine: str,
+    target: str,
+    schema: str | None,
+    *,
+    folder: str,
+    run_id: int,
+    seed: int,
+    operations: int,
+    progress: Connection,
 ) -> None:
-    """Journeys until killed: resume the open ones, start new ones, relay now and then."""
-    storage = open_storage(engine, target, schema)
+    """Journeys until killed: resume the open ones, start new ones, relay now and then.
+
+    After ``operations`` durable operations, each one waits for the test's go-ahead on
+    ``progress`` (it lets one go, then kills).
+    """
+    global _PROGRESS, _LEFT
+    _PROGRESS, _LEFT = progress, operations
+    storage = _open_ticking(engine, target, schema)
     service, mailer = service_on(storage, Path(folder))
     rng = random.Random(seed)  # noqa: S311 - choices of a test, not secrets
     rows = storage.db.query(

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 
 import pytest
 
-from email_change import AccountDirectory, Card, ProcedureStore, VitaleRegistry
+from email_change import (
+    AccountDirectory,
+    Card,
+    ConsentRecord,
+    EmailAddress,
+    ProcedureStore,
+    VitaleRegistry,
+)
 from email_change.adapters.memory import (
     InMemoryAccountDirectory,
     InMemoryProcedureStore,
     InMemoryVitaleRegistry,
 )
-from email_change.adapters.sql import SQLStorage, SQLVitaleRegistry
+from email_change.adapters.sql import SQLAccountDirectory, SQLStorage, SQLVitaleRegistry
 from email_change.testing import (
     AccountDirectoryContract,
     ProcedureStoreContract,
@@ -95,3 +103,31 @@ class TestAccountDirectory(AccountDirectoryContract):
             return storage.directory
 
         return fill
+
+    # The readers: each reference directory has its own way to read back what it holds.
+
+    @pytest.fixture
+    def pending_of(self) -> Callable[[AccountDirectory, str], EmailAddress | None]:
+        def read(directory: AccountDirectory, insured_id: str) -> EmailAddress | None:
+            assert isinstance(directory, InMemoryAccountDirectory | SQLAccountDirectory)
+            return directory.pending_address(insured_id)
+
+        return read
+
+    @pytest.fixture
+    def consents_of(self) -> Callable[[AccountDirectory, str], Sequence[ConsentRecord]]:
+        def read(directory: AccountDirectory, insured_id: str) -> Sequence[ConsentRecord]:
+            if isinstance(directory, InMemoryAccountDirectory):
+                return [c for c in directory.consents if c.insured_id == insured_id]
+            assert isinstance(directory, SQLAccountDirectory)
+            return directory.consents_of(insured_id)
+
+        return read
+
+    @pytest.fixture
+    def sessions_ended_of(self) -> Callable[[AccountDirectory, str], datetime | None]:
+        def read(directory: AccountDirectory, insured_id: str) -> datetime | None:
+            assert isinstance(directory, InMemoryAccountDirectory | SQLAccountDirectory)
+            return directory.sessions_ended_at(insured_id)
+
+        return read

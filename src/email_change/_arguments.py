@@ -2,7 +2,9 @@
 
 A facade call with an argument of the wrong type or shape is refused with
 :class:`~email_change.InvalidArgument` naming the argument, so one careless call can never store
-something that a later call cannot read back.
+something that a later call cannot read back. Text is taken as a plain ``str``
+(:func:`~email_change._values.plain_text`): a str subclass counts for its value, and nothing of
+the caller's object runs.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import re
 
 from email_change._errors import InvalidArgument, ProcedureNotFound
-from email_change._values import Channel
+from email_change._values import Channel, plain_text
 
 __all__ = ["channel", "insured_id", "limit", "locale", "procedure_id"]
 
@@ -19,6 +21,8 @@ MAX_INSURED_ID = 255
 #: Procedure ids are the service's own (128 random bits in hex); anything outside this shape,
 #: a huge or non-ASCII string included, cannot be one and is not even looked up.
 _PROCEDURE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+#: The most procedures one sweep takes: a batch, and a number every SQL engine can bind.
+MAX_LIMIT = 100_000
 #: A BCP 47 language tag, as far as catalogues need one (``fr``, ``en``, ``fr-FR``).
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,3}")
 
@@ -33,31 +37,34 @@ def insured_id(value: object) -> str:
     ...
     email_change._errors.InvalidArgument: argument.invalid (field='insured_id')
     """
+    text = plain_text(value)
     if (
-        not isinstance(value, str)
-        or not 0 < len(value) <= MAX_INSURED_ID
-        or not value.isprintable()  # control characters, lone surrogates
-        or value.strip() != value
+        text is None
+        or not 0 < len(text) <= MAX_INSURED_ID
+        or not text.isprintable()  # control characters, lone surrogates
+        or text.strip() != text
     ):
         raise InvalidArgument(field="insured_id")
-    return value
+    return text
 
 
 def procedure_id(value: object) -> str:
     """A procedure id: not a str is :class:`InvalidArgument`; not one of ours is not found."""
-    if not isinstance(value, str):
+    text = plain_text(value)
+    if text is None:
         raise InvalidArgument(field="procedure_id")
-    if not _PROCEDURE_ID.fullmatch(value):
+    if not _PROCEDURE_ID.fullmatch(text):
         raise ProcedureNotFound()
-    return value
+    return text
 
 
 def channel(value: object) -> Channel:
     """A :class:`Channel`, or its value as a str (``"website"``)."""
-    if isinstance(value, Channel):
+    if type(value) is Channel:
         return value
-    if isinstance(value, str) and value in _CHANNELS:
-        return Channel(value)
+    text = plain_text(value)
+    if text is not None and text in _CHANNELS:
+        return Channel(text)
     raise InvalidArgument(field="channel")
 
 
@@ -66,13 +73,14 @@ _CHANNELS = frozenset(c.value for c in Channel)
 
 def locale(value: object) -> str:
     """A language tag; catalogues fall back to French for one they do not have."""
-    if not isinstance(value, str) or not _LOCALE.fullmatch(value):
+    text = plain_text(value)
+    if text is None or not _LOCALE.fullmatch(text):
         raise InvalidArgument(field="locale")
-    return value
+    return text
 
 
 def limit(value: object) -> int:
-    """A batch size: an int of at least 1 (not a bool)."""
-    if type(value) is not int or value < 1:
+    """A batch size: an int from 1 to :data:`MAX_LIMIT` (not a bool)."""
+    if type(value) is not int or not 1 <= value <= MAX_LIMIT:
         raise InvalidArgument(field="limit")
     return value

@@ -87,6 +87,7 @@ from email_change._values import (
     EmailAddress,
     mask_address,
     parse_address,
+    plain_text,
 )
 
 __all__ = [
@@ -177,8 +178,15 @@ class Step:
 # --- the address form (step 3), validated at construction ----------------------------------------
 
 
+def _form_plain(value: object) -> object:
+    # A str subclass counts for its plain value (the codec stores only plain str); anything else
+    # is left as it is, for the field's validator to refuse by name.
+    text = plain_text(value)
+    return value if text is None else text
+
+
 def _form_text(_inst: object, attribute: attrs.Attribute[str], value: object) -> None:
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise InvalidForm(field=attribute.name)
 
 
@@ -190,15 +198,16 @@ def _form_choice(_inst: object, attribute: attrs.Attribute[bool | None], value: 
 
 
 def _form_wording(_inst: object, attribute: attrs.Attribute[str], value: object) -> None:
-    if not isinstance(value, str) or not _WORDING_VERSION.fullmatch(value):
+    if type(value) is not str or not _WORDING_VERSION.fullmatch(value):
         raise InvalidForm(field=attribute.name)
 
 
 def _form_channel(value: object) -> Channel:
-    if isinstance(value, Channel):
+    if type(value) is Channel:
         return value
-    if isinstance(value, str) and value in _CHANNELS:
-        return Channel(value)
+    text = plain_text(value)
+    if text is not None and text in _CHANNELS:
+        return Channel(text)
     raise InvalidForm(field="channel")
 
 
@@ -220,11 +229,11 @@ class AddressForm:
     email_change._errors.InvalidForm: form.invalid (field='general_information')
     """
 
-    new_address: str = attrs.field(validator=_form_text)
-    confirmation: str = attrs.field(validator=_form_text)
+    new_address: str = attrs.field(converter=_form_plain, validator=_form_text)
+    confirmation: str = attrs.field(converter=_form_plain, validator=_form_text)
     general_information: bool | None = attrs.field(validator=_form_choice)
     studies_and_research: bool | None = attrs.field(validator=_form_choice)
-    wording_version: str = attrs.field(validator=_form_wording)
+    wording_version: str = attrs.field(converter=_form_plain, validator=_form_wording)
     channel: Channel = attrs.field(converter=_form_channel)
 
 

@@ -8,6 +8,7 @@ no code changes. Missing keys fall back to French, so a partial translation neve
 from __future__ import annotations
 
 import html
+import re
 import tomllib
 from collections.abc import Mapping
 from email.message import EmailMessage
@@ -28,16 +29,38 @@ __all__ = ["MailSettings", "Messages"]
 DEFAULT_LOCALE = "fr"
 
 
+def _a_str(attribute: attrs.Attribute[str], value: object) -> str:
+    if type(value) is not str:
+        raise TypeError(f"{attribute.name} must be a str, got {type(value).__name__}")
+    return value
+
+
 def _absolute_url(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
-    parts = urlsplit(value)
+    parts = urlsplit(_a_str(attribute, value))
     if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
         raise ValueError(
             f"{attribute.name} must be an absolute http(s) URL without query: {value!r}"
         )
 
 
-def _address(_inst: object, _attribute: attrs.Attribute[str], value: str) -> None:
-    parse_address(value)
+def _address(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    parse_address(_a_str(attribute, value))
+
+
+def _header_text(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    # Printed in headers and bodies: a line break would end the header (or inject another one).
+    if not _a_str(attribute, value).isprintable():
+        raise ValueError(f"{attribute.name} must be printable text, without line breaks")
+
+
+def _domain(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not _DOMAIN.fullmatch(_a_str(attribute, value)):
+        raise ValueError(f"{attribute.name} must be an ASCII domain name, got {value!r}")
+
+
+_DOMAIN = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -50,13 +73,15 @@ class MailSettings:
     #: Page that cancels a registered change from the notice to the previous address.
     revert_url: str = attrs.field(validator=_absolute_url)
     sender: str = attrs.field(default="ne-pas-repondre@assurance-maladie.fr", validator=_address)
-    sender_name: str = "L'Assurance Maladie"
-    help_phone: str = "3646"
+    sender_name: str = attrs.field(default="L'Assurance Maladie", validator=_header_text)
+    help_phone: str = attrs.field(default="3646", validator=_header_text)
     cpam_address: str = attrs.field(
         default="moncompteameli.cpam-isere@assurance-maladie.fr", validator=_address
     )
     #: Right-hand side of Message-IDs; a stable id per outbox item lets receivers drop duplicates.
-    message_id_domain: str = "email-change.assurance-maladie.fr"
+    message_id_domain: str = attrs.field(
+        default="email-change.assurance-maladie.fr", validator=_domain
+    )
 
 
 class _SafeFormat(dict[str, str]):

@@ -11,29 +11,58 @@ from datetime import timedelta
 
 import attrs
 
-__all__ = ["Policy"]
+__all__ = ["MAX_DURATION", "Policy"]
+
+
+#: The longest duration a policy takes: a year is more than any lifetime, window or cooldown of
+#: the procedure needs, and instants computed from longer ones could fall off the calendar.
+MAX_DURATION = timedelta(days=366)
+
+
+def _an_int(attribute: attrs.Attribute[int], value: object) -> int:
+    # ``True`` is an int to Python, never a number of tries to a reader of the policy.
+    if type(value) is not int:
+        raise TypeError(f"{attribute.name} must be an int, got {type(value).__name__}")
+    return value
+
+
+def _a_duration(attribute: attrs.Attribute[timedelta], value: object) -> timedelta:
+    if not isinstance(value, timedelta):
+        raise TypeError(f"{attribute.name} must be a timedelta, got {type(value).__name__}")
+    if value > MAX_DURATION:
+        raise ValueError(f"{attribute.name} must be at most {MAX_DURATION.days} days, got {value}")
+    return value
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 1:
+    if _an_int(attribute, value) < 1:
         raise ValueError(f"{attribute.name} must be at least 1, got {value}")
 
 
 def _positive_delta(_inst: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
-    if value <= timedelta(0):
+    if _a_duration(attribute, value) <= timedelta(0):
         raise ValueError(f"{attribute.name} must be a positive duration, got {value}")
 
 
 def _non_negative_delta(
     _inst: object, attribute: attrs.Attribute[timedelta], value: timedelta
 ) -> None:
-    if value < timedelta(0):
+    if _a_duration(attribute, value) < timedelta(0):
         raise ValueError(f"{attribute.name} must not be negative, got {value}")
+
+
+def _switch(_inst: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    # A switch is on or off: "no" or 0 would read as a choice that was never made.
+    if type(value) is not bool:
+        raise TypeError(f"{attribute.name} must be True or False, got {type(value).__name__}")
 
 
 @attrs.frozen(kw_only=True)
 class Policy:
     """Budgets, lifetimes and switches of the procedure.
+
+    Every field is checked when the policy is built: counts are ``int`` (a ``bool`` is not a
+    count), durations ``timedelta`` of at most :data:`MAX_DURATION`, switches ``bool``.
 
     >>> Policy().code_length, Policy().code_lifetime
     (4, datetime.timedelta(seconds=900))
@@ -43,6 +72,10 @@ class Policy:
     Traceback (most recent call last):
     ...
     ValueError: code_length must be between 4 and 10, got 3
+    >>> Policy(notify_previous_address="no")
+    Traceback (most recent call last):
+    ...
+    TypeError: notify_previous_address must be True or False, got str
     """
 
     #: Digits in the security code mailed to the current address.
@@ -78,13 +111,13 @@ class Policy:
     #: Confirmation mails re-sent per rolling window (the first one is not counted).
     link_resends_per_window: int = attrs.field(default=3, validator=_positive)
     #: Send a security notice to the previous address when the change is registered.
-    notify_previous_address: bool = attrs.field(default=True)
+    notify_previous_address: bool = attrs.field(default=True, validator=_switch)
     #: Accept internationalised local parts (SMTPUTF8). Off: many relays still refuse them.
-    allow_smtputf8: bool = attrs.field(default=False)
+    allow_smtputf8: bool = attrs.field(default=False, validator=_switch)
 
     @code_length.validator
     def _check_code_length(self, attribute: attrs.Attribute[int], value: int) -> None:
-        if not 4 <= value <= 10:
+        if not 4 <= _an_int(attribute, value) <= 10:
             raise ValueError(f"{attribute.name} must be between 4 and 10, got {value}")
 
     @property

@@ -75,7 +75,7 @@ from email_change._records import (
     Procedure,
 )
 from email_change._relay import OutboxRelay
-from email_change._values import Channel, mask_address, parse_code, parse_serial
+from email_change._values import Channel, mask_address, parse_code, parse_serial, plain_text
 from email_change._views import ProcedureView
 
 __all__ = ["EmailChangeService"]
@@ -227,7 +227,8 @@ class EmailChangeService:
         call = _Call("submit_address")
         with self._audited(call):
             insured, pid = self._ids(call, insured_id, procedure_id)
-            if not isinstance(form, AddressForm):
+            # By type, never by asking the object (whose ``__class__`` may say anything).
+            if not issubclass(type(form), AddressForm):
                 raise InvalidForm(field="form")
             return self._operate(call, insured, pid, form=form)
 
@@ -515,15 +516,11 @@ class EmailChangeService:
             log.exception("audit sink failed for %s %s", record.event, record.outcome)
 
 
-def _split_token(token: object) -> tuple[str, str]:
+def _split_token(raw: object) -> tuple[str, str]:
     # Tokens are ASCII (hex id, base64url secret); anything else, a lone surrogate included
     # (which the keyed hash could not even encode), is refused here.
-    if (
-        not isinstance(token, str)
-        or len(token) > _TOKEN_MAX
-        or not token.isascii()
-        or token.count(".") != 1
-    ):
+    token = plain_text(raw)
+    if token is None or len(token) > _TOKEN_MAX or not token.isascii() or token.count(".") != 1:
         raise InvalidLink()
     procedure_id, secret = token.split(".")
     if not secret:

@@ -11,6 +11,7 @@ import enum
 import hmac
 import string
 from datetime import datetime
+from typing import Any, cast
 
 import attrs
 import email_validator
@@ -31,6 +32,7 @@ __all__ = [
     "parse_address",
     "parse_code",
     "parse_serial",
+    "plain_text",
 ]
 
 _ASCII_DIGITS = frozenset(string.digits)
@@ -42,10 +44,30 @@ MAX_INPUT_LENGTH = 512
 VITALE2_PREFIX = "8025000002"
 
 
+def plain_text(value: object) -> str | None:
+    """``value`` as a plain ``str`` if it is text, else ``None``.
+
+    Only the value's type is asked, never the value: a str subclass (a host's ``class NIR(str)``,
+    an enum member) is copied to a plain str without running any of its own methods, and an
+    object that only claims to be a str (through ``__class__``) is not text. What is stored is
+    then always a plain str, the one kind of text the record codec writes.
+
+    >>> plain_text(Channel.WEBSITE), plain_text(b"website")
+    ('website', None)
+    """
+    kind = type(value)
+    if kind is str:
+        return cast(str, value)
+    if issubclass(kind, str):
+        return str.__str__(cast(str, value))
+    return None
+
+
 def _digits_only(raw: object, *, max_length: int) -> str | None:
-    if not isinstance(raw, str) or len(raw) > MAX_INPUT_LENGTH:
+    text = plain_text(raw)
+    if text is None or len(text) > MAX_INPUT_LENGTH:
         return None
-    compact = raw.translate(_SPACES)
+    compact = text.translate(_SPACES)
     if not compact or len(compact) > max_length or not _ASCII_DIGITS.issuperset(compact):
         return None
     return compact
@@ -114,9 +136,10 @@ def parse_address(raw: object, *, allow_smtputf8: bool = False) -> EmailAddress:
     ...
     email_change._errors.InvalidAddress: address.invalid (reason='syntax')
     """
-    if not isinstance(raw, str):
+    text = plain_text(raw)
+    if text is None:
         raise InvalidAddress(reason="syntax")
-    text = raw.strip()
+    text = text.strip()
     if not text:
         raise InvalidAddress(reason="empty")
     if len(text) > 320:
@@ -197,17 +220,41 @@ class CardStatus(enum.StrEnum):
     EXPIRED = "expired"
 
 
+def _serial_digits(_inst: object, attribute: attrs.Attribute[str], value: object) -> None:
+    # Never echo the value: a serial is the second factor.
+    if type(value) is not str:
+        raise TypeError(f"{attribute.name} must be a str, got {type(value).__name__}")
+    if not value or not _ASCII_DIGITS.issuperset(value):
+        raise ValueError(f"{attribute.name} must be ASCII digits")
+
+
+def _aware(_inst: object, attribute: attrs.Attribute[datetime], value: object) -> None:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{attribute.name} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None:
+        raise ValueError(f"{attribute.name} must be timezone-aware")
+
+
+def _is(kind: type) -> Any:
+    return attrs.validators.instance_of(kind)
+
+
 @attrs.frozen(kw_only=True)
 class Card:
-    """One carte Vitale of an insured, as the registry knows it.
+    """One carte Vitale of an insured, as the registry knows it, checked when it is built.
 
     ``serial`` is ASCII digits; for photo cards either the 11 typed digits or the whole printed
     number (the prefix is dropped when comparing).
+
+    >>> Card(serial="1234 5678", model=CardModel.WITHOUT_PHOTO, status=CardStatus.ACTIVE)
+    Traceback (most recent call last):
+    ...
+    ValueError: serial must be ASCII digits
     """
 
-    serial: str = attrs.field(repr=False)
-    model: CardModel
-    status: CardStatus
+    serial: str = attrs.field(repr=False, validator=_serial_digits)
+    model: CardModel = attrs.field(validator=_is(CardModel))
+    status: CardStatus = attrs.field(validator=_is(CardStatus))
 
     @property
     def usable(self) -> bool:
@@ -241,11 +288,14 @@ class Channel(enum.StrEnum):
 
 @attrs.frozen(kw_only=True)
 class ConsentRecord:
-    """One choice, its own record (GDPR art. 7(1)): who, what, yes or no, when, on which wording."""
+    """One choice, its own record (GDPR art. 7(1)): who, what, yes or no, when, on which wording.
 
-    insured_id: str
-    purpose: ConsentPurpose
-    granted: bool
-    at: datetime
-    wording_version: str
-    channel: Channel
+    Checked when it is built: a record of consent that is not one could not prove anything.
+    """
+
+    insured_id: str = attrs.field(validator=_is(str))
+    purpose: ConsentPurpose = attrs.field(validator=_is(ConsentPurpose))
+    granted: bool = attrs.field(validator=_is(bool))
+    at: datetime = attrs.field(validator=_aware)
+    wording_version: str = attrs.field(validator=_is(str))
+    channel: Channel = attrs.field(validator=_is(Channel))

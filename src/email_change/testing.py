@@ -16,6 +16,15 @@ For a :class:`~email_change.VitaleRegistry`, subclass :class:`VitaleRegistryCont
 ``registry_with`` (a function: cards per insured -> a registry holding exactly those) and
 ``take_down`` (a function that makes that registry unreachable).
 
+For an :class:`~email_change.AccountDirectory`, subclass :class:`AccountDirectoryContract` and
+provide ``directory_with`` (accounts as ``{insured_id: address}`` -> a directory holding exactly
+those) and three readers, which read back, by your own means, what the directory holds:
+``pending_of(directory, insured_id)`` (the registered address awaiting confirmation, or ``None``),
+``consents_of(directory, insured_id)`` (the insured's consent records) and
+``sessions_ended_of(directory, insured_id)`` (when the insured's sessions were last ended, or
+``None``). The port itself has no such readers; without them a directory that drops every change
+would pass, so the suite does not run without them.
+
 Needs pytest (it is a test suite); the core does not import this module.
 """
 
@@ -61,6 +70,7 @@ from email_change._values import (
     Channel,
     ConsentPurpose,
     ConsentRecord,
+    EmailAddress,
     parse_address,
 )
 
@@ -469,6 +479,9 @@ class ProcedureStoreContract:
             for p in rows
             if (deadline := deadline_of(p, policy)) is not None and deadline <= now
         }
+        # The scenario has both kinds, or a store that returns nothing (or everything) would pass.
+        assert expected
+        assert len(expected) < len(rows)
         cutoffs = expiry_cutoffs(policy, now)
         due = [p.id for p in store.procedures_due(cutoffs, len(rows) + 10)]
         assert sorted(due) == sorted(expected)
@@ -480,7 +493,14 @@ class ProcedureStoreContract:
 
     def test_a_refused_commit_writes_nothing(self, store: ProcedureStore) -> None:
         proc = make_procedure()
-        commit_in_transaction(store, Commit(procedure=proc, expected_version=None))
+        # Something already there, so "nothing was written" is not read off an empty store.
+        kept_entry, kept_item = _entry(LedgerKind.CODE_SENT, T0), mail_item("kept")
+        commit_in_transaction(
+            store,
+            Commit(
+                procedure=proc, expected_version=None, ledger=(kept_entry,), outbox=(kept_item,)
+            ),
+        )
         stale = Commit(
             procedure=_next(proc, wrong_codes=1),
             expected_version=proc.version + 5,
@@ -499,9 +519,9 @@ class ProcedureStoreContract:
             commit_in_transaction(store, second_open)
         assert store.load(proc.id) == proc
         assert store.load("p2") is None
-        assert list(ledger_of(store, "insured-1", T0 - timedelta(days=1))) == []
-        assert list(store.outbox_items(["ghost", "ghost2"])) == []
-        assert list(store.due_outbox(T0 + timedelta(days=1), 10)) == []
+        assert list(ledger_of(store, "insured-1", T0 - timedelta(days=1))) == [kept_entry]
+        assert list(store.outbox_items(["ghost", "kept", "ghost2"])) == [kept_item]
+        assert list(store.due_outbox(T0 + timedelta(days=1), 10)) == [kept_item]
 
     def test_racing_writers_one_wins(self, store: ProcedureStore) -> None:
         proc = make_procedure()
@@ -593,9 +613,10 @@ class VitaleRegistryContract:
 class AccountDirectoryContract:
     """What every :class:`~email_change.AccountDirectory` must do, as the relay drives it.
 
-    Needs a fixture ``directory_with`` (accounts as ``{insured_id: address}`` -> a directory
-    holding exactly those). The checks read back through ``current_address`` only, plus
-    ``pending_address`` when the directory has it (the reference adapters do).
+    Needs fixtures ``directory_with`` (accounts as ``{insured_id: address}`` -> a directory
+    holding exactly those), and the readers ``pending_of``, ``consents_of`` and
+    ``sessions_ended_of`` (see the module's documentation). Every change is read back through
+    them: none is taken on trust.
     """
 
     def test_current_address(
@@ -608,52 +629,110 @@ class AccountDirectoryContract:
         assert directory.current_address("nobody") is None
 
     def test_pending_then_confirm_is_idempotent(
-        self, directory_with: Callable[[Mapping[str, str]], AccountDirectory]
+        self,
+        directory_with: Callable[[Mapping[str, str]], AccountDirectory],
+        pending_of: PendingReader,
     ) -> None:
-        directory = directory_with({"insured-1": "jeanne@exemple.fr"})
+        directory = directory_with(
+            {"insured-1": "jeanne@exemple.fr", "insured-2": "paul@exemple.fr"}
+        )
+        assert pending_of(directory, "insured-1") is None
         new = parse_address("jeanne@nouveau.fr")
         for _ in range(2):  # the relay may deliver an effect twice
             directory.register_pending("insured-1", new, at=T0)
-        assert _pending(directory, "insured-1") in (None, new.value)
+        assert _text(pending_of(directory, "insured-1")) == new.value
         assert str(directory.current_address("insured-1")) == "jeanne@exemple.fr"
+        assert pending_of(directory, "insured-2") is None
         for _ in range(2):
             directory.confirm("insured-1", new, at=T0 + timedelta(minutes=5))
         assert str(directory.current_address("insured-1")) == "jeanne@nouveau.fr"
-        assert _pending(directory, "insured-1") is None
+        assert pending_of(directory, "insured-1") is None
+        assert str(directory.current_address("insured-2")) == "paul@exemple.fr"
 
     def test_cancel_pending_keeps_the_previous_address(
-        self, directory_with: Callable[[Mapping[str, str]], AccountDirectory]
+        self,
+        directory_with: Callable[[Mapping[str, str]], AccountDirectory],
+        pending_of: PendingReader,
     ) -> None:
         directory = directory_with({"insured-1": "jeanne@exemple.fr"})
         directory.register_pending("insured-1", parse_address("typo@nouveau.fr"), at=T0)
+        assert _text(pending_of(directory, "insured-1")) == "typo@nouveau.fr"
         for _ in range(2):
             directory.cancel_pending("insured-1", at=T0)
         assert str(directory.current_address("insured-1")) == "jeanne@exemple.fr"
-        assert _pending(directory, "insured-1") is None
+        assert pending_of(directory, "insured-1") is None
 
-    def test_end_sessions_and_consents_are_idempotent(
-        self, directory_with: Callable[[Mapping[str, str]], AccountDirectory]
+    def test_end_sessions_is_idempotent(
+        self,
+        directory_with: Callable[[Mapping[str, str]], AccountDirectory],
+        sessions_ended_of: SessionsReader,
     ) -> None:
-        directory = directory_with({"insured-1": "jeanne@exemple.fr"})
+        directory = directory_with(
+            {"insured-1": "jeanne@exemple.fr", "insured-2": "paul@exemple.fr"}
+        )
+        assert sessions_ended_of(directory, "insured-1") is None
         directory.end_sessions("insured-1", at=T0)
         directory.end_sessions("insured-1", at=T0)
+        assert sessions_ended_of(directory, "insured-1") is not None
+        assert sessions_ended_of(directory, "insured-2") is None
+
+    def test_consents_are_idempotent_and_kept(
+        self,
+        directory_with: Callable[[Mapping[str, str]], AccountDirectory],
+        consents_of: ConsentsReader,
+    ) -> None:
+        directory = directory_with(
+            {"insured-1": "jeanne@exemple.fr", "insured-2": "paul@exemple.fr"}
+        )
+        assert list(consents_of(directory, "insured-1")) == []
         consents = list(
             consent_pair(
                 "insured-1", T0, general=False, studies=True, version="v1", channel=Channel.WEBSITE
             )
         )
+        others = list(
+            consent_pair(
+                "insured-2",
+                T0,
+                general=True,
+                studies=True,
+                version="v1",
+                channel=Channel.CALL_CENTRE,
+            )
+        )
         directory.record_consents(consents)
         directory.record_consents(consents)
-        reader = getattr(directory, "consents_of", None)
-        if reader is not None:
-            assert reader("insured-1") == consents
-        elif hasattr(directory, "consents"):
-            assert [c for c in directory.consents if c.insured_id == "insured-1"] == consents
+        directory.record_consents(others)
+        assert _by_purpose(consents_of(directory, "insured-1")) == consents
+        assert _by_purpose(consents_of(directory, "insured-2")) == others
+        # A later choice is a record of its own; the earlier ones stay as the proof of theirs.
+        later = list(
+            consent_pair(
+                "insured-1",
+                T0 + timedelta(days=1),
+                general=True,
+                studies=False,
+                version="v2",
+                channel=Channel.MOBILE_APP,
+            )
+        )
+        directory.record_consents(later)
+        assert sorted(
+            consents_of(directory, "insured-1"), key=lambda c: (c.at, c.purpose.value)
+        ) == [*consents, *later]
 
 
-def _pending(directory: AccountDirectory, insured_id: str) -> str | None:
-    reader = getattr(directory, "pending_address", None)
-    if reader is None:
-        return None
-    pending = reader(insured_id)
-    return None if pending is None else str(pending)
+#: ``pending_of(directory, insured_id)``: the registered address awaiting confirmation.
+PendingReader = Callable[[AccountDirectory, str], EmailAddress | str | None]
+#: ``consents_of(directory, insured_id)``: the insured's consent records, in any order.
+ConsentsReader = Callable[[AccountDirectory, str], Sequence[ConsentRecord]]
+#: ``sessions_ended_of(directory, insured_id)``: when the sessions were last ended, or ``None``.
+SessionsReader = Callable[[AccountDirectory, str], datetime | None]
+
+
+def _by_purpose(records: Sequence[ConsentRecord]) -> list[ConsentRecord]:
+    return sorted(records, key=lambda c: c.purpose.value)
+
+
+def _text(address: EmailAddress | str | None) -> str | None:
+    return None if address is None else str(address)
