@@ -235,3 +235,27 @@ def test_mail_settings_are_checked_when_built(
 ) -> None:
     with pytest.raises(error, match=f"^{field} must be"):
         ec.MailSettings(**{**MAIL, field: bad})
+
+
+@pytest.mark.parametrize(
+    "answer", [None, "12345678", [object()], [{"serial": "12345678"}], 5, (b"x",)]
+)
+def test_a_registry_answering_nonsense_is_unavailable_and_counts_nothing(answer: object) -> None:
+    world = make_world()
+    pid = world.service.start(INSURED).procedure_id
+    world.service.submit_code(INSURED, pid, world.code())
+    world.registry.cards_of = lambda _insured: answer  # type: ignore[method-assign,assignment,return-value]
+    before = world.snapshot()
+    with pytest.raises(ec.ServiceUnavailable) as caught:
+        world.service.submit_serial(INSURED, pid, SERIAL)
+    assert caught.value.dependency == "vitale_registry"
+    assert world.snapshot() == before
+
+
+@pytest.mark.parametrize("field", ["wrong_tries_per_code", "codes_per_procedure"])
+def test_policy_budgets_have_an_upper_bound(field: str) -> None:
+    fields: dict[str, Any] = {field: 10_000}
+    ec.Policy(**fields)
+    fields[field] = 10_001
+    with pytest.raises(ValueError, match=field):
+        ec.Policy(**fields)

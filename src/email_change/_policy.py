@@ -17,6 +17,9 @@ __all__ = ["MAX_DURATION", "Policy"]
 #: The longest duration a policy takes: a year is more than any lifetime, window or cooldown of
 #: the procedure needs, and instants computed from longer ones could fall off the calendar.
 MAX_DURATION = timedelta(days=366)
+#: The largest budget a policy takes: far above any sensible number of tries or mails, and small
+#: enough for every store's integer columns and queries.
+MAX_COUNT = 10_000
 
 
 def _an_int(attribute: attrs.Attribute[int], value: object) -> int:
@@ -35,8 +38,8 @@ def _a_duration(attribute: attrs.Attribute[timedelta], value: object) -> timedel
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if _an_int(attribute, value) < 1:
-        raise ValueError(f"{attribute.name} must be at least 1, got {value}")
+    if not 1 <= _an_int(attribute, value) <= MAX_COUNT:
+        raise ValueError(f"{attribute.name} must be between 1 and {MAX_COUNT}, got {value}")
 
 
 def _positive_delta(_inst: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:

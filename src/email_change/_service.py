@@ -75,7 +75,14 @@ from email_change._records import (
     Procedure,
 )
 from email_change._relay import OutboxRelay
-from email_change._values import Channel, mask_address, parse_code, parse_serial, plain_text
+from email_change._values import (
+    Card,
+    Channel,
+    mask_address,
+    parse_code,
+    parse_serial,
+    plain_text,
+)
 from email_change._views import ProcedureView
 
 __all__ = ["EmailChangeService"]
@@ -216,7 +223,7 @@ class EmailChangeService:
                 # Asked only when the serial will really be compared, and before the insured is
                 # held when that can be known: a slow registry never holds the insured's lock.
                 found = self._call("vitale_registry", self._registry.cards_of, insured)
-                return {"cards": tuple(found)}
+                return {"cards": _cards(found)}
 
             return self._operate(call, insured, pid, serial=parsed, late_inputs=cards)
 
@@ -514,6 +521,17 @@ class EmailChangeService:
             self._audit.record(record)
         except Exception:
             log.exception("audit sink failed for %s %s", record.event, record.outcome)
+
+
+def _cards(found: object) -> tuple[Card, ...]:
+    """The registry's answer, checked: anything but a sequence of cards is the registry failing."""
+    if isinstance(found, str | bytes) or not isinstance(found, Sequence):
+        raise ServiceUnavailable(dependency="vitale_registry")
+    cards = tuple(found)
+    if not all(isinstance(card, Card) for card in cards):
+        log.warning("vitale_registry answered something that is not a card")
+        raise ServiceUnavailable(dependency="vitale_registry")
+    return cards
 
 
 def _split_token(raw: object) -> tuple[str, str]:
