@@ -8,6 +8,10 @@ follow the confirmation link mailed to the new address.
 Build the service with :func:`build_service`; drive it with :class:`EmailChangeService`.
 """
 
+#: The release, the one place it is written: the package metadata reads it from here
+#: (``[tool.setuptools.dynamic]`` in ``pyproject.toml``).
+__version__ = "0.1.0.dev0"
+
 from email_change._bootstrap import build_relay, build_service
 from email_change._crypto import KeyedDigest, Keyring, SealedSecret
 from email_change._errors import (
