@@ -43,7 +43,7 @@ from email_change._errors import (
     WrongSerial,
 )
 from email_change._machine import AddressForm, EmailChangeMachine, deadline_of
-from email_change._messages import MailSettings, Messages
+from email_change._messages import MAIL_KIND_HEADER, MailSettings, Messages
 from email_change._policy import Policy
 from email_change._ports import (
     AccountDirectory,
@@ -86,6 +86,7 @@ from email_change._values import (
 from email_change._views import NextStep, ProcedureView
 
 __all__ = [
+    "MAIL_KIND_HEADER",
     "AccountAction",
     "AccountDirectory",
     "AccountEffect",

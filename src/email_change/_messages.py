@@ -23,9 +23,13 @@ from email_change._errors import EmailChangeError
 from email_change._records import MailEffect, MailKind, OutboxItem
 from email_change._values import CardModel, parse_address
 
-__all__ = ["MailSettings", "Messages"]
+__all__ = ["MAIL_KIND_HEADER", "MailSettings", "Messages"]
 
 DEFAULT_LOCALE = "fr"
+#: Every mail says which one it is in this header, whatever its language or wording: a
+#: :class:`~email_change.MailKind` value (``security_code``, ``confirm_address``,
+#: ``previous_address_notice``). Hosts, tests and the demo tell mails apart by it, not by subject.
+MAIL_KIND_HEADER = "X-Email-Change-Kind"
 
 
 def _absolute_url(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -154,6 +158,7 @@ class Messages:
         # Stable per outbox item: a retried delivery carries the same id, so it can be deduplicated.
         message["Message-ID"] = f"<{item.id}@{settings.message_id_domain}>"
         message["Auto-Submitted"] = "auto-generated"
+        message[MAIL_KIND_HEADER] = effect.kind.value
         message.set_content(self.text(locale, *section, "text", **params))
         escaped = {k: html.escape(v, quote=True) for k, v in params.items()}
         html_body = self.text(locale, *section, "html", **escaped)
