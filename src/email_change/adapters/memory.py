@@ -13,12 +13,12 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import getaddresses
 from typing import Any
 
 import attrs
 
-from email_change._errors import ConcurrentUpdate, InvalidAddress, ServiceUnavailable
+from email_change._errors import ConcurrentUpdate, ServiceUnavailable
+from email_change._messages import is_addressed_to
 from email_change._records import (
     AuditRecord,
     Commit,
@@ -99,9 +99,10 @@ class InMemoryMailer:
     def to(self, address: str) -> list[EmailMessage]:
         """Messages sent to ``address``, oldest first.
 
-        Addresses compare as the procedure compares them: case-insensitively, and a domain in its
-        Unicode form (``exämple.fr``) is the same as in its IDNA form (``xn--exmple-cua.fr``).
-        Every address of the ``To`` header counts; a display name is ignored.
+        Addresses compare as the procedure compares them (:func:`is_addressed_to`):
+        case-insensitively, and a domain in its Unicode form (``exämple.fr``) is the same as in
+        its IDNA form (``xn--exmple-cua.fr``). Every address of the ``To`` header counts; a
+        display name is ignored.
 
         >>> from email.message import EmailMessage
         >>> mailer, message = InMemoryMailer(), EmailMessage()
@@ -110,20 +111,7 @@ class InMemoryMailer:
         >>> len(mailer.to("jeanne.martin@xn--exmple-cua.fr"))
         1
         """
-        wanted = _address_key(address)
-        return [m for m in self.outbox if wanted in _recipient_keys(m)]
-
-
-def _address_key(text: str) -> str:
-    try:
-        return parse_address(text, allow_smtputf8=True).key
-    except InvalidAddress:
-        return text.strip().casefold()  # not an address: compared as written, case aside
-
-
-def _recipient_keys(message: EmailMessage) -> set[str]:
-    headers = [str(h) for h in message.get_all("To", [])]
-    return {_address_key(addr) for _, addr in getaddresses(headers) if addr}
+        return [m for m in self.outbox if is_addressed_to(m, address)]
 
 
 class InMemoryVitaleRegistry:
