@@ -91,7 +91,12 @@ def _open_store(args: argparse.Namespace) -> Backend:
 
 
 def _keyring(args: argparse.Namespace) -> Keyring:
-    """The keys, in this order of precedence.
+    """The keys (see :func:`_keyring_and_source` for where they come from)."""
+    return _keyring_and_source(args)[0]
+
+
+def _keyring_and_source(args: argparse.Namespace) -> tuple[Keyring, str]:
+    """The keys and where they came from, in this order of precedence.
 
     1. ``EMAIL_CHANGE_KEYS`` (``id=base64,id=base64``; the first one is current), when set;
     2. the embedded default's ``keys.json`` in the folder of the ``--sqlite`` file, when there is
@@ -102,10 +107,11 @@ def _keyring(args: argparse.Namespace) -> Keyring:
 
     from_environment = keyring_from_environment()
     if from_environment is not None:
-        return from_environment
+        return from_environment, KEYS_ENV
     sqlite = getattr(args, "sqlite", None)
     if sqlite and (Path(sqlite).parent / KEY_FILE).is_file():
-        return read_key_file(Path(sqlite).parent / KEY_FILE)
+        key_file = Path(sqlite).parent / KEY_FILE
+        return read_key_file(key_file), str(key_file)
     raise CliError(
         f"set {KEYS_ENV} to 'key-id=<base64 key of 32+ bytes>[,older-id=...]' (or use --sqlite "
         f"on a folder of the embedded default, whose {KEY_FILE} is then used)"
@@ -298,6 +304,15 @@ def _cmd_import_cards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from email_change import _check
+
+    results = _check.run(args)
+    for result in results:
+        print(result)
+    return 1 if any(r.status == _check.FAILED for r in results) else 0
+
+
 class _NoMail:
     """The sweep expires procedures; expiry owes no mail."""
 
@@ -405,6 +420,21 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(sweep)
     sweep.add_argument("--limit", type=count, default=500, metavar="N", help="procedures per run")
     sweep.set_defaults(handler=_cmd_sweep)
+
+    check = command(
+        "check",
+        "check the configuration, keys, store and SMTP server",
+        description="Check what the relay and the service would use, with the same options and "
+        "environment as relay: the configuration (link URLs, SMTP settings), the keys, the store "
+        "(opened read-only: schema version, nothing migrated) and the SMTP server (connect, EHLO, "
+        "STARTTLS and login as configured, within --smtp-timeout; no mail sent). One line each: "
+        "'NAME: ok|failed|skipped (detail)'. Exit status 0 if nothing failed, 1 if a check "
+        "failed, 2 for a usage error.",
+        epilog=f"SMTP password: {SMTP_PASSWORD_ENV} (never on the command line).",
+    )
+    _store_options(check)
+    _mail_options(check)
+    check.set_defaults(handler=_cmd_check)
 
     cards = command(
         "import-cards",

@@ -15,9 +15,11 @@ False
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import smtplib
 import ssl
+from collections.abc import Iterator
 from email.message import EmailMessage
 
 import attrs
@@ -95,7 +97,29 @@ class SmtpMailer:
     def send(self, message: EmailMessage) -> None:
         """Deliver ``message`` to its ``To`` recipients, or raise (``smtplib.SMTPException``,
         ``OSError`` including ``TimeoutError`` and ``ssl.SSLError``)."""
+        with self._session() as client:
+            refused = client.send_message(message, from_addr=self.settings.envelope_from)
+            if refused:
+                # Some recipients refused, others accepted: still a failure to report.
+                raise smtplib.SMTPRecipientsRefused(refused)
+
+    def probe(self) -> str:
+        """Check that the server takes a session as :meth:`send` opens it; send nothing.
+
+        Connects, says EHLO, upgrades with STARTTLS and logs in when the settings ask for them,
+        then quits. Returns what was done, e.g. ``"EHLO, STARTTLS, login"``; raises as
+        :meth:`send` does. For health checks (``email-change check``).
+        """
+        steps = ["EHLO"]
+        with self._session(steps) as client:
+            client.noop()
+        return ", ".join(steps)
+
+    @contextlib.contextmanager
+    def _session(self, steps: list[str] | None = None) -> Iterator[smtplib.SMTP]:
+        """A connection that said EHLO, upgraded to TLS and logged in as the settings say."""
         s = self.settings
+        done = steps if steps is not None else []
         client: smtplib.SMTP
         if s.security is SmtpSecurity.TLS:
             client = smtplib.SMTP_SSL(
@@ -105,6 +129,7 @@ class SmtpMailer:
                 timeout=s.timeout,
                 context=self._context,
             )
+            done.insert(0, "TLS")
         else:
             client = smtplib.SMTP(
                 s.host, s.port, local_hostname=s.local_hostname, timeout=s.timeout
@@ -115,9 +140,8 @@ class SmtpMailer:
                 # SMTPNotSupportedError if the server does not offer it: no clear-text fallback.
                 client.starttls(context=self._context)
                 client.ehlo()
+                done.append("STARTTLS")
             if s.username is not None and s.password is not None:
                 client.login(s.username, s.password)
-            refused = client.send_message(message, from_addr=s.envelope_from)
-            if refused:
-                # Some recipients refused, others accepted: still a failure to report.
-                raise smtplib.SMTPRecipientsRefused(refused)
+                done.append(f"login as {s.username}")
+            yield client
