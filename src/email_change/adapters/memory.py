@@ -161,8 +161,9 @@ class InMemoryAccountDirectory:
         return account.pending if account else None
 
     def sessions_ended_at(self, insured_id: str) -> datetime | None:
-        """When the insured's sessions were last ended."""
-        return self._accounts[insured_id].sessions_ended_at
+        """When the insured's sessions were last ended (``None``: never, or no such account)."""
+        account = self._accounts.get(insured_id)
+        return account.sessions_ended_at if account else None
 
     def register_pending(self, insured_id: str, address: EmailAddress, *, at: datetime) -> None:
         with self._lock:
@@ -287,6 +288,9 @@ class InMemoryProcedureStore:
     # for tests
 
     def snapshot(self) -> tuple[dict[str, str], tuple[str, ...], dict[str, str]]:
-        """The stored bytes: procedures, ledger, outbox."""
+        """The stored bytes: procedures and outbox items by id, ledger entries in order (JSON).
+
+        Two equal snapshots mean nothing was written in between.
+        """
         with self._lock:
             return dict(self._procedures), tuple(self._ledger), dict(self._outbox)
