@@ -301,3 +301,11 @@ def test_a_bad_option_value_is_a_usage_error(capsys: pytest.CaptureFixture[str])
     assert main(["check", "--smtp-port", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--smtp-port" in err
+
+
+def test_a_folder_given_as_the_database_fails_the_store_line(
+    keys: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, lines = check(capsys, "--sqlite", str(tmp_path), *URLS)
+    assert status == 1
+    assert lines["store"] == f"failed (SQLite {tmp_path}: a folder, not a database file)"

@@ -265,3 +265,14 @@ def test_an_unexpected_error_is_one_line_naming_its_type(
     monkeypatch.setenv("EMAIL_CHANGE_DEBUG", "1")
     with pytest.raises(RuntimeError, match="secret detail"):
         main(["diagram"])
+
+
+@pytest.mark.parametrize("content", ["yesterday", "2026-11-26T09:00:00"])  # no time zone
+def test_a_damaged_demo_clock_is_one_line_with_status_2(
+    content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], keys: None
+) -> None:
+    var = tmp_path / "var"
+    var.mkdir()
+    (var / "demo-clock.txt").write_text(content, "utf-8")
+    assert main(["demo", "--var", str(var)]) == 2
+    one_line(capsys, "email-change demo: error:", "demo-clock.txt")

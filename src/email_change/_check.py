@@ -116,6 +116,8 @@ def _store(args: argparse.Namespace) -> Check:
 
 def _sqlite_version(path: Path) -> int:
     """The schema version, read-only (``mode=ro``: nothing created, nothing migrated)."""
+    if path.is_dir():
+        raise _Unreadable("a folder, not a database file")
     if not path.is_file():
         raise _Unreadable("no such file (a relay would start on an empty database)")
     try:

@@ -159,7 +159,10 @@ def _mail_settings(args: argparse.Namespace) -> MailSettings:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from email_change import _demo
 
-    return _demo.main(folder=None if args.memory else Path(args.var))
+    try:
+        return _demo.main(folder=None if args.memory else Path(args.var))
+    except _demo.DemoFolderError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

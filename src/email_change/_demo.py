@@ -35,7 +35,7 @@ from email_change.adapters import memory
 if TYPE_CHECKING:
     from email_change.adapters.embedded import EmbeddedDefault
 
-__all__ = ["DemoWorld", "main"]
+__all__ = ["DemoFolderError", "DemoWorld", "main"]
 
 INSURED = "1 84 12 75 108 123 45"
 CURRENT = "jeanne.martin@exemple.fr"
@@ -47,6 +47,22 @@ MAIL_SETTINGS = MailSettings(
 )
 #: Where the persistent demo keeps its fake clock between runs.
 CLOCK_FILE = "demo-clock.txt"
+
+
+class DemoFolderError(Exception):
+    """A file of the demo's folder is not what the demo wrote; the message names it."""
+
+
+def _read_clock(path: Path) -> datetime:
+    try:
+        when = datetime.fromisoformat(path.read_text("utf-8").strip())
+    except (ValueError, UnicodeDecodeError):
+        when = None
+    if when is None or when.tzinfo is None:
+        raise DemoFolderError(
+            f"{path}: not a time the demo wrote; delete it to start the demo clock afresh"
+        )
+    return when
 
 
 class DemoWorld:
@@ -96,7 +112,7 @@ class DemoWorld:
         self.embedded = env = open_embedded(folder)
         clock_file = folder / CLOCK_FILE
         if clock_file.exists():
-            self.previous_run = datetime.fromisoformat(clock_file.read_text("utf-8").strip())
+            self.previous_run = _read_clock(clock_file)
         now = datetime.now(UTC).replace(microsecond=0)
         self.clock = memory.FakeClock(
             max(now, self.previous_run + timedelta(days=1)) if self.previous_run else now
