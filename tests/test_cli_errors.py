@@ -240,6 +240,17 @@ def test_a_closed_stdout_is_not_a_traceback(argv: list[str]) -> None:
     assert done.returncode == 1
 
 
+def test_a_closed_stdout_in_process_is_silent(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def closed(_args: object) -> int:
+        raise BrokenPipeError
+
+    monkeypatch.setattr(_cli, "_cmd_diagram", closed)
+    assert main(["diagram"]) == 1
+    assert capsys.readouterr().err == ""
+
+
 def test_ctrl_c_is_one_line_with_status_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

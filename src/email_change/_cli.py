@@ -545,8 +545,10 @@ def _fail(line: str) -> None:
 
 def _discard_stdout() -> None:
     # The interpreter flushes stdout again at exit; point it at /dev/null so that flush is silent.
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # pragma: no cover - stdout without a file descriptor
+    except (OSError, ValueError):  # a stdout without a file descriptor: nothing to redirect
         pass
+    finally:
+        os.close(devnull)
