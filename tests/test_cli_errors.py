@@ -104,7 +104,16 @@ def test_malformed_keys_are_one_line_with_status_2(
     assert "serving" not in err
 
 
-@pytest.mark.parametrize("content", ['{"bad', '{"keys": {}}', '{"current": "x", "keys": 3}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"bad',
+        '{"keys": {}}',
+        '{"current": "x", "keys": 3}',
+        '{"current": "k", "keys": {"k": "c2hvcnQ="}}',  # a 5-byte key
+        "\u00e9t\u00e9",
+    ],
+)
 def test_a_damaged_key_file_is_one_line_with_status_2(
     content: str,
     tmp_path: Path,
@@ -208,6 +217,54 @@ def test_serve_on_a_busy_port_fails_before_saying_it_serves(
         assert main(["serve", "--var", str(tmp_path / "var"), "--port", str(port)]) == 2
     err = one_line(capsys, "email-change serve: error:", str(port), "in use")
     assert "serving" not in err
+
+
+def test_serve_binds_before_it_says_it_serves(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    keys: None,
+) -> None:
+    served: list[int] = []
+
+    def serve(_server: object, listener: socket.socket) -> None:
+        served.append(listener.getsockname()[1])
+        # Bound and listening already: a second server on the port is refused.
+        with socket.socket() as other, pytest.raises(OSError, match="in use"):
+            other.bind(("127.0.0.1", served[0]))
+        listener.close()
+
+    monkeypatch.setattr(_cli, "_serve_until_stopped", serve)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["serve", "--var", str(tmp_path / "var"), "--port", str(port)]) == 0
+    assert served == [port]
+    assert f"serving the demo on http://127.0.0.1:{port}/" in capsys.readouterr().err
+
+
+def test_serve_on_a_host_that_does_not_resolve_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    keys: None,
+) -> None:
+    def unknown(*_args: object, **_kwargs: object) -> list[object]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    argv = ["serve", "--var", str(tmp_path / "var"), "--host", "nowhere.example"]
+    assert main(argv) == 2
+    one_line(capsys, "email-change serve: error:", "--host nowhere.example", "not known")
+
+
+def test_postgres_without_the_extra_is_one_line_with_status_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], keys: None
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # makes `import psycopg` fail
+    monkeypatch.delitem(sys.modules, "email_change.adapters.sql._postgres", raising=False)
+    assert main(["sweep", "--postgres", "postgresql://db.example/ameli"]) == 2
+    one_line(capsys, "email-change sweep: error:", "postgres extra")
 
 
 def test_serve_on_an_address_of_another_machine_is_one_line(
