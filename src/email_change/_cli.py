@@ -20,6 +20,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -31,6 +32,9 @@ from email_change._errors import EmailChangeError
 from email_change._messages import MailSettings
 from email_change._ports import AccountDirectory, Mailer, ProcedureStore, VitaleRegistry
 from email_change.adapters.sql import CardImportError, SchemaTooNew
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["main"]
 
@@ -209,8 +213,8 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def _serve_until_stopped(server: object, listener: socket.socket) -> None:  # pragma: no cover
-    server.run(sockets=[listener])  # type: ignore[attr-defined]
+def _serve_until_stopped(server: uvicorn.Server, listener: socket.socket) -> None:
+    server.run(sockets=[listener])  # pragma: no cover - serves until stopped
 
 
 def _cmd_diagram(args: argparse.Namespace) -> int:
