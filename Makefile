@@ -1,30 +1,54 @@
-# Every target creates .venv and installs the project with its dev extras if needed.
+# Each target creates .venv and installs what it needs, once (a stamp per set, redone when
+# pyproject.toml changes): the demo needs the core only; the tests need every extra and the
+# development tools (PEP 735 dependency groups, which pip installs from 25.1 on).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+PIP := $(PY) -m pip install --quiet
+VENV_STAMP := $(VENV)/.venv-stamp
+CORE := $(VENV)/.core-stamp
+WEB := $(VENV)/.web-stamp
+DEV := $(VENV)/.dev-stamp
+DOCS := $(VENV)/.docs-stamp
 
 .PHONY: demo serve test lint typecheck diagram docs bench fuzz mutate clean
 
-$(STAMP): pyproject.toml
+$(VENV_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(PIP) --upgrade 'pip>=25.1'
+	touch $@
+
+# The library alone: python-statemachine, attrs, cryptography, email-validator.
+$(CORE): pyproject.toml $(VENV_STAMP)
+	$(PIP) -e .
+	touch $@
+
+$(WEB): pyproject.toml $(VENV_STAMP)
+	$(PIP) -e '.[web]'
+	touch $@
+
+# Every extra, so that their tests run, and the `dev` group: tests, lint, types, docs, mutmut.
+$(DEV): pyproject.toml $(VENV_STAMP)
+	$(PIP) -e '.[postgres,web,diagrams]' --group dev
+	touch $@
+
+$(DOCS): pyproject.toml $(VENV_STAMP)
+	$(PIP) --group docs
+	touch $@
 
 # The scripted journey on the embedded default (SQLite file and .eml outbox in var/demo).
-demo: $(STAMP)
+demo: $(CORE)
 	$(VENV)/bin/email-change demo --var var/demo
 
 # The reference web app on the embedded default, for a person with a browser.
-serve: $(STAMP)
+serve: $(WEB)
 	$(VENV)/bin/email-change serve --var var/serve
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(VENV)/bin/ruff check src tests fuzz benchmarks docs/conftest.py
 	$(VENV)/bin/ruff format --check src tests fuzz benchmarks docs/conftest.py
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(VENV)/bin/mypy
 
 # Lint, strict types, then every test (PostgreSQL ones need EMAIL_CHANGE_TEST_PG_DSN) with
@@ -32,22 +56,22 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(PY) -m pytest --cov --cov-branch --cov-report=term-missing:skip-covered
 
-diagram: $(STAMP)
+diagram: $(CORE)
 	$(VENV)/bin/email-change diagram --format markdown > docs/state-diagram.md
 
 # The documentation site, offline, warnings as errors. Its examples run in `make test` (Sybil).
-docs: $(STAMP)
+docs: $(DOCS)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # Benchmarks (never collected by pytest): writes benchmarks/results.json and docs/performance.md.
-bench: $(STAMP)
+bench: $(DEV)
 	$(PY) -m benchmarks.run
 
 # Coverage-guided fuzzing (atheris) of each parser for FUZZ_SECONDS; findings land in var/fuzz/.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := address code serial token
-fuzz: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[fuzz]'
+fuzz: $(CORE)
+	$(PIP) --group fuzz
 	mkdir -p var/fuzz
 	for target in $(FUZZ_TARGETS); do \
 		(cd var/fuzz && ../../$(PY) ../../fuzz/run.py $$target -max_total_time=$(FUZZ_SECONDS) \
@@ -56,7 +80,7 @@ fuzz: $(STAMP)
 
 # Mutation testing of the domain modules ([tool.mutmut] in pyproject.toml). Long: run it in the
 # background; `mutmut results` lists survivors, `mutmut show NAME` shows one.
-mutate: $(STAMP)
+mutate: $(DEV)
 	$(VENV)/bin/mutmut run --max-children 2
 	$(VENV)/bin/mutmut export-cicd-stats 2>/dev/null || true
 	$(VENV)/bin/mutmut results

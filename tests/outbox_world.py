@@ -90,6 +90,7 @@ def plain(message: EmailMessage) -> str:
 
 
 def code_in(message: EmailMessage) -> str:
+    assert message[ec.MAIL_KIND_HEADER] == ec.MailKind.SECURITY_CODE
     match = re.search(r"code de sécurité est : (\d+)", plain(message))
     assert match is not None
     return match.group(1)

@@ -33,16 +33,18 @@ class World:
     audit: memory.InMemoryAuditSink
     policy: ec.Policy
 
-    def mails(self, to: str) -> list[EmailMessage]:
-        return self.mailer.to(to)
+    def mails(self, to: str, kind: ec.MailKind | None = None) -> list[EmailMessage]:
+        """Mails to ``to``, oldest first; only those of ``kind`` (by its header) when given."""
+        mails = self.mailer.to(to)
+        return [m for m in mails if kind is None or m[ec.MAIL_KIND_HEADER] == kind]
 
     def code(self, to: str | None = None) -> str:
         """The code of the newest code mail to ``to`` (default: the insured's current address)."""
         to = to or str(self.directory.current_address(INSURED))
-        for message in reversed(self.mails(to)):
+        for message in reversed(self.mails(to, ec.MailKind.SECURITY_CODE)):
             match = re.search(r"code de sécurité est : (\d+)", plain(message))
-            if match:
-                return match.group(1)
+            assert match, "a security-code mail carries its code"
+            return match.group(1)
         raise LookupError("no code mail")
 
     def token(self, to: str) -> str:

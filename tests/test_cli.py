@@ -127,7 +127,7 @@ def test_demo_resumes_a_registration_left_awaiting_confirmation(
 
     world = _demo.DemoWorld(var)  # a run that stops right after step 4
     pid = world.service.start(_demo.INSURED).procedure_id
-    world.service.submit_code(_demo.INSURED, pid, _demo.last_code(world.mails_to(_demo.CURRENT)))
+    world.service.submit_code(_demo.INSURED, pid, _demo.last_code(world.new_mails()))
     world.service.submit_serial(_demo.INSURED, pid, _demo.SERIAL)
     world.service.submit_new_address(
         _demo.INSURED,

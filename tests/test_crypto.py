@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import email_change as ec
-from email_change._crypto import UnknownKeyError
+from email_change._crypto import KeyringError, UnknownKeyError, parse_keyring
 
 OLD, NEW = b"o" * 32, b"n" * 32
 
@@ -65,3 +65,43 @@ def test_keyring_repr_shows_ids_only() -> None:
     ring = ec.Keyring(keys={"k1": OLD}, current="k1")
     assert repr(ring) == "Keyring(current='k1', key_ids=['k1'])"
     assert "ooo" not in repr(ring)
+
+
+def _b64(key: bytes) -> str:
+    import base64
+
+    return base64.b64encode(key).decode()
+
+
+def test_parse_keyring_refuses_a_duplicate_key_id() -> None:
+    # Silently keeping one of two keys under the same id would verify nothing issued by the other.
+    with pytest.raises(ValueError, match="'k1' appears twice") as caught:
+        parse_keyring(f"k1={_b64(OLD)},k1={_b64(NEW)}")
+    assert isinstance(caught.value, KeyringError)
+    assert _b64(OLD) not in str(caught.value) and _b64(NEW) not in str(caught.value)
+    with pytest.raises(KeyringError, match="appears twice"):
+        parse_keyring(f"k1={_b64(OLD)}, k1 ={_b64(OLD)}")  # the same id, spaced
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "entry without '='"),
+        ("k1", "entry without '='"),
+        (f"={_b64(OLD)}", "invalid key id"),
+        (f"a:b={_b64(OLD)}", "invalid key id"),
+        ("k1=not base64!", "not valid base64"),
+        ("k1=é", "not valid base64"),
+        (f"k1={_b64(b'short')}", "shorter than 32"),
+        (f"k1={_b64(OLD)},", "entry without '='"),
+    ],
+)
+def test_every_malformed_keyring_is_a_keyring_error(text: str, message: str) -> None:
+    with pytest.raises(KeyringError, match=message):
+        parse_keyring(text)
+
+
+def test_parse_keyring_keeps_the_order_and_trims_ids() -> None:
+    ring = parse_keyring(f" new = {_b64(NEW)} , old={_b64(OLD)}")
+    assert ring.current == "new"
+    assert ring.keys == {"new": NEW, "old": OLD}

@@ -70,10 +70,19 @@ def test_every_mail_is_a_valid_multipart_alternative(kind: ec.MailKind, locale: 
     assert message["Date"].datetime == WHEN
     assert message["Message-ID"] == "<0a1b2c3d@email-change.assurance-maladie.fr>"
     assert message["Auto-Submitted"] == "auto-generated"
+    assert message[ec.MAIL_KIND_HEADER] == kind.value
     assert message["Content-Language"] == locale
     assert f'<html lang="{locale}">' in body(message, "html")
     for part in message.iter_parts():
         assert part.get_content_charset() == "utf-8"
+
+
+def test_the_kind_header_is_one_plain_ascii_line_per_mail() -> None:
+    for kind in ec.MailKind:
+        raw = render(kind).as_bytes()
+        lines = [line for line in raw.split(b"\n") if line.startswith(b"X-Email-Change-Kind:")]
+        assert lines == [f"X-Email-Change-Kind: {kind.value}".encode()]
+        assert ec.MailKind(reparse(render(kind))[ec.MAIL_KIND_HEADER]) is kind
 
 
 def test_subject_with_accents_is_encoded_on_the_wire() -> None:
@@ -187,6 +196,7 @@ def test_a_translators_folder_overrides_a_text_without_code(tmp_path: Path) -> N
     messages = ec.Messages(extra_dir=tmp_path)
     message = reparse(render(ec.MailKind.SECURITY_CODE, messages=messages))
     assert message["Subject"] == "Votre code ameli"
+    assert message[ec.MAIL_KIND_HEADER] == "security_code"  # wording changes, the kind does not
     # Only that key changed: the body still comes from the shipped catalogue.
     assert "Votre code de sécurité est : 4821" in body(message, "plain")
 

@@ -290,3 +290,43 @@ def test_the_default_context_verifies_certificates(tmp_path: Path) -> None:
     context = SmtpMailer(SmtpSettings(host=HOST))._context
     assert context.verify_mode is ssl.CERT_REQUIRED
     assert context.check_hostname
+
+
+def test_probe_opens_a_session_and_sends_nothing(sink: Sink, plain_port: int) -> None:
+    mailer = SmtpMailer(SmtpSettings(host=HOST, port=plain_port, security="none", timeout=TIMEOUT))
+    assert mailer.probe() == "EHLO"
+    assert sink.envelopes == []
+
+
+def test_probe_goes_as_far_as_send_would(sink: Sink, cert: Certificate) -> None:
+    with smtp_server(
+        sink,
+        tls_context=cert.server_context(),
+        require_starttls=True,
+        authenticator=sink.authenticate,
+        auth_required=True,
+    ) as port:
+        settings = SmtpSettings(
+            host=HOST, port=port, username=USER, password=PASSWORD, timeout=TIMEOUT
+        )
+        mailer = SmtpMailer(settings, ssl_context=cert.client_context())
+        assert mailer.probe() == f"EHLO, STARTTLS, login as {USER}"
+        wrong = SmtpMailer(
+            SmtpSettings(host=HOST, port=port, username=USER, password="wrong", timeout=TIMEOUT),
+            ssl_context=cert.client_context(),
+        )
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            wrong.probe()
+    with smtp_server(sink, ssl_context=cert.server_context()) as port:
+        tls = SmtpSettings(host=HOST, port=port, security="tls", timeout=TIMEOUT)
+        assert SmtpMailer(tls, ssl_context=cert.client_context()).probe() == "TLS, EHLO"
+    assert sink.envelopes == []
+
+
+def test_probe_fails_as_send_would(sink: Sink, plain_port: int) -> None:
+    with pytest.raises(smtplib.SMTPNotSupportedError):  # STARTTLS asked, not offered
+        SmtpMailer(SmtpSettings(host=HOST, port=plain_port, timeout=TIMEOUT)).probe()
+    with pytest.raises(ConnectionRefusedError):
+        SmtpMailer(
+            SmtpSettings(host=HOST, port=free_port(), security="none", timeout=TIMEOUT)
+        ).probe()

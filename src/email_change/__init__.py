@@ -8,6 +8,10 @@ follow the confirmation link mailed to the new address.
 Build the service with :func:`build_service`; drive it with :class:`EmailChangeService`.
 """
 
+#: The release, the one place it is written: the package metadata reads it from here
+#: (``[tool.setuptools.dynamic]`` in ``pyproject.toml``).
+__version__ = "0.1.0.dev0"
+
 from email_change._bootstrap import build_relay, build_service
 from email_change._crypto import KeyedDigest, Keyring, SealedSecret
 from email_change._errors import (
@@ -56,7 +60,7 @@ from email_change._machine import (
     expiry_cutoffs,
     login_allowed,
 )
-from email_change._messages import MailSettings, Messages
+from email_change._messages import MAIL_KIND_HEADER, MailSettings, Messages
 from email_change._policy import Policy
 from email_change._ports import (
     AccountDirectory,
@@ -105,6 +109,7 @@ __all__ = [
     "EXPIRABLE_STATES",
     "EXPIRY",
     "FINAL_STATES",
+    "MAIL_KIND_HEADER",
     "OPEN_STATES",
     "AccountAction",
     "AccountDirectory",

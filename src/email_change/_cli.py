@@ -2,34 +2,48 @@
 
 Every subcommand builds what it needs through the same few functions (:func:`_open_store`,
 :func:`_mailer`, :func:`_keyring`), so adding a store or a transport is a change in one place.
-Errors are one line on stderr and a non-zero exit: 2 for bad usage or configuration, 1 when the
-work itself failed.
+No traceback reaches a user: every failure is one line on stderr and a non-zero exit, 2 for bad
+usage or configuration (option values, keys, folders, files), 1 when the work itself failed (a
+delivery, a store that cannot be reached), 130 on Ctrl-C. An unexpected exception is a bug: one
+line names its type, and ``EMAIL_CHANGE_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import errno
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
+from email_change import __version__
 from email_change._bootstrap import build_service
-from email_change._crypto import Keyring, parse_keyring
+from email_change._cli_options import HelpFormatter, Parser, count, port, seconds
+from email_change._crypto import Keyring, KeyringError
 from email_change._errors import EmailChangeError
 from email_change._messages import MailSettings
 from email_change._ports import AccountDirectory, Mailer, ProcedureStore, VitaleRegistry
 from email_change._records import MailEffect
+from email_change.adapters.sql import CardImportError, SchemaTooNew
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["main"]
 
 PROG = "email-change"
 KEYS_ENV = "EMAIL_CHANGE_KEYS"
 SMTP_PASSWORD_ENV = "EMAIL_CHANGE_SMTP_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+DEBUG_ENV = "EMAIL_CHANGE_DEBUG"
+EMBEDDED_FOLDER = "the embedded default's folder (SQLite file, outbox/, audit.jsonl, keys.json)"
 
 
 class CliError(Exception):
@@ -56,7 +70,15 @@ def _open_store(args: argparse.Namespace) -> Backend:
     if getattr(args, "sqlite", None) or getattr(args, "postgres", None):
         from email_change.adapters.sql import open_postgres, open_sqlite
 
-        storage = open_sqlite(args.sqlite) if args.sqlite else open_postgres(args.postgres)
+        if args.sqlite:
+            storage = open_sqlite(args.sqlite)
+        else:
+            try:
+                storage = open_postgres(args.postgres)
+            except ImportError:
+                raise CliError(
+                    "--postgres needs the postgres extra: pip install 'email_change[postgres]'"
+                ) from None
         return Backend(
             store=storage.store,
             directory=storage.directory,
@@ -73,15 +95,32 @@ def _open_store(args: argparse.Namespace) -> Backend:
     )
 
 
-def _keyring() -> Keyring:
-    """Keys from ``EMAIL_CHANGE_KEYS``: ``id=base64,id=base64``; the first one is current."""
-    raw = os.environ.get(KEYS_ENV, "").strip()
-    if not raw:
-        raise CliError(f"set {KEYS_ENV} to 'key-id=<base64 key of 32+ bytes>[,older-id=...]'")
-    try:
-        return parse_keyring(raw)
-    except ValueError as exc:
-        raise CliError(f"{KEYS_ENV}: {exc}") from None
+def _keyring(args: argparse.Namespace) -> Keyring:
+    """The keys (see :func:`_keyring_and_source` for where they come from)."""
+    return _keyring_and_source(args)[0]
+
+
+def _keyring_and_source(args: argparse.Namespace) -> tuple[Keyring, str]:
+    """The keys and where they came from, in this order of precedence.
+
+    1. ``EMAIL_CHANGE_KEYS`` (``id=base64,id=base64``; the first one is current), when set;
+    2. the embedded default's ``keys.json`` in the folder of the ``--sqlite`` file, when there is
+       one (the development key ``demo`` and ``serve`` write);
+    3. otherwise a configuration error.
+    """
+    from email_change.adapters.embedded import KEY_FILE, keyring_from_environment, read_key_file
+
+    from_environment = keyring_from_environment()
+    if from_environment is not None:
+        return from_environment, KEYS_ENV
+    sqlite = getattr(args, "sqlite", None)
+    if sqlite and (Path(sqlite).parent / KEY_FILE).is_file():
+        key_file = Path(sqlite).parent / KEY_FILE
+        return read_key_file(key_file), str(key_file)
+    raise CliError(
+        f"set {KEYS_ENV} to 'key-id=<base64 key of 32+ bytes>[,older-id=...]' (or use --sqlite "
+        f"on a folder of the embedded default, whose {KEY_FILE} is then used)"
+    )
 
 
 def _mailer(args: argparse.Namespace) -> Mailer:
@@ -125,10 +164,13 @@ def _mail_settings(args: argparse.Namespace) -> MailSettings:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from email_change import _demo
 
-    return _demo.main(folder=None if args.memory else Path(args.var))
+    try:
+        return _demo.main(folder=None if args.memory else Path(args.var))
+    except _demo.DemoFolderError as exc:
+        raise CliError(str(exc)) from None
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:  # pragma: no cover - runs a server until stopped
+def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
@@ -136,12 +178,44 @@ def _cmd_serve(args: argparse.Namespace) -> int:  # pragma: no cover - runs a se
     except ImportError:
         raise CliError("serve needs the web extra: pip install 'email_change[web]'") from None
     public_url = f"http://{args.host}:{args.port}"
+    # Everything that can fail (keys, folder, database, the port) fails before "serving on".
     app = create_demo_app(embedded_wiring(Path(args.var)), public_url=public_url)
+    listener = _listen(args.host, args.port)
     print(
         f"serving the demo on {public_url}/ (data in {args.var}); stop with Ctrl-C", file=sys.stderr
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
+    _serve_until_stopped(uvicorn.Server(config), listener)
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening, or a one-line :class:`CliError`."""
+    # The address family as uvicorn chooses it: IPv6 for an address with a colon, else IPv4.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CliError(f"--host {host}: {exc.strerror}") from None
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(
+                f"port {port} on {host} is in use (another server?): choose another --port"
+            ) from None
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return listener
+
+
+def _serve_until_stopped(server: uvicorn.Server, listener: socket.socket) -> None:
+    server.run(sockets=[listener])  # pragma: no cover - serves until stopped
 
 
 def _cmd_diagram(args: argparse.Namespace) -> int:
@@ -163,18 +237,11 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
 
 
 def _cmd_relay(args: argparse.Namespace) -> int:
-    backend = _open_store(args)
     if args.dead_letters:
-        # What an operator reads: ids, kinds, times and errors; never an address or a secret.
-        for item in backend.store.dead_outbox(args.limit):
-            effect = item.effect
-            kind = effect.kind.value if isinstance(effect, MailEffect) else effect.action.value
-            dead_at = item.dead_at.isoformat() if item.dead_at else "?"
-            print(
-                f"{dead_at} {item.id} {kind} procedure={effect.procedure_id}"
-                f" attempts={item.attempts} error={item.last_error}"
-            )
-        return 0
+        return _list_dead_letters(args)
+    # The configuration first: a mistake there must not leave a new database file behind.
+    keyring, mailer, mail_settings = _keyring(args), _mailer(args), _mail_settings(args)
+    backend = _open_store(args)
     if not args.once and not backend.durable:
         raise CliError("the relay loop needs a durable store: --sqlite PATH or --postgres DSN")
     from email_change.adapters.audit_log import LoggingAuditSink
@@ -183,12 +250,12 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     # delivered, the service withdraws the registration, so the insured can log in again.
     relay = build_service(
         store=backend.store,
-        mailer=_mailer(args),
+        mailer=mailer,
         directory=backend.directory,
         registry=backend.registry,
         audit=LoggingAuditSink(),
-        keyring=_keyring(),
-        mail_settings=_mail_settings(args),
+        keyring=keyring,
+        mail_settings=mail_settings,
     ).relay
     if args.once:
         report = relay.run_once(args.limit)
@@ -212,7 +279,21 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_dead_letters(args: argparse.Namespace) -> int:
+    # What an operator reads: ids, kinds, times and errors; never an address or a secret.
+    for item in _open_store(args).store.dead_outbox(args.limit):
+        effect = item.effect
+        kind = effect.kind.value if isinstance(effect, MailEffect) else effect.action.value
+        dead_at = item.dead_at.isoformat() if item.dead_at else "?"
+        print(
+            f"{dead_at} {item.id} {kind} procedure={effect.procedure_id}"
+            f" attempts={item.attempts} error={item.last_error}"
+        )
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    keyring = _keyring(args)
     backend = _open_store(args)
     if not backend.durable:
         raise CliError("sweep needs the store to sweep: --sqlite PATH or --postgres DSN")
@@ -224,7 +305,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         directory=backend.directory,
         registry=backend.registry,
         audit=LoggingAuditSink(),
-        keyring=_keyring(),
+        keyring=keyring,
         mail_settings=MailSettings(
             confirm_url="https://unused.invalid/c", revert_url="https://unused.invalid/r"
         ),
@@ -242,11 +323,28 @@ def _cmd_import_cards(args: argparse.Namespace) -> int:
         raise CliError("this store has no card registry to import into")
     try:
         with Path(args.csv).open(encoding="utf-8", newline="") as rows:
-            count = importer(rows)
+            imported = importer(rows)
     except OSError as exc:
         raise CliError(f"cannot read {args.csv}: {exc.strerror}") from None
-    print(f"imported {count} card(s)")
+    except CardImportError as exc:  # line, column and reason; never the value itself
+        raise CliError(f"{args.csv}: {exc}; nothing was imported") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(
+            f"{args.csv}: not UTF-8 text (byte {exc.start}); save it as UTF-8; nothing was imported"
+        ) from None
+    except csv.Error as exc:
+        raise CliError(f"{args.csv}: not a CSV file the import can read ({exc})") from None
+    print(f"imported {imported} card(s)")
     return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from email_change import _check
+
+    results = _check.run(args)
+    for result in results:
+        print(result)
+    return 1 if any(r.status == _check.FAILED for r in results) else 0
 
 
 class _NoMail:
@@ -261,44 +359,60 @@ class _NoMail:
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--sqlite", metavar="PATH", help="SQLite database file")
+    group.add_argument(
+        "--sqlite",
+        metavar="PATH",
+        help="SQLite database file (keys.json beside it is used when EMAIL_CHANGE_KEYS is unset)",
+    )
     group.add_argument("--postgres", metavar="DSN", help="PostgreSQL connection string")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Tools around email_change, the account e-mail change procedure of a compte "
         "ameli. Run 'email-change COMMAND --help' for each command.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = commands.add_parser(
+    def command(name: str, summary: str, *, description: str, epilog: str | None = None) -> Parser:
+        sub: Parser = commands.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=epilog,
+            formatter_class=HelpFormatter,
+        )
+        return sub
+
+    demo = command(
         "demo",
-        help="run the scripted journey",
+        "run the scripted journey",
         description="Run the whole procedure with a fake clock and print a transcript a newcomer "
         "can read. By default on the embedded default in --var (SQLite file, mails as .eml files "
         "in outbox/): run it again and it resumes or starts afresh, and says which.",
     )
-    demo.add_argument("--var", default="var/demo", metavar="DIR", help="default: var/demo")
+    demo.add_argument("--var", default="var/demo", metavar="DIR", help=EMBEDDED_FOLDER)
     demo.add_argument("--memory", action="store_true", help="keep nothing: in-memory adapters")
     demo.set_defaults(handler=_cmd_demo)
 
-    serve = commands.add_parser(
+    serve = command(
         "serve",
-        help="serve the reference web app (demo)",
+        "serve the reference web app (demo)",
         description="Serve the French web UI and the JSON API on the embedded default (SQLite, "
         "file outbox) with a seeded demo insured and card; the demo mailbox page shows the mails. "
         "Needs the web extra. Never for production.",
     )
-    serve.add_argument("--var", default="var/serve", metavar="DIR", help="default: var/serve")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--var", default="var/serve", metavar="DIR", help=EMBEDDED_FOLDER)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=port, default=8000, help="TCP port to listen on")
     serve.set_defaults(handler=_cmd_serve)
 
-    diagram = commands.add_parser(
+    diagram = command(
         "diagram",
-        help="print the state diagram",
+        "print the state diagram",
         description="Print the state diagram generated from EmailChangeMachine: Mermaid "
         "(paste into Markdown) or Graphviz dot (needs the 'diagrams' extra: pydot).",
     )
@@ -310,15 +424,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     diagram.set_defaults(handler=_cmd_diagram)
 
-    relay = commands.add_parser(
+    relay = command(
         "relay",
-        help="deliver the outbox (mails and account changes)",
+        "deliver the outbox (mails and account changes)",
         description="Deliver the effects the procedure owes, with retries and backoff. "
-        "Needs the same keys (EMAIL_CHANGE_KEYS) and link URLs as the service, and the same "
-        "store: --sqlite PATH or --postgres DSN (the account changes go to the reference account "
-        "directory in that database; a host with its own directory runs its service's relay). "
-        "Exit status 1 if any delivery failed (it is retried) or was given up on (a dead letter: "
-        "a permanent refusal, or a mail still undelivered a day after it was owed).",
+        "Needs the same keys (EMAIL_CHANGE_KEYS, or keys.json beside the --sqlite file) and link "
+        "URLs as the service, and the same store: --sqlite PATH or --postgres DSN (the account "
+        "changes go to the reference account directory in that database; a host with its own "
+        "directory runs its service's relay). Exit status 1 if any delivery failed (it is "
+        "retried) or was given up on (a dead letter: a permanent refusal, or a mail still "
+        "undelivered a day after it was owed).",
         epilog=f"SMTP password: {SMTP_PASSWORD_ENV} (never on the command line).",
     )
     _store_options(relay)
@@ -328,44 +443,92 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list the items the relay gave up on (most recent first, at most --limit), then exit",
     )
-    relay.add_argument("--interval", type=float, default=2.0, help="idle seconds between passes")
-    relay.add_argument("--limit", type=int, default=100, help="items per pass")
-    relay.add_argument("--outbox-dir", metavar="DIR", help="write .eml files here instead of SMTP")
-    relay.add_argument("--smtp-host", metavar="HOST")
-    relay.add_argument("--smtp-port", type=int, metavar="PORT", help="default: by --smtp-security")
     relay.add_argument(
+        "--interval", type=seconds, default=2.0, metavar="SECONDS", help="idle time between passes"
+    )
+    relay.add_argument("--limit", type=count, default=100, metavar="N", help="items per pass")
+    _mail_options(relay)
+    relay.set_defaults(handler=_cmd_relay)
+
+    sweep = command(
+        "sweep",
+        "expire abandoned procedures",
+        description="Expire procedures whose deadline passed, through the state machine (one "
+        "audited transition each). Needs the keys (EMAIL_CHANGE_KEYS, or keys.json beside the "
+        "--sqlite file) and --sqlite PATH or --postgres DSN. For bulk expiry and purges at scale, "
+        "use the SQL Maintenance (docs/storage.md).",
+    )
+    _store_options(sweep)
+    sweep.add_argument("--limit", type=count, default=500, metavar="N", help="procedures per run")
+    sweep.set_defaults(handler=_cmd_sweep)
+
+    check = command(
+        "check",
+        "check the configuration, keys, store and SMTP server",
+        description="Check what the relay and the service would use, with the same options and "
+        "environment as relay: the configuration (link URLs, SMTP settings), the keys, the store "
+        "(opened read-only: schema version, nothing migrated) and the SMTP server (connect, EHLO, "
+        "STARTTLS and login as configured, within --smtp-timeout; no mail sent). One line each: "
+        "'NAME: ok|failed|skipped (detail)'. Exit status 0 if nothing failed, 1 if a check "
+        "failed, 2 for a usage error.",
+        epilog=f"SMTP password: {SMTP_PASSWORD_ENV} (never on the command line).",
+    )
+    _store_options(check)
+    _mail_options(check)
+    check.set_defaults(handler=_cmd_check)
+
+    cards = command(
+        "import-cards",
+        "load carte Vitale cards from a CSV file",
+        description="Import cards (insured id, serial, model, status) into the registry of a "
+        "SQL store. Needs --sqlite PATH or --postgres DSN.",
+    )
+    _store_options(cards)
+    cards.add_argument(
+        "csv", metavar="FILE.csv", help="UTF-8, with the header insured_id,serial,model,status"
+    )
+    cards.set_defaults(handler=_cmd_import_cards)
+    return parser
+
+
+def _mail_options(parser: argparse.ArgumentParser) -> None:
+    """Where mails go and where their links point: the relay's options."""
+    parser.add_argument(
+        "--outbox-dir", metavar="DIR", help="write .eml files here instead of using SMTP"
+    )
+    parser.add_argument("--smtp-host", metavar="HOST", help="the SMTP server")
+    parser.add_argument(
+        "--smtp-port",
+        type=port,
+        metavar="PORT",
+        help="default: by --smtp-security (587, 465 or 25)",
+    )
+    parser.add_argument(
         "--smtp-security",
         choices=["starttls", "tls", "none"],
         default="starttls",
         help="starttls (587), tls = implicit TLS (465), none (25, no login)",
     )
-    relay.add_argument("--smtp-user", metavar="USER", help="log in as USER (over TLS only)")
-    relay.add_argument("--smtp-timeout", type=float, default=10.0, metavar="SECONDS")
-    relay.add_argument("--confirm-url", default=os.environ.get("EMAIL_CHANGE_CONFIRM_URL"))
-    relay.add_argument("--revert-url", default=os.environ.get("EMAIL_CHANGE_REVERT_URL"))
-    relay.set_defaults(handler=_cmd_relay)
-
-    sweep = commands.add_parser(
-        "sweep",
-        help="expire abandoned procedures",
-        description="Expire procedures whose deadline passed, through the state machine (one "
-        "audited transition each). Needs EMAIL_CHANGE_KEYS and --sqlite PATH or --postgres DSN. "
-        "For bulk expiry and purges at scale, use the SQL Maintenance (docs/storage.md).",
+    parser.add_argument("--smtp-user", metavar="USER", help="log in as USER (over TLS only)")
+    parser.add_argument(
+        "--smtp-timeout",
+        type=seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="for the connection and each read or write",
     )
-    _store_options(sweep)
-    sweep.add_argument("--limit", type=int, default=500, help="procedures per run")
-    sweep.set_defaults(handler=_cmd_sweep)
-
-    cards = commands.add_parser(
-        "import-cards",
-        help="load carte Vitale cards from a CSV file",
-        description="Import cards (insured id, serial, model, status) into the registry of a "
-        "SQL store. Needs --sqlite PATH or --postgres DSN.",
+    parser.add_argument(
+        "--confirm-url",
+        default=os.environ.get("EMAIL_CHANGE_CONFIRM_URL"),
+        metavar="URL",
+        help="the page the confirmation link opens (or EMAIL_CHANGE_CONFIRM_URL)",
     )
-    _store_options(cards)
-    cards.add_argument("csv", metavar="FILE.csv")
-    cards.set_defaults(handler=_cmd_import_cards)
-    return parser
+    parser.add_argument(
+        "--revert-url",
+        default=os.environ.get("EMAIL_CHANGE_REVERT_URL"),
+        metavar="URL",
+        help="the page the notice's cancel link opens (or EMAIL_CHANGE_REVERT_URL)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -373,16 +536,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) and usage errors (2) already printed
+    except SystemExit as exc:  # --help, --version (0) and usage errors (2) already printed
         return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one exit status per kind of failure
+    where = f"{PROG} {args.command}"
     try:
-        return int(args.handler(args))
-    except CliError as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        status = int(args.handler(args))
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
+    except BrokenPipeError:  # the reader went away (| head): nothing left to say to it
+        _discard_stdout()
+        return 1
+    except KeyboardInterrupt:
+        _fail(f"{where}: interrupted")
+        return 130
+    except (CliError, KeyringError, SchemaTooNew) as exc:
+        _fail(f"{where}: error: {exc}")
+        return 2
+    except OSError as exc:  # a folder or file that cannot be created, read or written
+        where_in = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}: error: {where_in}{exc.strerror or type(exc).__name__}")
         return 2
     except EmailChangeError as exc:
-        print(f"{PROG} {args.command}: error: {exc.code}", file=sys.stderr)
+        _fail(f"{where}: error: {exc}")
         return 1
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        # The type only: an unexpected message may carry what must not be printed.
+        _fail(
+            f"{where}: internal error ({type(exc).__name__}); "
+            f"set {DEBUG_ENV}=1 to see the traceback, and please report it"
+        )
+        return 1
+    return status
+
+
+def _fail(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _discard_stdout() -> None:
+    # The interpreter flushes stdout again at exit; point it at /dev/null so that flush is silent.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor: nothing to redirect
+        pass
+    finally:
+        os.close(devnull)

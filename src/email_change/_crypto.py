@@ -23,7 +23,14 @@ from cryptography.hazmat.primitives import constant_time, hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["KeyedDigest", "Keyring", "SealedSecret", "UnknownKeyError", "parse_keyring"]
+__all__ = [
+    "KeyedDigest",
+    "Keyring",
+    "KeyringError",
+    "SealedSecret",
+    "UnknownKeyError",
+    "parse_keyring",
+]
 
 _MIN_MASTER_KEY = 32
 NONCE_BYTES = 12
@@ -31,6 +38,13 @@ NONCE_BYTES = 12
 
 class UnknownKeyError(LookupError):
     """A digest or sealed secret names a key id the keyring no longer holds."""
+
+
+class KeyringError(ValueError):
+    """A keyring's text form (``EMAIL_CHANGE_KEYS``, a key file) is malformed.
+
+    The message names the key id at fault, never a key.
+    """
 
 
 @attrs.frozen(kw_only=True)
@@ -185,7 +199,9 @@ def parse_keyring(text: str) -> Keyring:
     """A keyring from ``id=base64key[,older-id=base64key...]``; the first key is current.
 
     This is the form of the ``EMAIL_CHANGE_KEYS`` variable the command line and the embedded
-    default read. Raises ``ValueError`` with a message that never contains a key.
+    default read. Spaces around ids and keys are ignored. A malformed text, a key shorter than
+    32 bytes or a key id given twice raises :class:`KeyringError` (a ``ValueError``) with a
+    message that never contains a key.
 
     >>> import base64
     >>> parse_keyring("2026-11=" + base64.b64encode(b"k" * 32).decode())
@@ -193,15 +209,22 @@ def parse_keyring(text: str) -> Keyring:
     >>> parse_keyring("2026-11")
     Traceback (most recent call last):
     ...
-    ValueError: expected id=base64, got an entry without '='
+    email_change._crypto.KeyringError: expected id=base64, got an entry without '='
     """
     keys: dict[str, bytes] = {}
     for entry in text.strip().split(","):
-        key_id, sep, encoded = entry.strip().partition("=")
+        raw_id, sep, encoded = entry.partition("=")
+        key_id = raw_id.strip()
         if not sep:
-            raise ValueError("expected id=base64, got an entry without '='")
+            raise KeyringError("expected id=base64, got an entry without '='")
+        if key_id in keys:
+            # Keeping either key would silently stop verifying what the other one issued.
+            raise KeyringError(f"key id {key_id!r} appears twice: give each key its own id")
         try:
-            keys[key_id] = base64.b64decode(encoded, validate=True)
+            keys[key_id] = base64.b64decode(encoded.strip(), validate=True)
         except (binascii.Error, ValueError):
-            raise ValueError(f"key {key_id!r} is not valid base64") from None
-    return Keyring(keys=keys, current=next(iter(keys)))
+            raise KeyringError(f"key {key_id!r} is not valid base64") from None
+    try:
+        return Keyring(keys=keys, current=next(iter(keys)))
+    except ValueError as exc:
+        raise KeyringError(str(exc)) from None

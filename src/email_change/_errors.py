@@ -70,7 +70,7 @@ class EmailChangeError(Exception):
 
 @attrs.define(kw_only=True, eq=False, str=False)
 class InvalidCodeFormat(EmailChangeError):
-    """The code is not ``length`` ASCII digits (spaces ignored). No try is counted."""
+    """The code is not ``length`` ASCII digits (spaces and hyphens ignored). No try is counted."""
 
     code = "code.format"
     length: int

@@ -12,7 +12,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime, formataddr, getaddresses
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,17 @@ from urllib.parse import urlencode, urlsplit
 
 import attrs
 
-from email_change._errors import EmailChangeError
+from email_change._errors import EmailChangeError, InvalidAddress
 from email_change._records import MailEffect, MailKind, OutboxItem
 from email_change._values import CardModel, ascii_form, parse_address
 
-__all__ = ["MailSettings", "Messages"]
+__all__ = ["MAIL_KIND_HEADER", "MailSettings", "Messages", "is_addressed_to"]
 
 DEFAULT_LOCALE = "fr"
+#: Every mail says which one it is in this header, whatever its language or wording: a
+#: :class:`~email_change.MailKind` value (``security_code``, ``confirm_address``,
+#: ``previous_address_notice``). Hosts, tests and the demo tell mails apart by it, not by subject.
+MAIL_KIND_HEADER = "X-Email-Change-Kind"
 
 
 def _a_str(attribute: attrs.Attribute[str], value: object) -> str:
@@ -181,6 +185,7 @@ class Messages:
         # Stable per outbox item: a retried delivery carries the same id, so it can be deduplicated.
         message["Message-ID"] = f"<{item.id}@{settings.message_id_domain}>"
         message["Auto-Submitted"] = "auto-generated"
+        message[MAIL_KIND_HEADER] = effect.kind.value
         message.set_content(self.text(locale, *section, "text", **params))
         escaped = {k: html.escape(v, quote=True) for k, v in params.items()}
         html_body = self.text(locale, *section, "html", **escaped)
@@ -191,6 +196,30 @@ class Messages:
         # After the parts: set_content() clears every Content-* header set before it.
         message["Content-Language"] = locale
         return message
+
+
+def is_addressed_to(message: EmailMessage, address: str) -> bool:
+    """Whether ``address`` is among the ``To`` recipients of ``message``.
+
+    Addresses compare as the procedure compares them: case-insensitively, and a domain in its
+    Unicode form (``exämple.fr``) is the same as in its IDNA form (``xn--exmple-cua.fr``); a
+    display name is ignored.
+
+    >>> message = EmailMessage()
+    >>> message["To"] = "Jeanne Martin <Jeanne.Martin@Exämple.fr>"
+    >>> is_addressed_to(message, "jeanne.martin@xn--exmple-cua.fr")
+    True
+    """
+    wanted = _address_key(address)
+    headers = [str(h) for h in message.get_all("To", [])]
+    return any(_address_key(addr) == wanted for _, addr in getaddresses(headers) if addr)
+
+
+def _address_key(text: str) -> str:
+    try:
+        return parse_address(text, allow_smtputf8=True).key
+    except InvalidAddress:
+        return text.strip().casefold()  # not an address: compared as written, case aside
 
 
 def _require(secret: str | None) -> str:

@@ -1,6 +1,7 @@
 """Value objects and input normalisation (pure).
 
-Codes and serials are ASCII digits once spaces are removed: ``str.isdigit`` would accept
+Codes and serials are ASCII digits once the characters of :data:`_SPACES` are removed (space,
+tab, no-break space, narrow no-break space, thin space, hyphen): ``str.isdigit`` would accept
 U+0660 (ARABIC-INDIC DIGIT ZERO) and friends, so the check is against ``string.digits``.
 Addresses go through ``email-validator`` (syntax, IDNA, lengths), never a hand-written regex.
 """
@@ -36,7 +37,8 @@ __all__ = [
 ]
 
 _ASCII_DIGITS = frozenset(string.digits)
-#: Spaces a person or a copy-paste may put inside a code or a serial.
+#: What a person or a copy-paste may put inside a code or a serial: space, tab, no-break space,
+#: narrow no-break space, thin space, hyphen-minus (the docs list them: keep them in step).
 _SPACES = str.maketrans("", "", " \t\u00a0\u202f\u2009-")
 #: Anything longer is refused before any parsing work (bounded time on hostile input).
 MAX_INPUT_LENGTH = 512

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from email_change._bootstrap import build_service
-from email_change._crypto import Keyring, parse_keyring
+from email_change._crypto import Keyring, KeyringError, parse_keyring
 from email_change._messages import MailSettings
 from email_change._policy import Policy
 from email_change._ports import Clock, RandomSource
@@ -33,17 +33,59 @@ from email_change.adapters.audit_log import JsonLinesAuditSink
 from email_change.adapters.file_outbox import FileOutbox
 from email_change.adapters.sql import SQLStorage, open_sqlite
 
-__all__ = ["KEYS_ENV", "EmbeddedDefault", "open_embedded"]
+__all__ = [
+    "KEYS_ENV",
+    "KEY_FILE",
+    "EmbeddedDefault",
+    "keyring_from_environment",
+    "open_embedded",
+    "read_key_file",
+]
 
 #: Keys from the environment win over the folder's key file: ``id=base64[,old-id=base64]``.
 KEYS_ENV = "EMAIL_CHANGE_KEYS"
+#: The development key file, in the folder beside the SQLite database.
+KEY_FILE = "keys.json"
+
+
+def keyring_from_environment() -> Keyring | None:
+    """The keyring in ``EMAIL_CHANGE_KEYS``, or ``None`` when it is unset or empty.
+
+    A malformed value raises :class:`~email_change._crypto.KeyringError` naming the variable.
+    """
+    raw = os.environ.get(KEYS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return parse_keyring(raw)
+    except KeyringError as exc:
+        raise KeyringError(f"{KEYS_ENV}: {exc}") from None
+
+
+def read_key_file(path: Path) -> Keyring:
+    """The keyring in a development key file; :class:`KeyringError` if it is not one.
+
+    ``OSError`` (a file that cannot be read) propagates.
+    """
+    content = path.read_bytes()
+    try:
+        data = json.loads(content)
+        keys = {str(k): base64.b64decode(v, validate=True) for k, v in data["keys"].items()}
+        current = data["current"]
+    except (ValueError, LookupError, TypeError, AttributeError):
+        # No detail: a parser's message may quote the file, and the file holds keys.
+        raise KeyringError(f"{path}: not a key file written by email_change") from None
+    try:
+        return Keyring(keys=keys, current=current)
+    except ValueError as exc:  # its messages name key ids, never keys
+        raise KeyringError(f"{path}: {exc}") from None
 
 
 def _keyring(folder: Path) -> Keyring:
-    raw = os.environ.get(KEYS_ENV, "").strip()
-    if raw:
-        return parse_keyring(raw)
-    path = folder / "keys.json"
+    from_environment = keyring_from_environment()
+    if from_environment is not None:
+        return from_environment
+    path = folder / KEY_FILE
     if not path.exists():
         # A development key, readable by this user only. Production keys come from a vault.
         key_id = "local-1"
@@ -54,10 +96,7 @@ def _keyring(folder: Path) -> Keyring:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(data, out)
-    data = json.loads(path.read_text("utf-8"))
-    return Keyring(
-        keys={k: base64.b64decode(v) for k, v in data["keys"].items()}, current=data["current"]
-    )
+    return read_key_file(path)
 
 
 @attrs.frozen(kw_only=True)
@@ -101,10 +140,11 @@ def open_embedded(folder: Path | str, **sqlite: Any) -> EmbeddedDefault:
     """Open (creating on first use) the embedded default in ``folder``."""
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
+    keyring = _keyring(root)  # before the database: a bad key leaves nothing open
     return EmbeddedDefault(
         folder=root,
         storage=open_sqlite(root / "email_change.sqlite3", **sqlite),
         outbox=FileOutbox(root / "outbox"),
         audit=JsonLinesAuditSink(root / "audit.jsonl"),
-        keyring=_keyring(root),
+        keyring=keyring,
     )

@@ -21,6 +21,7 @@ import attrs
 
 from email_change._errors import ConcurrentUpdate, ServiceUnavailable
 from email_change._machine import FINAL_STATES, ExpiryCutoff
+from email_change._messages import is_addressed_to
 from email_change._ports import DeliveryRefused
 from email_change._records import (
     AuditRecord,
@@ -107,8 +108,21 @@ class InMemoryMailer:
             self.outbox.append(message)
 
     def to(self, address: str) -> list[EmailMessage]:
-        """Messages sent to ``address``, oldest first."""
-        return [m for m in self.outbox if m["To"] == address]
+        """Messages sent to ``address``, oldest first.
+
+        Addresses compare as the procedure compares them (:func:`is_addressed_to`):
+        case-insensitively, and a domain in its Unicode form (``exämple.fr``) is the same as in
+        its IDNA form (``xn--exmple-cua.fr``). Every address of the ``To`` header counts; a
+        display name is ignored.
+
+        >>> from email.message import EmailMessage
+        >>> mailer, message = InMemoryMailer(), EmailMessage()
+        >>> message["To"] = "Jeanne.Martin@Exämple.fr"
+        >>> mailer.send(message)
+        >>> len(mailer.to("jeanne.martin@xn--exmple-cua.fr"))
+        1
+        """
+        return [m for m in self.outbox if is_addressed_to(m, address)]
 
 
 class InMemoryVitaleRegistry:
@@ -158,8 +172,9 @@ class InMemoryAccountDirectory:
         return account.pending if account else None
 
     def sessions_ended_at(self, insured_id: str) -> datetime | None:
-        """When the insured's sessions were last ended."""
-        return self._accounts[insured_id].sessions_ended_at
+        """When the insured's sessions were last ended (``None``: never, or no such account)."""
+        account = self._accounts.get(insured_id)
+        return account.sessions_ended_at if account else None
 
     def register_pending(self, insured_id: str, address: EmailAddress, *, at: datetime) -> None:
         with self._lock:
@@ -373,6 +388,9 @@ class InMemoryProcedureStore:
     # for tests
 
     def snapshot(self) -> tuple[dict[str, str], tuple[str, ...], dict[str, str]]:
-        """The stored bytes: procedures, ledger, outbox."""
+        """The stored bytes: procedures and outbox items by id, ledger entries in order (JSON).
+
+        Two equal snapshots mean nothing was written in between.
+        """
         with self._lock:
             return dict(self._procedures), tuple(self._ledger), dict(self._outbox)

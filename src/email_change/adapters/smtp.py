@@ -21,9 +21,11 @@ False
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import smtplib
 import ssl
+from collections.abc import Iterator
 from email.message import EmailMessage
 
 import attrs
@@ -104,34 +106,13 @@ class SmtpMailer:
         """Deliver ``message`` to its ``To`` recipients, or raise: :class:`DeliveryRefused` when
         it can never be delivered, else ``smtplib.SMTPException`` or ``OSError`` (including
         ``TimeoutError`` and ``ssl.SSLError``), to be retried."""
-        s = self.settings
-        client: smtplib.SMTP
-        if s.security is SmtpSecurity.TLS:
-            client = smtplib.SMTP_SSL(
-                s.host,
-                s.port,
-                local_hostname=s.local_hostname,
-                timeout=s.timeout,
-                context=self._context,
-            )
-        else:
-            client = smtplib.SMTP(
-                s.host, s.port, local_hostname=s.local_hostname, timeout=s.timeout
-            )
-        with client:
-            client.ehlo()
-            if s.security is SmtpSecurity.STARTTLS:
-                # SMTPNotSupportedError if the server does not offer it: no clear-text fallback.
-                client.starttls(context=self._context)
-                client.ehlo()
-            if s.username is not None and s.password is not None:
-                client.login(s.username, s.password)
+        with self._session() as client:
             if _needs_smtputf8(message) and not client.has_extn("smtputf8"):
                 # Domains already go out in ASCII (A-labels): only a non-ASCII local part is left,
                 # and no retry on this server will deliver it.
                 raise DeliveryRefused("the recipient needs SMTPUTF8, which the server lacks")
             try:
-                refused = client.send_message(message, from_addr=s.envelope_from)
+                refused = client.send_message(message, from_addr=self.settings.envelope_from)
             except smtplib.SMTPRecipientsRefused as exc:
                 _permanent_if_all_5xx(exc.recipients, exc)
                 raise
@@ -144,6 +125,49 @@ class SmtpMailer:
                 failure = smtplib.SMTPRecipientsRefused(refused)
                 _permanent_if_all_5xx(refused, failure)
                 raise failure
+
+    def probe(self) -> str:
+        """Check that the server takes a session as :meth:`send` opens it; send nothing.
+
+        Connects, says EHLO, upgrades with STARTTLS and logs in when the settings ask for them,
+        then quits. Returns what was done, e.g. ``"EHLO, STARTTLS, login"``; raises as
+        :meth:`send` does. For health checks (``email-change check``).
+        """
+        steps = ["EHLO"]
+        with self._session(steps) as client:
+            client.noop()
+        return ", ".join(steps)
+
+    @contextlib.contextmanager
+    def _session(self, steps: list[str] | None = None) -> Iterator[smtplib.SMTP]:
+        """A connection that said EHLO, upgraded to TLS and logged in as the settings say."""
+        s = self.settings
+        done = steps if steps is not None else []
+        client: smtplib.SMTP
+        if s.security is SmtpSecurity.TLS:
+            client = smtplib.SMTP_SSL(
+                s.host,
+                s.port,
+                local_hostname=s.local_hostname,
+                timeout=s.timeout,
+                context=self._context,
+            )
+            done.insert(0, "TLS")
+        else:
+            client = smtplib.SMTP(
+                s.host, s.port, local_hostname=s.local_hostname, timeout=s.timeout
+            )
+        with client:
+            client.ehlo()
+            if s.security is SmtpSecurity.STARTTLS:
+                # SMTPNotSupportedError if the server does not offer it: no clear-text fallback.
+                client.starttls(context=self._context)
+                client.ehlo()
+                done.append("STARTTLS")
+            if s.username is not None and s.password is not None:
+                client.login(s.username, s.password)
+                done.append(f"login as {s.username}")
+            yield client
 
 
 def _needs_smtputf8(message: EmailMessage) -> bool:
