@@ -12,6 +12,7 @@ import pytest
 
 from email_change._cli import main
 from email_change.adapters.sql import open_postgres, open_sqlite
+from email_change.adapters.sql._migrations import LATEST
 from tests.smtp_server import (
     HOST,
     PASSWORD,
@@ -78,7 +79,7 @@ def test_all_good_against_the_real_smtp_server(
     assert status == 0
     assert lines["configuration"].startswith("ok (links to https://ameli.example/c and")
     assert lines["keys"] == "ok (current key 'k1', 2 keys, from EMAIL_CHANGE_KEYS)"
-    assert lines["store"] == f"ok (SQLite {db}: schema version 3)"
+    assert lines["store"] == f"ok (SQLite {db}: schema version {LATEST})"
     assert lines["smtp"] == f"ok ({HOST}:{plain_port} answered: EHLO)"
     assert sink.envelopes == []  # no mail was sent
 
@@ -246,7 +247,7 @@ def test_store_problems_fail_the_store_line_and_change_nothing(
     status, lines = check(capsys, "--sqlite", str(empty), *URLS)
     assert status == 0
     assert lines["store"] == (
-        f"ok (SQLite {empty}: schema version 0, migrated to 3 when the service opens it)"
+        f"ok (SQLite {empty}: schema version 0, migrated to {LATEST} when the service opens it)"
     )
     with sqlite3.connect(empty) as conn:  # still empty: nothing migrated
         assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
@@ -258,7 +259,9 @@ def test_store_problems_fail_the_store_line_and_change_nothing(
         conn.execute("INSERT INTO schema_version VALUES (9, 'future', '2030-01-01T00:00:00Z')")
     conn.close()
     status, lines = check(capsys, "--sqlite", str(newer), *URLS)
-    assert status == 1 and "schema version 9 is newer than this release's 3" in lines["store"]
+    assert (
+        status == 1 and f"schema version 9 is newer than this release's {LATEST}" in lines["store"]
+    )
 
     garbage = tmp_path / "garbage.sqlite3"
     garbage.write_bytes(b"not a database, not at all, not even close" * 10)
@@ -294,7 +297,7 @@ def test_a_migrated_postgres_is_ok(
     dsn = f"{pg_dsn}{separator}options=-csearch_path%3D{pg_schema}"
     status, lines = check(capsys, "--postgres", dsn, *URLS)
     assert status == 0
-    assert lines["store"] == "ok (PostgreSQL: schema version 3)"
+    assert lines["store"] == f"ok (PostgreSQL: schema version {LATEST})"
 
 
 def test_a_bad_option_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,7 @@ embedded default's ``keys.json`` beside the ``--sqlite`` file, else a one-line e
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,8 @@ def folder_with_a_pending_mail(folder: Path) -> Path:
             mail_settings=ec.MailSettings(
                 confirm_url="https://ameli.example/c", revert_url="https://ameli.example/r"
             ),
-            clock=memory.FakeClock(datetime(2020, 1, 1, tzinfo=UTC)),  # long past: it is due
+            # A minute ago: due, and young enough to be retried rather than given up.
+            clock=memory.FakeClock(datetime.now(UTC) - timedelta(minutes=1)),
         )
         service.start("insured-1")
     return folder / "email_change.sqlite3"

@@ -6,7 +6,7 @@ receiving side (stable Message-ID per outbox item, idempotent directory calls), 
 a crash between "sent" and "marked sent" is recognisable as the same message.
 
 An item that can never be delivered ends as a *dead letter*, visibly: a permanent refusal
-(:class:`~email_change.DeliveryRefused` from the mailer, a sealed secret whose key is gone) at
+(:class:`~email_change.DeliveryRefused` from the mailer, a sealed secret tampered with) at
 once; a mail still failing :attr:`Backoff.give_up_after` after it was owed (an account change
 is never given up for a temporary failure: it is retried until the directory takes it).
 The item leaves the queue (``dead_at`` set, its sealed secret dropped), an audit record says so
@@ -245,9 +245,14 @@ class OutboxRelay:
             if effect.sealed is not None:
                 try:
                     secret = self._keyring.open(effect.sealed, associated=item.id)
-                except (UnknownKeyError, ValueError) as exc:
-                    # Its key was removed, or it was tampered with: no retry will open it.
-                    raise DeliveryRefused("the mail's sealed secret cannot be opened") from exc
+                except UnknownKeyError:
+                    # Its key was removed, or this relay was started with the wrong keys: a
+                    # temporary failure (the mail dies after give_up_after), never a reason to
+                    # bury every pending mail at once because of one misconfigured process.
+                    raise
+                except ValueError as exc:
+                    # Tampered with: no retry will open it.
+                    raise DeliveryRefused("the mail's sealed secret failed authentication") from exc
             self._mailer.send(self._messages.render(item, secret, self._settings))
             return
         self._apply_account(effect, item.created_at)
