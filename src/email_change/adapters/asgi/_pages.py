@@ -1,4 +1,6 @@
-"""Rendering and plumbing shared by the web UI's pages, and the app's exception handlers."""
+"""What the web UI's pages share: the templates, form reading, redirects and flash messages, and
+the exception handlers that answer a page or a problem depending on the path.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import jinja2
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
@@ -17,21 +20,25 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from email_change._errors import EmailChangeError
 from email_change._messages import Messages
 from email_change._service import EmailChangeService
-from email_change.adapters._asgi_common import (
-    SESSION_INSURED,
-    ApiProblem,
-    Authenticator,
-    InsuredHook,
-    WebSettings,
-    error_fields,
-    pick_locale,
-    problem,
-)
+from email_change.adapters.asgi._http import ApiProblem, error_fields, is_api, pick_locale, problem
+from email_change.adapters.asgi._sessions import SESSION_INSURED
+from email_change.adapters.asgi._settings import Authenticator, InsuredHook, WebSettings
+
+__all__ = [
+    "PageContext",
+    "Pages",
+    "exception_handlers",
+    "flash",
+    "form_choice",
+    "form_text",
+    "read_form",
+    "redirect",
+]
 
 log = logging.getLogger("email_change.web")
 
 _env = jinja2.Environment(
-    loader=jinja2.PackageLoader("email_change.adapters", "templates"),
+    loader=jinja2.PackageLoader("email_change.adapters.asgi", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
@@ -50,11 +57,19 @@ _env.globals["suggestions"] = {
 }
 
 
-def _is_api(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or request.url.path == "/openapi.json"
+@attrs.frozen(kw_only=True)
+class PageContext:
+    """What every page handler needs: the service, texts, settings and the host's hooks."""
+
+    service: EmailChangeService
+    messages: Messages
+    settings: WebSettings
+    hook: InsuredHook
+    authenticate: Authenticator | None
+    account_address: Callable[[str], str | None] | None
 
 
-def _page(
+def _render(
     request: Request,
     settings: WebSettings,
     messages: Messages,
@@ -82,15 +97,17 @@ def _page(
     return HTMLResponse(body, status_code=status)
 
 
-def _flash(request: Request, kind: str, text: str) -> None:
+def flash(request: Request, kind: str, text: str) -> None:
+    """A message shown once, on the next page (``kind``: ``status`` or ``error``)."""
     request.session["flash"] = {"kind": kind, "text": text}
 
 
-def _redirect(url: str) -> RedirectResponse:
+def redirect(url: str) -> RedirectResponse:
+    """A 303 to a path of this app (relative: the Host header never builds it)."""
     return RedirectResponse(url, status_code=303)
 
 
-async def _form(request: Request) -> FormData:
+async def read_form(request: Request) -> FormData:
     """The posted form, after checking its synchronizer token against the session's."""
     form = await request.form(max_files=0, max_fields=20, max_part_size=4096)
     sent, kept = form.get("csrf_token"), request.session.get("csrf")
@@ -103,44 +120,47 @@ async def _form(request: Request) -> FormData:
     return form
 
 
-def _text(form: FormData, name: str) -> str:
+def form_text(form: FormData, name: str) -> str:
+    """A text field of the form; ``""`` when missing or a file."""
     value = form.get(name)
     return value if isinstance(value, str) else ""
 
 
-def _choice(form: FormData, name: str) -> bool | None:
-    return {"oui": True, "non": False}.get(_text(form, name))
+def form_choice(form: FormData, name: str) -> bool | None:
+    """A yes/no radio pair: ``True``, ``False``, or ``None`` when nothing was chosen."""
+    return {"oui": True, "non": False}.get(form_text(form, name))
 
 
 class Pages:
-    """What every page handler needs: the service, texts, settings and the auth hooks."""
+    """Base of the page handlers: rendering, texts and the logged-in insured."""
 
-    def __init__(
-        self,
-        *,
-        service: EmailChangeService,
-        messages: Messages,
-        settings: WebSettings,
-        hook: InsuredHook,
-        authenticate: Authenticator | None,
-        account_address: Callable[[str], str | None] | None,
-    ) -> None:
-        self.service, self.messages, self.settings = service, messages, settings
-        self.hook, self.authenticate, self.account_address = hook, authenticate, account_address
+    def __init__(self, context: PageContext) -> None:
+        self.context = context
+        self.service, self.messages, self.settings = (
+            context.service,
+            context.messages,
+            context.settings,
+        )
+        self.hook, self.authenticate = context.hook, context.authenticate
+        self.account_address = context.account_address
 
     def page(self, request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
-        return _page(request, self.settings, self.messages, template, status, **ctx)
+        """A rendered page."""
+        return _render(request, self.settings, self.messages, template, status, **ctx)
 
     def error_text(self, error: EmailChangeError) -> str:
+        """The message of a library error, in the page's language."""
         return self.messages.error_message(error, "fr")
 
-    def _insured(self, request: Request) -> str:
+    def insured(self, request: Request) -> str:
+        """The logged-in insured, or a 401 (a redirect to the login page when there is one)."""
         insured = self.hook(request)
         if not insured:
             raise HTTPException(401, "login")
         return insured
 
-    def _login_needed(self, request: Request) -> HTMLResponse:
+    def login_needed(self, request: Request) -> HTMLResponse:
+        """The page for a visitor who is not logged in, when the host does the login."""
         return self.page(
             request,
             "error.html",
@@ -148,25 +168,35 @@ class Pages:
             message="Connectez-vous à votre compte pour accéder à cette page.",
         )
 
-    # --- demo mailbox ----------------------------------------------------------------------------
-
 
 # --- exception handlers: problem+json under /api, pages elsewhere ----------------------------
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
-def error_handler(messages: Messages, settings: WebSettings) -> Handler:
+def exception_handlers(
+    messages: Messages, settings: WebSettings, *, login_page: bool
+) -> dict[Any, Handler]:
+    """The app's exception handlers, for Starlette's ``exception_handlers``."""
+    return {
+        EmailChangeError: _error_handler(messages, settings),
+        ApiProblem: _problem_handler,
+        HTTPException: _http_error_handler(messages, settings, login_page=login_page),
+        Exception: _server_error_handler(messages),
+    }
+
+
+def _error_handler(messages: Messages, settings: WebSettings) -> Handler:
     """Typed library errors that reached the top."""
 
     async def handle(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EmailChangeError)  # noqa: S101 - registered for this class
-        if _is_api(request):
+        if is_api(request):
             locale = pick_locale(request, messages)
             return problem(
                 exc.http_status, exc.code, messages.error_message(exc, locale), **error_fields(exc)
             )
-        return _page(
+        return _render(
             request,
             settings,
             messages,
@@ -178,7 +208,7 @@ def error_handler(messages: Messages, settings: WebSettings) -> Handler:
     return handle
 
 
-async def problem_handler(_request: Request, exc: Exception) -> Response:
+async def _problem_handler(_request: Request, exc: Exception) -> Response:
     """Refusals of the HTTP layer (bad body, no authentication)."""
     assert isinstance(exc, ApiProblem)  # noqa: S101 - registered for this class
     return problem(exc.status, exc.code, exc.detail)
@@ -193,7 +223,7 @@ _HTTP_TEXTS = {
 }
 
 
-def http_error_handler(messages: Messages, settings: WebSettings, *, login_page: bool) -> Handler:
+def _http_error_handler(messages: Messages, settings: WebSettings, *, login_page: bool) -> Handler:
     """404, 405, the web UI's 401 and CSRF refusals."""
 
     async def handle(request: Request, exc: Exception) -> Response:
@@ -204,17 +234,17 @@ def http_error_handler(messages: Messages, settings: WebSettings, *, login_page:
             404: "http.not_found",
             405: "http.method_not_allowed",
         }.get(exc.status_code, "http.error")
-        if _is_api(request):
+        if is_api(request):
             return problem(exc.status_code, code, str(exc.detail))
         if exc.status_code == 401 and login_page:
-            return _redirect("/connexion")
+            return redirect("/connexion")
         text = _HTTP_TEXTS.get(exc.status_code, messages.error_text("error", "fr"))
-        return _page(request, settings, messages, "error.html", exc.status_code, message=text)
+        return _render(request, settings, messages, "error.html", exc.status_code, message=text)
 
     return handle
 
 
-def server_error_handler(messages: Messages) -> Handler:
+def _server_error_handler(messages: Messages) -> Handler:
     """Anything unexpected: logged, answered without detail."""
 
     async def handle(request: Request, exc: Exception) -> Response:
@@ -225,7 +255,7 @@ def server_error_handler(messages: Messages) -> Handler:
             type(exc).__name__,
             exc_info=exc,
         )
-        if _is_api(request):
+        if is_api(request):
             return problem(500, "error", messages.error_text("error", "fr"))
         return HTMLResponse(
             "<!doctype html><title>Erreur</title><p>" + messages.error_text("error", "fr") + "</p>",

@@ -1,10 +1,11 @@
-"""The JSON endpoints of the ASGI adapter: one per facade operation."""
+"""The JSON API: one endpoint per facade operation, bodies checked field by field."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import attrs
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,17 +16,23 @@ from email_change._messages import Messages
 from email_change._service import EmailChangeService
 from email_change._values import Channel
 from email_change._views import ProcedureView
-from email_change.adapters._asgi_common import (
-    API_PREFIX,
-    MAX_BODY,
-    ApiProblem,
-    InsuredHook,
-    pick_locale,
-    view_json,
-)
+from email_change.adapters.asgi._http import API_PREFIX, MAX_BODY, ApiProblem, jsonable, pick_locale
+from email_change.adapters.asgi._settings import InsuredHook
+
+__all__ = ["Api", "view_json"]
 
 _API = API_PREFIX
 _MAX_BODY = MAX_BODY
+
+
+def view_json(view: ProcedureView, messages: Messages, locale: str) -> dict[str, Any]:
+    """The JSON form of a view, with the localised step hint and card help."""
+    body = {a.name: jsonable(getattr(view, a.name)) for a in attrs.fields(ProcedureView)}
+    body["card_help"] = [
+        {"model": m.value, "text": messages.card_help(m, locale)} for m in view.card_help
+    ]
+    body["hint"] = messages.text(locale, "steps", view.next_step.value)
+    return body
 
 
 class Api:

@@ -1,4 +1,4 @@
-"""The French web UI: server-rendered pages that walk the guide's steps (no JavaScript).
+"""The pages of the logged-in steps: "Mes informations" and steps 0 to 4 (no JavaScript).
 
 Each step page reads where the insured's open procedure stands and redirects to the right page,
 so the back button and a reload never break the walk. Every form post carries the session's
@@ -20,15 +20,22 @@ from starlette.routing import Route
 
 from email_change._errors import EmailChangeError
 from email_change._machine import AddressForm
-from email_change._messages import Messages
-from email_change._service import EmailChangeService
 from email_change._values import Channel, ConsentPurpose
 from email_change._views import NextStep, ProcedureView
-from email_change.adapters._asgi_common import Authenticator, InsuredHook, WebSettings, error_fields
-from email_change.adapters._asgi_links import Gate
-from email_change.adapters._asgi_render import Pages, _choice, _flash, _form, _redirect, _text
+from email_change.adapters.asgi._http import error_fields
+from email_change.adapters.asgi._pages import (
+    PageContext,
+    Pages,
+    flash,
+    form_choice,
+    form_text,
+    read_form,
+    redirect,
+)
 
-_STEP_URL = {
+__all__ = ["STEP_URL", "routes"]
+
+STEP_URL = {
     NextStep.ENTER_CODE: "/email/code",
     NextStep.ENTER_SERIAL: "/email/numero-de-serie",
     NextStep.ENTER_NEW_ADDRESS: "/email/nouvelle-adresse",
@@ -64,13 +71,13 @@ class _Steps(Pages):
 
     async def _current(self, request: Request, want: NextStep) -> ProcedureView | Response:
         """The open procedure if it is at ``want``, else a redirect to where it stands."""
-        view = await run_in_threadpool(self.service.current, self._insured(request))
+        view = await run_in_threadpool(self.service.current, self.insured(request))
         if view is None or view.next_step is NextStep.DONE:
             if view is not None and view.state == "expired":
-                _flash(request, "error", self.messages.error_text("procedure.expired", "fr"))
-            return _redirect("/mes-informations")
+                flash(request, "error", self.messages.error_text("procedure.expired", "fr"))
+            return redirect("/mes-informations")
         if view.next_step is not want:
-            return _redirect(_STEP_URL[view.next_step])
+            return redirect(STEP_URL[view.next_step])
         return view
 
     async def _step_post(
@@ -81,11 +88,11 @@ class _Steps(Pages):
         action: Callable[[str, str, FormData], ProcedureView],
         keep: Sequence[str] = (),
     ) -> Response:
-        form = await _form(request)
+        form = await read_form(request)
         current = await self._current(request, want)
         if isinstance(current, Response):
             return current
-        insured = self._insured(request)
+        insured = self.insured(request)
         try:
             view = await run_in_threadpool(action, insured, current.procedure_id, form)
         except EmailChangeError as exc:
@@ -94,7 +101,7 @@ class _Steps(Pages):
             # Step 4: the insured is logged out; only the masked address stays for the next page.
             request.session.clear()
             request.session["masked_new"] = view.new_address or ""
-        return _redirect(_STEP_URL[view.next_step])
+        return redirect(STEP_URL[view.next_step])
 
     async def _refused(
         self,
@@ -108,14 +115,14 @@ class _Steps(Pages):
         if exc.code == "consent.missing":
             field = str(error_fields(exc)["purpose"])
         if field is None and exc.code not in _PAGE_ERRORS:
-            _flash(request, "error", self.error_text(exc))
-            return _redirect("/mes-informations")
+            flash(request, "error", self.error_text(exc))
+            return redirect("/mes-informations")
         current = await self._current(request, _next_of(template))
         if isinstance(current, Response):
-            _flash(request, "error", self.error_text(exc))
+            flash(request, "error", self.error_text(exc))
             return current
         errors = {field or "page": {"text": self.error_text(exc), "code": exc.code}}
-        values = {name: _text(form, name) for name in keep}
+        values = {name: form_text(form, name) for name in keep}
         return self.page(
             request,
             template,
@@ -148,7 +155,7 @@ class _Steps(Pages):
     async def profile(self, request: Request) -> Response:
         insured = self.hook(request)
         if not insured:
-            return _redirect("/connexion") if self.authenticate else self._login_needed(request)
+            return redirect("/connexion") if self.authenticate else self.login_needed(request)
         view = await run_in_threadpool(self.service.current, insured)
         address = None
         if self.account_address is not None:
@@ -158,25 +165,25 @@ class _Steps(Pages):
             "profile.html",
             view=view,
             address=address,
-            step_url=_STEP_URL[view.next_step] if view else None,
+            step_url=STEP_URL[view.next_step] if view else None,
         )
 
     async def start(self, request: Request) -> Response:
-        await _form(request)
-        insured = self._insured(request)
+        await read_form(request)
+        insured = self.insured(request)
         try:
             view = await run_in_threadpool(self.service.start, insured, channel=Channel.WEBSITE)
         except EmailChangeError as exc:
-            _flash(request, "error", self.error_text(exc))
-            return _redirect("/mes-informations")
-        return _redirect(_STEP_URL[view.next_step])
+            flash(request, "error", self.error_text(exc))
+            return redirect("/mes-informations")
+        return redirect(STEP_URL[view.next_step])
 
     async def submit_code(self, request: Request) -> Response:
         return await self._step_post(
             request,
             NextStep.ENTER_CODE,
             "code.html",
-            lambda i, p, f: self.service.submit_code(i, p, _text(f, "code")),
+            lambda i, p, f: self.service.submit_code(i, p, form_text(f, "code")),
         )
 
     async def resend_code(self, request: Request) -> Response:
@@ -187,7 +194,7 @@ class _Steps(Pages):
             lambda i, p, _f: self.service.resend_code(i, p),
         )
         if response.status_code == 303:
-            _flash(
+            flash(
                 request,
                 "status",
                 "Un nouveau code de sécurité vous a été envoyé par mail. "
@@ -200,16 +207,16 @@ class _Steps(Pages):
             request,
             NextStep.ENTER_SERIAL,
             "serial.html",
-            lambda i, p, f: self.service.submit_serial(i, p, _text(f, "serial")),
+            lambda i, p, f: self.service.submit_serial(i, p, form_text(f, "serial")),
         )
 
     async def submit_address(self, request: Request) -> Response:
         def action(insured: str, procedure_id: str, form: FormData) -> ProcedureView:
             address_form = AddressForm(
-                new_address=_text(form, "new_address"),
-                confirmation=_text(form, "confirmation"),
-                general_information=_choice(form, ConsentPurpose.GENERAL_INFORMATION.value),
-                studies_and_research=_choice(form, ConsentPurpose.STUDIES_AND_RESEARCH.value),
+                new_address=form_text(form, "new_address"),
+                confirmation=form_text(form, "confirmation"),
+                general_information=form_choice(form, ConsentPurpose.GENERAL_INFORMATION.value),
+                studies_and_research=form_choice(form, ConsentPurpose.STUDIES_AND_RESEARCH.value),
                 wording_version=self.settings.consent_wording_version,
                 channel=Channel.WEBSITE,
             )
@@ -221,16 +228,16 @@ class _Steps(Pages):
         )
 
     async def cancel(self, request: Request) -> Response:
-        await _form(request)
-        insured = self._insured(request)
+        await read_form(request)
+        insured = self.insured(request)
         view = await run_in_threadpool(self.service.current, insured)
         if view is not None:
             try:
                 await run_in_threadpool(self.service.cancel, insured, view.procedure_id)
-                _flash(request, "status", "Votre demande de modification a été annulée.")
+                flash(request, "status", "Votre demande de modification a été annulée.")
             except EmailChangeError as exc:
-                _flash(request, "error", self.error_text(exc))
-        return _redirect("/mes-informations")
+                flash(request, "error", self.error_text(exc))
+        return redirect("/mes-informations")
 
     async def logged_out(self, request: Request) -> Response:
         masked = request.session.get("masked_new")
@@ -240,8 +247,6 @@ class _Steps(Pages):
             masked=masked if isinstance(masked, str) else "",
             link_hours=int(self.service.policy.link_lifetime.total_seconds() // 3600),
         )
-
-    # --- links from the mails (no login: the token is the proof) --------------------------------
 
 
 def _next_of(template: str) -> NextStep:
@@ -255,27 +260,11 @@ _PAGES = {
 }
 
 
-def routes(
-    *,
-    service: EmailChangeService,
-    messages: Messages,
-    settings: WebSettings,
-    hook: InsuredHook,
-    authenticate: Authenticator | None,
-    account_address: Callable[[str], str | None] | None = None,
-) -> list[Route]:
-    """The web UI's routes."""
-    deps: dict[str, Any] = {
-        "service": service,
-        "messages": messages,
-        "settings": settings,
-        "hook": hook,
-        "authenticate": authenticate,
-        "account_address": account_address,
-    }
-    web, gate = _Steps(**deps), Gate(**deps)
-    found = [
-        Route("/", lambda _r: _redirect("/mes-informations"), methods=["GET"]),
+def routes(context: PageContext) -> list[Route]:
+    """The routes of the logged-in steps."""
+    web = _Steps(context)
+    return [
+        Route("/", lambda _r: redirect("/mes-informations"), methods=["GET"]),
         Route("/mes-informations", web.profile, methods=["GET"]),
         Route("/email/modifier", web.start, methods=["POST"]),
         *(Route(path, web.step_get, methods=["GET"]) for path in _PAGES),
@@ -285,18 +274,4 @@ def routes(
         Route("/email/nouvelle-adresse", web.submit_address, methods=["POST"]),
         Route("/email/annuler", web.cancel, methods=["POST"]),
         Route("/email/deconnecte", web.logged_out, methods=["GET"]),
-        Route("/email/confirmer", gate.link_get, methods=["GET"]),
-        Route("/email/confirmer", gate.link_post, methods=["POST"]),
-        Route("/email/annuler-modification", gate.link_get, methods=["GET"]),
-        Route("/email/annuler-modification", gate.link_post, methods=["POST"]),
-        Route("/deconnexion", gate.logout, methods=["POST"]),
     ]
-    if authenticate is not None:
-        found += [
-            Route("/connexion", gate.login_get, methods=["GET"]),
-            Route("/connexion", gate.login_post, methods=["POST"]),
-            Route("/connexion/renvoyer-confirmation", gate.resend_confirmation, methods=["POST"]),
-        ]
-    if settings.demo_mailbox is not None:
-        found.append(Route("/demo/boite-mail", gate.mailbox, methods=["GET"]))
-    return found

@@ -11,6 +11,8 @@ from typing import Any
 from email_change._values import CardModel, Channel
 from email_change._views import NextStep
 
+__all__ = ["openapi_document"]
+
 _STATES = [
     "code_sent",
     "code_verified",

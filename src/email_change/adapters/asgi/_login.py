@@ -1,0 +1,113 @@
+"""Login (when the host passes ``authenticate``), the confirmation gate, and logout.
+
+The login is refused while a registered address awaits confirmation (step 5): the insured may
+then only ask for a new confirmation mail.
+"""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from email_change._errors import EmailChangeError
+from email_change.adapters.asgi._pages import (
+    PageContext,
+    Pages,
+    flash,
+    form_text,
+    read_form,
+    redirect,
+)
+from email_change.adapters.asgi._sessions import SESSION_INSURED
+
+__all__ = ["routes"]
+
+#: Session key of an insured whose credentials were right but whose login is refused (step 5
+#: pending): they may only ask for a new confirmation mail.
+_PENDING = "pending_insured"
+
+
+class _Login(Pages):
+    async def login_get(self, request: Request) -> Response:
+        return self.page(request, "login.html", refused=False)
+
+    async def login_post(self, request: Request) -> Response:
+        assert self.authenticate is not None  # noqa: S101 - route only exists with one
+        form = await read_form(request)
+        login = form_text(form, "login")
+        insured = await run_in_threadpool(self.authenticate, login, form_text(form, "password"))
+        if insured is None:
+            return self.page(
+                request,
+                "login.html",
+                401,
+                refused=False,
+                values={"login": login},
+                errors={
+                    "password": {
+                        "text": "Identifiant ou mot de passe incorrect.",
+                        "code": "auth.failed",
+                    }
+                },
+            )
+        request.session.clear()
+        if not await run_in_threadpool(self.service.may_log_in, insured):
+            request.session[_PENDING] = insured
+            return self.page(
+                request,
+                "login.html",
+                403,
+                refused=True,
+                values={"login": login},
+                errors={
+                    "page": {
+                        "code": "procedure.awaiting_confirmation",
+                        "text": self.messages.error_text("procedure.awaiting_confirmation", "fr"),
+                    }
+                },
+            )
+        request.session[SESSION_INSURED] = insured
+        return redirect("/mes-informations")
+
+    async def resend_confirmation(self, request: Request) -> Response:
+        await read_form(request)
+        pending = request.session.get(_PENDING)
+        if not isinstance(pending, str):
+            return redirect("/connexion")
+        try:
+            await run_in_threadpool(self.service.resend_confirmation, pending)
+        except EmailChangeError as exc:
+            return self.page(
+                request,
+                "login.html",
+                exc.http_status,
+                refused=True,
+                errors={"page": {"text": self.error_text(exc), "code": exc.code}},
+            )
+        flash(
+            request,
+            "status",
+            "Un nouveau mail de confirmation vous a été envoyé. "
+            "Le lien précédent n'est plus valable.",
+        )
+        return redirect("/connexion")
+
+    async def logout(self, request: Request) -> Response:
+        await read_form(request)
+        request.session.clear()
+        return redirect("/connexion" if self.authenticate else "/mes-informations")
+
+
+def routes(context: PageContext) -> list[Route]:
+    """Logout always; the login pages only when the app does the login."""
+    pages = _Login(context)
+    found = [Route("/deconnexion", pages.logout, methods=["POST"])]
+    if context.authenticate is not None:
+        found += [
+            Route("/connexion", pages.login_get, methods=["GET"]),
+            Route("/connexion", pages.login_post, methods=["POST"]),
+            Route("/connexion/renvoyer-confirmation", pages.resend_confirmation, methods=["POST"]),
+        ]
+    return found

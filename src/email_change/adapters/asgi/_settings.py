@@ -1,0 +1,38 @@
+"""What the web app is configured with: its settings and the host's hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from email.message import EmailMessage
+
+import attrs
+from starlette.requests import Request
+
+from email_change._messages import MailSettings
+
+__all__ = ["Authenticator", "InsuredHook", "MailboxReader", "WebSettings"]
+
+#: Returns the authenticated insured's id for a request, or ``None``.
+InsuredHook = Callable[[Request], str | None]
+#: Checks login credentials (login id, password) and returns the insured's id, or ``None``.
+Authenticator = Callable[[str, str], str | None]
+#: Returns the messages a demo mailbox holds, oldest first (demo mode only).
+MailboxReader = Callable[[], Sequence[EmailMessage]]
+
+
+@attrs.frozen(kw_only=True)
+class WebSettings:
+    """What the web app needs besides the service."""
+
+    mail_settings: MailSettings
+    #: Signs the session cookie (itsdangerous). At least 32 random bytes in production.
+    secret_key: str = attrs.field(repr=False)
+    #: Version of the consent wording shown by the web UI, recorded with each choice.
+    consent_wording_version: str = "web-fr-2026-01"
+    #: Send the session cookie over HTTPS only. Off only for a local demo over plain HTTP.
+    https_only: bool = True
+    session_max_age: int = 30 * 60
+    #: Set only by the demo: the mailbox page lists these messages.
+    demo_mailbox: MailboxReader | None = None
+    #: Set only by the demo: credentials and card serial shown on the login page.
+    demo_hints: Mapping[str, str] = attrs.field(factory=dict)
