@@ -48,6 +48,7 @@ from email_change._ports import (
     Mailer,
     ProcedureStore,
     RandomSource,
+    SessionEndReader,
     VitaleRegistry,
 )
 from email_change._records import (
@@ -145,6 +146,7 @@ __all__ = [
     "SameAddress",
     "SealedSecret",
     "ServiceUnavailable",
+    "SessionEndReader",
     "VitaleRegistry",
     "WrongCode",
     "WrongSerial",

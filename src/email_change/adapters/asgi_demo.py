@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from email_change._bootstrap import build_service
 from email_change._crypto import Keyring
 from email_change._messages import MailSettings
+from email_change._ports import SessionEndReader
 from email_change._service import EmailChangeService
 from email_change._values import Card, CardModel, CardStatus
 from email_change.adapters.asgi import MailboxReader, WebSettings, create_app, session_insured
@@ -52,6 +53,8 @@ class DemoWiring:
     service: EmailChangeService
     mailbox: MailboxReader
     current_address: Callable[[str], str | None]
+    #: The account directory, when it can tell when the insured's sessions ended.
+    sessions_ended: SessionEndReader | None = None
 
 
 def memory_wiring(mail_settings: MailSettings) -> DemoWiring:
@@ -84,7 +87,9 @@ def memory_wiring(mail_settings: MailSettings) -> DemoWiring:
     def mailbox() -> Sequence[EmailMessage]:
         return list(mailer.outbox)
 
-    return DemoWiring(service=service, mailbox=mailbox, current_address=current_address)
+    return DemoWiring(
+        service=service, mailbox=mailbox, current_address=current_address, sessions_ended=directory
+    )
 
 
 def embedded_wiring(folder: Path) -> Callable[[MailSettings], DemoWiring]:
@@ -111,7 +116,10 @@ def embedded_wiring(folder: Path) -> Callable[[MailSettings], DemoWiring]:
             return [env.outbox.read(entry.name) for entry in reversed(env.outbox.list())]
 
         return DemoWiring(
-            service=env.service(mail_settings), mailbox=mailbox, current_address=current_address
+            service=env.service(mail_settings),
+            mailbox=mailbox,
+            current_address=current_address,
+            sessions_ended=directory,
         )
 
     return wire
@@ -153,6 +161,7 @@ def create_demo_app(
         current_insured=session_insured,
         authenticate=_authenticate,
         account_address=wiring.current_address,
+        sessions_ended=wiring.sessions_ended,
     )
 
 

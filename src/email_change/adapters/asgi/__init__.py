@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 
@@ -40,6 +41,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from email_change._messages import Messages
+from email_change._ports import Clock, SessionEndReader
 from email_change._service import EmailChangeService
 from email_change.adapters.asgi import _links, _login, _mailbox, _steps
 from email_change.adapters.asgi._api import Api, view_json
@@ -47,7 +49,14 @@ from email_change.adapters.asgi._http import PROBLEM_JSON
 from email_change.adapters.asgi._openapi import openapi_document
 from email_change.adapters.asgi._pages import PageContext, exception_handlers
 from email_change.adapters.asgi._security import SecurityHeaders
-from email_change.adapters.asgi._sessions import SESSION_INSURED, session_insured
+from email_change.adapters.asgi._sessions import (
+    SESSION_INSURED,
+    InMemorySessionLedger,
+    SessionGuard,
+    SessionLedger,
+    Sessions,
+    session_insured,
+)
 from email_change.adapters.asgi._settings import (
     Authenticator,
     InsuredHook,
@@ -59,9 +68,11 @@ __all__ = [
     "PROBLEM_JSON",
     "SESSION_INSURED",
     "Authenticator",
+    "InMemorySessionLedger",
     "InsuredHook",
     "MailboxReader",
     "SecurityHeaders",
+    "SessionLedger",
     "WebSettings",
     "create_app",
     "new_secret_key",
@@ -78,6 +89,9 @@ def create_app(
     authenticate: Authenticator | None = None,
     account_address: Callable[[str], str | None] | None = None,
     messages: Messages | None = None,
+    session_ledger: SessionLedger | None = None,
+    sessions_ended: SessionEndReader | None = None,
+    clock: Clock | None = None,
 ) -> Starlette:
     """Build the ASGI app: JSON API under ``/api/v1``, ``/openapi.json``, and the web UI.
 
@@ -85,8 +99,26 @@ def create_app(
     while a registered address awaits confirmation. Without it the host logs people in itself
     and ``current_insured`` reads its own session. ``account_address`` (insured id to current
     address) lets "Mes informations" show the address on the Mail field.
+
+    The app's own sessions (``session_insured``) are listed in ``session_ledger`` (default: in
+    this process's memory), and refused once issued before ``sessions_ended`` says the insured's
+    sessions ended (the account directory, if it can tell: the reference ones can). ``clock``
+    must be the service's (default: the system clock).
     """
     msgs = messages or Messages()
+    if clock is None:
+        from email_change.adapters.system import SystemClock
+
+        clock = SystemClock()
+    if session_ledger is None:
+        session_ledger = InMemorySessionLedger(idle=timedelta(seconds=settings.session_max_age))
+    sessions = Sessions(
+        service=service,
+        ledger=session_ledger,
+        clock=clock,
+        ended=sessions_ended,
+        lifetime=timedelta(seconds=settings.session_lifetime),
+    )
     context = PageContext(
         service=service,
         messages=msgs,
@@ -94,10 +126,11 @@ def create_app(
         hook=current_insured,
         authenticate=authenticate,
         account_address=account_address,
+        sessions=sessions,
     )
     routes: list[BaseRoute] = [
         Route("/openapi.json", _openapi(sorted(msgs.locales)), methods=["GET"]),
-        *Api(service, msgs, current_insured).routes(),
+        *Api(service, msgs, current_insured, sessions).routes(),
         *_steps.routes(context),
         *_links.routes(context),
         *_login.routes(context),
@@ -116,6 +149,7 @@ def create_app(
                 same_site="lax",
                 https_only=settings.https_only,
             ),
+            Middleware(SessionGuard, sessions=sessions),
         ],
         exception_handlers=exception_handlers(msgs, settings, login_page=authenticate is not None),
     )

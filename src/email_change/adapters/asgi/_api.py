@@ -17,6 +17,7 @@ from email_change._service import EmailChangeService
 from email_change._values import Channel
 from email_change._views import ProcedureView
 from email_change.adapters.asgi._http import API_PREFIX, MAX_BODY, ApiProblem, jsonable, pick_locale
+from email_change.adapters.asgi._sessions import Sessions
 from email_change.adapters.asgi._settings import InsuredHook
 
 __all__ = ["Api", "view_json"]
@@ -38,8 +39,15 @@ def view_json(view: ProcedureView, messages: Messages, locale: str) -> dict[str,
 class Api:
     """The JSON endpoints; each maps one facade operation."""
 
-    def __init__(self, service: EmailChangeService, messages: Messages, hook: InsuredHook) -> None:
+    def __init__(
+        self,
+        service: EmailChangeService,
+        messages: Messages,
+        hook: InsuredHook,
+        sessions: Sessions,
+    ) -> None:
         self.service, self.messages, self.hook = service, messages, hook
+        self.sessions = sessions
 
     def routes(self) -> list[Route]:
         p = f"{_API}/procedures"
@@ -133,8 +141,9 @@ class Api:
         view = await run_in_threadpool(
             self.service.submit_new_address, insured, _pid(request), form
         )
-        # The insured is logged out at step 4; the host's sessions end through the directory.
-        request.session.clear()
+        # The insured is logged out at step 4: the app's own sessions end here, the host's
+        # through the directory (``end_sessions``).
+        await run_in_threadpool(self.sessions.end_all, request, insured)
         return self._ok(request, view)
 
     async def cancel(self, request: Request) -> Response:

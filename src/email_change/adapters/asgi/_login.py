@@ -20,13 +20,9 @@ from email_change.adapters.asgi._pages import (
     read_form,
     redirect,
 )
-from email_change.adapters.asgi._sessions import SESSION_INSURED
+from email_change.adapters.asgi._sessions import pending_insured
 
 __all__ = ["routes"]
-
-#: Session key of an insured whose credentials were right but whose login is refused (step 5
-#: pending): they may only ask for a new confirmation mail.
-_PENDING = "pending_insured"
 
 
 class _Login(Pages):
@@ -52,9 +48,10 @@ class _Login(Pages):
                     }
                 },
             )
-        request.session.clear()
-        if not await run_in_threadpool(self.service.may_log_in, insured):
-            request.session[_PENDING] = insured
+        allowed = await run_in_threadpool(self.service.may_log_in, insured)
+        # A fresh session either way: nothing from before the login carries over.
+        await run_in_threadpool(self.sessions.log_in, request, insured, pending=not allowed)
+        if not allowed:
             return self.page(
                 request,
                 "login.html",
@@ -68,13 +65,12 @@ class _Login(Pages):
                     }
                 },
             )
-        request.session[SESSION_INSURED] = insured
         return redirect("/mes-informations")
 
     async def resend_confirmation(self, request: Request) -> Response:
         await read_form(request)
-        pending = request.session.get(_PENDING)
-        if not isinstance(pending, str):
+        pending = pending_insured(request)
+        if pending is None:
             return redirect("/connexion")
         try:
             await run_in_threadpool(self.service.resend_confirmation, pending)
@@ -96,7 +92,7 @@ class _Login(Pages):
 
     async def logout(self, request: Request) -> Response:
         await read_form(request)
-        request.session.clear()
+        await run_in_threadpool(self.sessions.log_out, request)
         return redirect("/connexion" if self.authenticate else "/mes-informations")
 
 

@@ -21,7 +21,7 @@ from email_change._errors import EmailChangeError
 from email_change._messages import Messages
 from email_change._service import EmailChangeService
 from email_change.adapters.asgi._http import ApiProblem, error_fields, is_api, pick_locale, problem
-from email_change.adapters.asgi._sessions import SESSION_INSURED
+from email_change.adapters.asgi._sessions import Sessions, session_insured
 from email_change.adapters.asgi._settings import Authenticator, InsuredHook, WebSettings
 
 __all__ = [
@@ -67,6 +67,7 @@ class PageContext:
     hook: InsuredHook
     authenticate: Authenticator | None
     account_address: Callable[[str], str | None] | None
+    sessions: Sessions
 
 
 def _render(
@@ -89,7 +90,7 @@ def _render(
         flash=session.pop("flash", None),
         demo=settings.demo_mailbox is not None,
         demo_hints=settings.demo_hints,
-        logged_in=isinstance(session.get(SESSION_INSURED), str),
+        logged_in=session_insured(request) is not None,
         errors=context.pop("errors", {}),
         values=context.pop("values", {}),
         **context,
@@ -142,7 +143,7 @@ class Pages:
             context.settings,
         )
         self.hook, self.authenticate = context.hook, context.authenticate
-        self.account_address = context.account_address
+        self.account_address, self.sessions = context.account_address, context.sessions
 
     def page(self, request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         """A rendered page."""

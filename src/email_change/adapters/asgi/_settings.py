@@ -31,7 +31,10 @@ class WebSettings:
     consent_wording_version: str = "web-fr-2026-01"
     #: Send the session cookie over HTTPS only. Off only for a local demo over plain HTTP.
     https_only: bool = True
+    #: Idle timeout of the web UI's session, in seconds (the cookie and the server agree).
     session_max_age: int = 30 * 60
+    #: Absolute lifetime of a session, in seconds, however active.
+    session_lifetime: int = 8 * 3600
     #: Set only by the demo: the mailbox page lists these messages.
     demo_mailbox: MailboxReader | None = None
     #: Set only by the demo: credentials and card serial shown on the login page.

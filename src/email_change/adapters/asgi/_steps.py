@@ -98,8 +98,9 @@ class _Steps(Pages):
         except EmailChangeError as exc:
             return await self._refused(request, exc, template, form, keep)
         if view.next_step is NextStep.OPEN_MAILBOX:
-            # Step 4: the insured is logged out; only the masked address stays for the next page.
-            request.session.clear()
+            # Step 4: the insured is logged out everywhere; only the masked address stays, for
+            # the next page.
+            await run_in_threadpool(self.sessions.end_all, request, insured)
             request.session["masked_new"] = view.new_address or ""
         return redirect(STEP_URL[view.next_step])
 
