@@ -45,10 +45,10 @@ from email_change._ports import Clock, SessionEndReader
 from email_change._service import EmailChangeService
 from email_change.adapters.asgi import _links, _login, _mailbox, _steps
 from email_change.adapters.asgi._api import Api, view_json
-from email_change.adapters.asgi._http import PROBLEM_JSON
+from email_change.adapters.asgi._http import MAX_BODY, PROBLEM_JSON
 from email_change.adapters.asgi._openapi import openapi_document
 from email_change.adapters.asgi._pages import PageContext, exception_handlers
-from email_change.adapters.asgi._security import SecurityHeaders
+from email_change.adapters.asgi._security import BodyLimit, SecurityHeaders
 from email_change.adapters.asgi._sessions import (
     SESSION_INSURED,
     InMemorySessionLedger,
@@ -141,6 +141,7 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(SecurityHeaders),
+            Middleware(BodyLimit, max_body=MAX_BODY),
             Middleware(
                 SessionMiddleware,
                 secret_key=settings.secret_key,

@@ -221,6 +221,7 @@ _HTTP_TEXTS = {
     "Revenez à la page précédente, rechargez-la et recommencez.",
     404: "Cette page n'existe pas.",
     405: "Cette action n'est pas possible ainsi.",
+    413: "La demande envoyée est trop volumineuse.",
 }
 
 
@@ -234,6 +235,7 @@ def _http_error_handler(messages: Messages, settings: WebSettings, *, login_page
             403: "csrf.token",
             404: "http.not_found",
             405: "http.method_not_allowed",
+            413: "request.too_large",
         }.get(exc.status_code, "http.error")
         if is_api(request):
             return problem(exc.status_code, code, str(exc.detail))

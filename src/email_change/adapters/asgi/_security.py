@@ -1,13 +1,16 @@
-"""ASGI middleware guarding every response: security headers, cross-origin refusal."""
+"""ASGI middleware guarding every request and response: body size, security headers,
+cross-origin refusal.
+"""
 
 from __future__ import annotations
 
-from starlette.responses import Response
+from starlette.exceptions import HTTPException
+from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from email_change.adapters.asgi._http import problem
+from email_change.adapters.asgi._http import MAX_BODY, problem
 
-__all__ = ["SecurityHeaders"]
+__all__ = ["BodyLimit", "SecurityHeaders"]
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CSP = (
@@ -78,3 +81,71 @@ def _cross_origin(scope: Scope) -> bool:
         return False  # not a browser, or a browser old enough to send neither: SameSite covers it
     host = headers.get("host", "")
     return origin.split("://", 1)[-1] != host
+
+
+class BodyLimit:
+    """ASGI middleware: no request body larger than ``max_body`` bytes is ever read.
+
+    A declared ``Content-Length`` over the limit is answered 413 before the app runs; a body sent
+    without one (chunked) is counted as it arrives, and the read that crosses the limit fails
+    with a 413, so at most one chunk past the limit is ever held.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body: int = MAX_BODY) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body:
+            await _too_large(scope)(scope, receive, _closing(send))
+            return
+        seen = 0
+
+        async def capped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise HTTPException(413, "body too large")
+            return message
+
+        async def send_closing_if_refused(message: Message) -> None:
+            await (_closing(send) if seen > self.max_body else send)(message)
+
+        await self.app(scope, capped, send_closing_if_refused)
+
+
+def _closing(send: Send) -> Send:
+    """``send``, with ``Connection: close`` on the response: the server then reads no more of the
+    refused body and drops the connection."""
+
+    async def closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", []), (b"connection", b"close")]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return closing
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            # Not a number: as good as too large (servers refuse it before it gets here).
+            return int(value) if value.isdigit() else 1 << 62
+    return None
+
+
+def _too_large(scope: Scope) -> Response:
+    if scope["path"].startswith("/api/"):
+        return problem(413, "request.too_large", "Body too large.")
+    return HTMLResponse(
+        '<!doctype html><html lang="fr"><title>Demande trop volumineuse</title>'
+        "<p>La demande envoyée est trop volumineuse.</p></html>",
+        status_code=413,
+    )
