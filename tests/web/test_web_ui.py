@@ -313,7 +313,12 @@ def test_mailbox_only_in_demo_mode(web: TestClient) -> None:
 
 @pytest.mark.parametrize("on", ["memory", "embedded"])
 def test_demo_app_login_and_mailbox(on: str, tmp_path: Path) -> None:
-    app = create_demo_app() if on == "memory" else create_demo_app(embedded_wiring(tmp_path))
+    url = "http://testserver"
+    app = (
+        create_demo_app(public_url=url)
+        if on == "memory"
+        else create_demo_app(embedded_wiring(tmp_path), public_url=url)
+    )
     with TestClient(app, follow_redirects=False) as client:
         login = client.get("/connexion").text
         assert DEMO_INSURED in login  # the demo shows its credentials

@@ -19,7 +19,7 @@ The modules: ``_api`` (the JSON API) and ``_openapi`` (its document); ``_steps``
 
 >>> from email_change.adapters.asgi_demo import create_demo_app
 >>> from starlette.testclient import TestClient
->>> with TestClient(create_demo_app()) as client:
+>>> with TestClient(create_demo_app(public_url="http://testserver")) as client:
 ...     client.get("/openapi.json").json()["openapi"]
 '3.1.0'
 """
@@ -48,7 +48,12 @@ from email_change.adapters.asgi._api import Api, view_json
 from email_change.adapters.asgi._http import MAX_BODY, PROBLEM_JSON
 from email_change.adapters.asgi._openapi import openapi_document
 from email_change.adapters.asgi._pages import PageContext, exception_handlers
-from email_change.adapters.asgi._security import BodyLimit, SecurityHeaders
+from email_change.adapters.asgi._security import (
+    AllowedHosts,
+    BodyLimit,
+    SecurityHeaders,
+    hosts_of,
+)
 from email_change.adapters.asgi._sessions import (
     SESSION_INSURED,
     InMemorySessionLedger,
@@ -128,6 +133,9 @@ def create_app(
         account_address=account_address,
         sessions=sessions,
     )
+    allowed_hosts = settings.allowed_hosts or hosts_of(
+        settings.mail_settings.confirm_url, settings.mail_settings.revert_url
+    )
     routes: list[BaseRoute] = [
         Route("/openapi.json", _openapi(sorted(msgs.locales)), methods=["GET"]),
         *Api(service, msgs, current_insured, sessions).routes(),
@@ -140,7 +148,12 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[
-            Middleware(SecurityHeaders),
+            Middleware(
+                SecurityHeaders,
+                https_only=settings.https_only,
+                hsts_max_age=settings.hsts_max_age,
+            ),
+            Middleware(AllowedHosts, allowed=allowed_hosts),
             Middleware(BodyLimit, max_body=MAX_BODY),
             Middleware(
                 SessionMiddleware,

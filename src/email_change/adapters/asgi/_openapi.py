@@ -39,7 +39,7 @@ def _problem_ref(description: str) -> dict[str, Any]:
 _ERRORS = {
     "400": _problem_ref(
         "Invalid input (malformed body, wrong code or serial, invalid address, "
-        "missing consent choice)."
+        "missing consent choice), or a Host the app does not answer for."
     ),
     "401": _problem_ref("No authenticated insured (the host's hook returned nothing)."),
     "403": _problem_ref("Cross-origin request from a browser."),

@@ -1,8 +1,11 @@
-"""ASGI middleware guarding every request and response: body size, security headers,
-cross-origin refusal.
+"""ASGI middleware guarding every request and response: allowed hosts, body size, security
+headers (HSTS over HTTPS), cross-origin refusal.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, Response
@@ -10,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from email_change.adapters.asgi._http import MAX_BODY, problem
 
-__all__ = ["BodyLimit", "SecurityHeaders"]
+__all__ = ["AllowedHosts", "BodyLimit", "SecurityHeaders", "hosts_of"]
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CSP = (
@@ -23,30 +26,56 @@ class SecurityHeaders:
     """ASGI middleware: security headers on every response; cross-origin unsafe requests refused.
 
     ``Cache-Control: no-store`` goes on everything but static files, since pages and API answers
-    may show a masked address, a code (demo mailbox) or a link token.
+    may show a masked address, a code (demo mailbox) or a link token. ``Strict-Transport-Security``
+    goes on every response of an app served over HTTPS (``https`` scheme, or ``https_only``).
+    An unsafe request is cross-origin unless its ``Sec-Fetch-Site`` says otherwise, or, for a
+    browser sending only ``Origin``, unless that origin is this app's, scheme included.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, https_only: bool, hsts_max_age: int) -> None:
         self.app = app
+        self.https_only = https_only
+        self.hsts = f"max-age={hsts_max_age}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        static = scope["path"].startswith("/static/")
-        if scope["method"] in _UNSAFE and _cross_origin(scope):
-            response = problem(403, "csrf.cross_origin", "Cross-origin request refused.")
-            await _with_headers(response, static=False)(scope, receive, send)
-            return
+        extra = _security_headers(static=scope["path"].startswith("/static/"))
+        if self.https_only or scope.get("scheme") == "https":
+            extra.append((b"strict-transport-security", self.hsts))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.extend(_security_headers(static=static))
-                message = {**message, "headers": headers}
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
+        if scope["method"] in _UNSAFE and self._cross_origin(scope):
+            response = problem(403, "csrf.cross_origin", "Cross-origin request refused.")
+            await response(scope, receive, send_with_headers)
+            return
         await self.app(scope, receive, send_with_headers)
+
+    def _cross_origin(self, scope: Scope) -> bool:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        site = headers.get("sec-fetch-site")
+        if site is not None:
+            return site not in ("same-origin", "none")
+        origin = headers.get("origin")
+        if origin is None:
+            return False  # not a browser, or one old enough to send neither: SameSite covers it
+        host = headers.get("host", "")
+        schemes = {str(scope.get("scheme", "http"))} | ({"https"} if self.https_only else set())
+        return _origin(origin) not in {_origin(f"{scheme}://{host}") for scheme in schemes}
+
+
+def _origin(value: str) -> str:
+    """An origin as compared: lower case, without the scheme's default port."""
+    value = value.strip().lower()
+    for scheme, port in (("http://", ":80"), ("https://", ":443")):
+        if value.startswith(scheme) and value.endswith(port):
+            return value.removesuffix(port)
+    return value
 
 
 def _security_headers(*, static: bool) -> list[tuple[bytes, bytes]]:
@@ -63,24 +92,59 @@ def _security_headers(*, static: bool) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def _with_headers(response: Response, *, static: bool) -> Response:
-    for name, value in _security_headers(static=static):
-        response.headers[name.decode()] = value.decode()
-    return response
+def hosts_of(*urls: str) -> tuple[str, ...]:
+    """The host names of these URLs, for :class:`AllowedHosts`."""
+    return tuple(sorted({str(urlsplit(url).hostname) for url in urls}))
 
 
-def _cross_origin(scope: Scope) -> bool:
-    headers: dict[str, str] = {
-        k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
-    }
-    site = headers.get("sec-fetch-site")
-    if site is not None:
-        return site not in ("same-origin", "none")
-    origin = headers.get("origin")
-    if origin is None:
-        return False  # not a browser, or a browser old enough to send neither: SameSite covers it
-    host = headers.get("host", "")
-    return origin.split("://", 1)[-1] != host
+class AllowedHosts:
+    """ASGI middleware: answers 400 to a ``Host`` header naming no host of this app.
+
+    Nothing of the app builds a URL from the ``Host`` header, but Starlette's redirect of a path
+    with a trailing slash does, and so may a proxy or a cache in front: a request naming another
+    host is refused before it reaches them. ``allowed`` holds names (any case, no port),
+    ``*.example.fr`` for every subdomain, or ``*`` for any host (not advised).
+    """
+
+    def __init__(self, app: ASGIApp, *, allowed: Iterable[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(h.lower() for h in allowed)
+        self.any = "*" in self.allowed
+        self.suffixes = tuple(h[1:] for h in self.allowed if h.startswith("*."))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.any and not self._allowed(_host(scope)):
+            await _bad_host(scope)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _allowed(self, host: str | None) -> bool:
+        if not host:
+            return False
+        return host in self.allowed or host.endswith(self.suffixes)
+
+
+def _host(scope: Scope) -> str | None:
+    """The host name of the request's ``Host`` header (lower case, no port), if well formed."""
+    raw = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1").lower()
+    try:
+        parts = urlsplit(f"//{raw}")
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return None
+    if parts.username is not None or parts.password is not None or parts.path:
+        return None
+    return parts.hostname
+
+
+def _bad_host(scope: Scope) -> Response:
+    if scope["path"].startswith("/api/"):
+        return problem(400, "request.host", "Unknown host.")
+    return HTMLResponse(
+        '<!doctype html><html lang="fr"><title>Adresse inconnue</title>'
+        "<p>Cette adresse ne correspond pas à ce service.</p></html>",
+        status_code=400,
+    )
 
 
 class BodyLimit:

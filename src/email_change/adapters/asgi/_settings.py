@@ -29,8 +29,16 @@ class WebSettings:
     secret_key: str = attrs.field(repr=False)
     #: Version of the consent wording shown by the web UI, recorded with each choice.
     consent_wording_version: str = "web-fr-2026-01"
-    #: Send the session cookie over HTTPS only. Off only for a local demo over plain HTTP.
+    #: The app is served over HTTPS: the session cookie is ``Secure``, every response carries
+    #: ``Strict-Transport-Security`` and the browsers' ``Origin`` may be ``https://`` behind a
+    #: proxy. Off only for a local demo over plain HTTP.
     https_only: bool = True
+    #: ``Strict-Transport-Security: max-age`` in seconds (two years).
+    hsts_max_age: int = 2 * 365 * 24 * 3600
+    #: Host names the app answers for (``*.example.fr`` for subdomains; ``("*",)`` for any, not
+    #: advised). ``None``: the hosts of ``mail_settings.confirm_url`` and ``revert_url``, where the
+    #: mailed links lead. Other ``Host`` headers get a 400.
+    allowed_hosts: tuple[str, ...] | None = None
     #: Idle timeout of the web UI's session, in seconds (the cookie and the server agree).
     session_max_age: int = 30 * 60
     #: Absolute lifetime of a session, in seconds, however active.
