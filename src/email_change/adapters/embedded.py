@@ -100,7 +100,7 @@ class EmbeddedDefault(ClosesOnExit):
 def open_embedded(folder: Path | str, **sqlite: Any) -> EmbeddedDefault:
     """Open (creating on first use) the embedded default in ``folder``."""
     root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     return EmbeddedDefault(
         folder=root,
         storage=open_sqlite(root / "email_change.sqlite3", **sqlite),
