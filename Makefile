@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/email-change demo --var var/demo
 
-# The reference web app on the embedded default, for a person with a browser.
+# The reference web app on the embedded default, with its demo pages, for a person with a
+# browser on this machine (the demo is refused on a non-loopback address).
 serve: $(STAMP)
-	$(VENV)/bin/email-change serve --var var/serve
+	$(VENV)/bin/email-change serve --demo --var var/serve
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests fuzz benchmarks docs/conftest.py

@@ -55,7 +55,11 @@ def _open_store(args: argparse.Namespace) -> Backend:
     if getattr(args, "sqlite", None) or getattr(args, "postgres", None):
         from email_change.adapters.sql import open_postgres, open_sqlite
 
-        storage = open_sqlite(args.sqlite) if args.sqlite else open_postgres(args.postgres)
+        storage = (
+            open_sqlite(args.sqlite)
+            if args.sqlite
+            else open_postgres(args.postgres, schema=getattr(args, "schema", None))
+        )
         return Backend(
             store=storage.store,
             directory=storage.directory,
@@ -127,20 +131,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _demo.main(folder=None if args.memory else Path(args.var))
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:  # pragma: no cover - runs a server until stopped
+def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
-        from email_change.adapters.asgi_demo import create_demo_app, embedded_wiring
+        from email_change import _serve
+        from email_change.adapters.serving import ServerLimits
     except ImportError:
         raise CliError("serve needs the web extra: pip install 'email_change[web]'") from None
-    public_url = f"http://{args.host}:{args.port}"
-    app = create_demo_app(embedded_wiring(Path(args.var)), public_url=public_url)
-    print(
-        f"serving the demo on {public_url}/ (data in {args.var}); stop with Ctrl-C", file=sys.stderr
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
+    try:
+        options = _serve.ServeOptions(
+            var=Path(args.var),
+            host=args.host,
+            port=args.port,
+            demo=args.demo,
+            memory=args.memory,
+            postgres=args.postgres,
+            schema=args.schema,
+            public_url=args.public_url,
+            allowed_hosts=tuple(args.allowed_host),
+            relay_interval=args.relay_interval,
+            limits=ServerLimits(
+                header_timeout=args.header_timeout,
+                body_timeout=args.body_timeout,
+                keep_alive_timeout=args.keep_alive_timeout,
+                max_connections=args.max_connections,
+                limit_concurrency=args.limit_concurrency,
+            ),
+        )
+        return _serve.serve(options)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _cmd_diagram(args: argparse.Namespace) -> int:
@@ -242,6 +261,7 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--sqlite", metavar="PATH", help="SQLite database file")
     group.add_argument("--postgres", metavar="DSN", help="PostgreSQL connection string")
+    parser.add_argument("--schema", metavar="NAME", help="with --postgres: the schema to use")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -265,14 +285,47 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="serve the reference web app (demo)",
-        description="Serve the French web UI and the JSON API on the embedded default (SQLite, "
-        "file outbox) with a seeded demo insured and card; the demo mailbox page shows the mails. "
-        "Needs the web extra. Never for production.",
+        help="serve the reference web app",
+        description="Serve the French web UI's pages for the mailed links and the JSON API on "
+        "the embedded default (SQLite, file outbox, audit log in --var, or --postgres), and run "
+        "the outbox relay. With --demo: a seeded insured, a login with a published password "
+        "and a mailbox page showing every mail, on a loopback address only. Needs the web extra.",
+        epilog="Production settings and what a reverse proxy must add: docs/operations.md.",
     )
+    serve.add_argument("--demo", action="store_true", help="the demo pages (loopback only)")
+    serve.add_argument("--memory", action="store_true", help="with --demo: keep nothing")
     serve.add_argument("--var", default="var/serve", metavar="DIR", help="default: var/serve")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--postgres", metavar="DSN", help="PostgreSQL instead of SQLite in --var")
+    serve.add_argument("--schema", metavar="NAME", help="with --postgres: the schema to use")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="0: any free port")
+    serve.add_argument(
+        "--public-url", metavar="URL", help="where browsers reach it (default: the address served)"
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a Host header to answer (repeatable; default: the public URL's host)",
+    )
+    limits = serve.add_argument_group("limits (see docs/operations.md)")
+    limits.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS")
+    limits.add_argument("--body-timeout", type=float, default=20.0, metavar="SECONDS")
+    limits.add_argument("--keep-alive-timeout", type=float, default=5.0, metavar="SECONDS")
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open connections (lowered to fit ulimit -n)",
+    )
+    limits.add_argument(
+        "--limit-concurrency", type=int, default=16, metavar="N", help="requests run at once"
+    )
+    limits.add_argument(
+        "--relay-interval", type=float, default=2.0, metavar="SECONDS", help="idle relay loop"
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     diagram = commands.add_parser(

@@ -15,7 +15,8 @@ synchronizer token kept in the signed session, and the session cookie is ``SameS
 
 The modules: ``_api`` (the JSON API) and ``_openapi`` (its document); ``_steps``, ``_links``,
 ``_login`` and ``_mailbox`` (the pages), on ``_pages`` (templates, forms, error pages);
-``_security`` (middleware), ``_sessions``, ``_http`` and ``_settings`` (what they all share).
+``_security`` (middleware), ``_sessions``, ``_lifespan`` (the relay), ``_http`` and ``_settings``
+(what they all share).
 
 >>> from email_change.adapters.asgi_demo import create_demo_app
 >>> from starlette.testclient import TestClient
@@ -46,6 +47,7 @@ from email_change._service import EmailChangeService
 from email_change.adapters.asgi import _links, _login, _mailbox, _steps
 from email_change.adapters.asgi._api import Api, view_json
 from email_change.adapters.asgi._http import MAX_BODY, PROBLEM_JSON
+from email_change.adapters.asgi._lifespan import relay_lifespan
 from email_change.adapters.asgi._openapi import openapi_document
 from email_change.adapters.asgi._pages import PageContext, exception_handlers
 from email_change.adapters.asgi._security import (
@@ -166,6 +168,11 @@ def create_app(
             Middleware(SessionGuard, sessions=sessions),
         ],
         exception_handlers=exception_handlers(msgs, settings, login_page=authenticate is not None),
+        lifespan=(
+            None
+            if settings.relay_interval is None
+            else relay_lifespan(service, settings.relay_interval)
+        ),
     )
 
 

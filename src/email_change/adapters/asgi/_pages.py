@@ -14,7 +14,7 @@ import attrs
 import jinja2
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from email_change._errors import EmailChangeError
@@ -182,6 +182,7 @@ def exception_handlers(
     return {
         EmailChangeError: _error_handler(messages, settings),
         ApiProblem: _problem_handler,
+        ClientDisconnect: _gone,
         HTTPException: _http_error_handler(messages, settings, login_page=login_page),
         Exception: _server_error_handler(messages),
     }
@@ -207,6 +208,11 @@ def _error_handler(messages: Messages, settings: WebSettings) -> Handler:
         )
 
     return handle
+
+
+async def _gone(_request: Request, _exc: Exception) -> Response:
+    """The client left (or was dropped by the server's timeouts) while sending its body."""
+    return Response(status_code=400)
 
 
 async def _problem_handler(_request: Request, exc: Exception) -> Response:

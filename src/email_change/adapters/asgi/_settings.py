@@ -43,6 +43,9 @@ class WebSettings:
     session_max_age: int = 30 * 60
     #: Absolute lifetime of a session, in seconds, however active.
     session_lifetime: int = 8 * 3600
+    #: Run the service's outbox relay in the app's lifespan: one pass at start-up, then every
+    #: so many idle seconds. ``None``: the host runs it elsewhere (``email-change relay``).
+    relay_interval: float | None = None
     #: Set only by the demo: the mailbox page lists these messages.
     demo_mailbox: MailboxReader | None = None
     #: Set only by the demo: credentials and card serial shown on the login page.
