@@ -72,9 +72,7 @@ def wire(
 ) -> Wired:
     clock = memory.FakeClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
     mailer = memory.InMemoryMailer()
-    accounts = directory(
-        {INSURED: "jeanne@exemple.fr", OTHER: "paul@exemple.fr"}
-    )
+    accounts = directory({INSURED: "jeanne@exemple.fr", OTHER: "paul@exemple.fr"})
     registry = memory.InMemoryVitaleRegistry(
         {INSURED: [Card(serial=SERIAL, model=CardModel.WITH_PHOTO, status=CardStatus.ACTIVE)]}
     )
