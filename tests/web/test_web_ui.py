@@ -108,7 +108,7 @@ def test_code_screen(web: TestClient, wired: Wired) -> None:
     assert refused.status_code == 400  # type: ignore[attr-defined]
     assert 'aria-invalid="true"' in html
     assert 'aria-describedby="code-hint code-error"' in html
-    assert "Il vous reste 2 essai(s)" in html
+    assert "Il vous reste 2 essais pour ce code" in html
     assert "seul le plus récent est valable" in html  # the suggestion
     _check_page(html)
 
