@@ -14,7 +14,8 @@ every unsafe request made by a browser from another origin is refused (Fetch Met
 synchronizer token kept in the signed session, and the session cookie is ``SameSite=Lax``.
 
 The modules: ``_api`` (the JSON API) and ``_openapi`` (its document); ``_steps``, ``_links``,
-``_login`` and ``_mailbox`` (the pages), on ``_pages`` (templates, forms, error pages);
+``_login`` and ``_mailbox`` (the pages), on ``_pages`` (forms, redirects), ``_render`` (templates,
+texts from the catalogues, error summaries) and ``_handlers`` (error answers);
 ``_security`` (middleware), ``_sessions``, ``_lifespan`` (the relay), ``_http`` and ``_settings``
 (what they all share).
 
@@ -46,10 +47,12 @@ from email_change._ports import Clock, SessionEndReader
 from email_change._service import EmailChangeService
 from email_change.adapters.asgi import _links, _login, _mailbox, _steps
 from email_change.adapters.asgi._api import Api, view_json
+from email_change.adapters.asgi._handlers import exception_handlers
 from email_change.adapters.asgi._http import MAX_BODY, PROBLEM_JSON
 from email_change.adapters.asgi._lifespan import relay_lifespan
 from email_change.adapters.asgi._openapi import openapi_document
-from email_change.adapters.asgi._pages import PageContext, exception_handlers
+from email_change.adapters.asgi._pages import PageContext
+from email_change.adapters.asgi._render import Renderer
 from email_change.adapters.asgi._security import (
     AllowedHosts,
     BodyLimit,
@@ -126,6 +129,7 @@ def create_app(
         ended=sessions_ended,
         lifetime=timedelta(seconds=settings.session_lifetime),
     )
+    renderer = Renderer(msgs, settings)
     context = PageContext(
         service=service,
         messages=msgs,
@@ -134,6 +138,7 @@ def create_app(
         authenticate=authenticate,
         account_address=account_address,
         sessions=sessions,
+        renderer=renderer,
     )
     allowed_hosts = settings.allowed_hosts or hosts_of(
         settings.mail_settings.confirm_url, settings.mail_settings.revert_url
@@ -155,8 +160,8 @@ def create_app(
                 https_only=settings.https_only,
                 hsts_max_age=settings.hsts_max_age,
             ),
-            Middleware(AllowedHosts, allowed=allowed_hosts),
-            Middleware(BodyLimit, max_body=MAX_BODY),
+            Middleware(AllowedHosts, allowed=allowed_hosts, page=renderer.bare("bad_host", 400)),
+            Middleware(BodyLimit, max_body=MAX_BODY, page=renderer.bare("too_large", 413)),
             Middleware(
                 SessionMiddleware,
                 secret_key=settings.secret_key,
@@ -167,7 +172,7 @@ def create_app(
             ),
             Middleware(SessionGuard, sessions=sessions),
         ],
-        exception_handlers=exception_handlers(msgs, settings, login_page=authenticate is not None),
+        exception_handlers=exception_handlers(msgs, renderer, login_page=authenticate is not None),
         lifespan=(
             None
             if settings.relay_interval is None

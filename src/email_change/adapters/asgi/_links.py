@@ -23,7 +23,7 @@ class _Links(Pages):
     async def show(self, request: Request) -> Response:
         kind = "confirm" if request.url.path == CONFIRM_PATH else "revert"
         token = request.query_params.get("token", "")
-        return self.page(request, "link.html", kind=kind, token=token[:200])
+        return self.page(request, "link.html", kind=kind, token=token[:200], expired=False)
 
     async def act(self, request: Request) -> Response:
         form = await read_form(request)
@@ -38,7 +38,8 @@ class _Links(Pages):
                 exc.http_status,
                 kind=kind,
                 token="",
-                errors={"page": {"text": self.error_text(exc), "code": exc.code}},
+                expired=exc.code == "link.expired",
+                errors={"page": self.renderer.error(request, exc)},
             )
         return self.page(request, "link_done.html", kind=kind)
 

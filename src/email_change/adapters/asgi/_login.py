@@ -12,14 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from email_change._errors import EmailChangeError
-from email_change.adapters.asgi._pages import (
-    PageContext,
-    Pages,
-    flash,
-    form_text,
-    read_form,
-    redirect,
-)
+from email_change.adapters.asgi._pages import PageContext, Pages, form_text, read_form, redirect
 from email_change.adapters.asgi._sessions import pending_insured
 
 __all__ = ["routes"]
@@ -32,38 +25,37 @@ class _Login(Pages):
     async def login_post(self, request: Request) -> Response:
         assert self.authenticate is not None  # noqa: S101 - route only exists with one
         form = await read_form(request)
-        login = form_text(form, "login")
-        insured = await run_in_threadpool(self.authenticate, login, form_text(form, "password"))
+        login, password = form_text(form, "login"), form_text(form, "password")
+        missing = {
+            name: self.renderer.local_error(request, f"web.login.{name}_missing", "auth.failed")
+            for name, value in (("login", login), ("password", password))
+            if not value.strip()
+        }
+        insured = None
+        if not missing:
+            insured = await run_in_threadpool(self.authenticate, login, password)
         if insured is None:
+            failed = self.renderer.local_error(request, "web.login.failed", "auth.failed")
             return self.page(
                 request,
                 "login.html",
                 401,
                 refused=False,
                 values={"login": login},
-                errors={
-                    "password": {
-                        "text": "Identifiant ou mot de passe incorrect.",
-                        "code": "auth.failed",
-                    }
-                },
+                errors=missing or {"password": failed},
             )
         allowed = await run_in_threadpool(self.service.may_log_in, insured)
         # A fresh session either way: nothing from before the login carries over.
         await run_in_threadpool(self.sessions.log_in, request, insured, pending=not allowed)
         if not allowed:
+            text = self.messages.error_text("procedure.awaiting_confirmation", self.locale(request))
             return self.page(
                 request,
                 "login.html",
                 403,
                 refused=True,
                 values={"login": login},
-                errors={
-                    "page": {
-                        "code": "procedure.awaiting_confirmation",
-                        "text": self.messages.error_text("procedure.awaiting_confirmation", "fr"),
-                    }
-                },
+                errors={"page": {"code": "procedure.awaiting_confirmation", "text": text}},
             )
         return redirect("/mes-informations")
 
@@ -80,14 +72,9 @@ class _Login(Pages):
                 "login.html",
                 exc.http_status,
                 refused=True,
-                errors={"page": {"text": self.error_text(exc), "code": exc.code}},
+                errors={"page": self.renderer.error(request, exc)},
             )
-        flash(
-            request,
-            "status",
-            "Un nouveau mail de confirmation vous a été envoyé. "
-            "Le lien précédent n'est plus valable.",
-        )
+        self.flash(request, "status", self.renderer.text(request, "web.login.resent"))
         return redirect("/connexion")
 
     async def logout(self, request: Request) -> Response:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from email_change.adapters.asgi._http import MAX_BODY, problem
@@ -106,15 +106,17 @@ class AllowedHosts:
     ``*.example.fr`` for every subdomain, or ``*`` for any host (not advised).
     """
 
-    def __init__(self, app: ASGIApp, *, allowed: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, *, allowed: Iterable[str], page: Response) -> None:
         self.app = app
+        self.page = page
         self.allowed = frozenset(h.lower() for h in allowed)
         self.any = "*" in self.allowed
         self.suffixes = tuple(h[1:] for h in self.allowed if h.startswith("*."))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self.any and not self._allowed(_host(scope)):
-            await _bad_host(scope)(scope, receive, send)
+            bad = problem(400, "request.host", "Unknown host.") if _api(scope) else self.page
+            await bad(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -137,14 +139,8 @@ def _host(scope: Scope) -> str | None:
     return parts.hostname
 
 
-def _bad_host(scope: Scope) -> Response:
-    if scope["path"].startswith("/api/"):
-        return problem(400, "request.host", "Unknown host.")
-    return HTMLResponse(
-        '<!doctype html><html lang="fr"><title>Adresse inconnue</title>'
-        "<p>Cette adresse ne correspond pas à ce service.</p></html>",
-        status_code=400,
-    )
+def _api(scope: Scope) -> bool:
+    return str(scope["path"]).startswith("/api/")
 
 
 class BodyLimit:
@@ -155,9 +151,10 @@ class BodyLimit:
     with a 413, so at most one chunk past the limit is ever held.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body: int = MAX_BODY) -> None:
+    def __init__(self, app: ASGIApp, *, max_body: int = MAX_BODY, page: Response) -> None:
         self.app = app
         self.max_body = max_body
+        self.page = page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -165,7 +162,7 @@ class BodyLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body:
-            await _too_large(scope)(scope, receive, _closing(send))
+            await self._too_large(scope)(scope, receive, _closing(send))
             return
         seen = 0
 
@@ -182,6 +179,11 @@ class BodyLimit:
             await (_closing(send) if seen > self.max_body else send)(message)
 
         await self.app(scope, capped, send_closing_if_refused)
+
+    def _too_large(self, scope: Scope) -> Response:
+        if _api(scope):
+            return problem(413, "request.too_large", "Body too large.")
+        return self.page
 
 
 def _closing(send: Send) -> Send:
@@ -203,13 +205,3 @@ def _content_length(scope: Scope) -> int | None:
             # Not a number: as good as too large (servers refuse it before it gets here).
             return int(value) if value.isdigit() else 1 << 62
     return None
-
-
-def _too_large(scope: Scope) -> Response:
-    if scope["path"].startswith("/api/"):
-        return problem(413, "request.too_large", "Body too large.")
-    return HTMLResponse(
-        '<!doctype html><html lang="fr"><title>Demande trop volumineuse</title>'
-        "<p>La demande envoyée est trop volumineuse.</p></html>",
-        status_code=413,
-    )

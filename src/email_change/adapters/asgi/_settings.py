@@ -27,8 +27,12 @@ class WebSettings:
     mail_settings: MailSettings
     #: Signs the session cookie (itsdangerous). At least 32 random bytes in production.
     secret_key: str = attrs.field(repr=False)
-    #: Version of the consent wording shown by the web UI, recorded with each choice.
-    consent_wording_version: str = "web-fr-2026-01"
+    #: Version of the consent wording shown by the web UI, recorded with each choice. ``None``:
+    #: the catalogue's ``web.address.wording_version`` for the page's language.
+    consent_wording_version: str | None = None
+    #: The pages' language (a locale with a catalogue). ``None``: chosen per request from
+    #: ``Accept-Language``, French when none matches.
+    locale: str | None = "fr"
     #: The app is served over HTTPS: the session cookie is ``Secure``, every response carries
     #: ``Strict-Transport-Security`` and the browsers' ``Origin`` may be ``https://`` behind a
     #: proxy. Off only for a local demo over plain HTTP.

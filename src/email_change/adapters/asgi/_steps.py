@@ -3,13 +3,13 @@
 Each step page reads where the insured's open procedure stands and redirects to the right page,
 so the back button and a reload never break the walk. Every form post carries the session's
 synchronizer token. Errors tied to a field are shown next to it (``aria-invalid``,
-``aria-describedby``) with a suggestion; errors about the whole procedure go back to
-"Mes informations" with a message.
+``aria-describedby``) with a suggestion, all at once and listed in a summary at the top; errors
+about the whole procedure go back to "Mes informations" with a message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -18,15 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from email_change._errors import EmailChangeError
+from email_change._errors import ConsentMissing, EmailChangeError, MismatchedConfirmation
 from email_change._machine import AddressForm
-from email_change._values import Channel, ConsentPurpose
+from email_change._values import Channel, ConsentPurpose, parse_address
 from email_change._views import NextStep, ProcedureView
 from email_change.adapters.asgi._http import error_fields
 from email_change.adapters.asgi._pages import (
     PageContext,
     Pages,
-    flash,
     form_choice,
     form_text,
     read_form,
@@ -74,7 +73,8 @@ class _Steps(Pages):
         view = await run_in_threadpool(self.service.current, self.insured(request))
         if view is None or view.next_step is NextStep.DONE:
             if view is not None and view.state == "expired":
-                flash(request, "error", self.messages.error_text("procedure.expired", "fr"))
+                text = self.messages.error_text("procedure.expired", self.locale(request))
+                self.flash(request, "error", text)
             return redirect("/mes-informations")
         if view.next_step is not want:
             return redirect(STEP_URL[view.next_step])
@@ -83,20 +83,27 @@ class _Steps(Pages):
     async def _step_post(
         self,
         request: Request,
+        *,
         want: NextStep,
         template: str,
         action: Callable[[str, str, FormData], ProcedureView],
         keep: Sequence[str] = (),
+        precheck: Callable[[FormData], dict[str, EmailChangeError]] | None = None,
     ) -> Response:
         form = await read_form(request)
         current = await self._current(request, want)
         if isinstance(current, Response):
             return current
         insured = self.insured(request)
+        found = precheck(form) if precheck else {}
         try:
+            if any(name not in _CONSENTS for name in found):
+                raise next(iter(found.values()))  # shown with the others; the service not called
             view = await run_in_threadpool(action, insured, current.procedure_id, form)
         except EmailChangeError as exc:
-            return await self._refused(request, exc, template, form, keep)
+            return await self._refused(
+                request, exc, template=template, form=form, keep=keep, found=found
+            )
         if view.next_step is NextStep.OPEN_MAILBOX:
             # Step 4: the insured is logged out everywhere; only the masked address stays, for
             # the next page.
@@ -108,21 +115,22 @@ class _Steps(Pages):
         self,
         request: Request,
         exc: EmailChangeError,
+        *,
         template: str,
         form: FormData,
         keep: Sequence[str],
+        found: Mapping[str, EmailChangeError],
     ) -> Response:
-        field = _FIELD_OF.get(exc.code)
-        if exc.code == "consent.missing":
-            field = str(error_fields(exc)["purpose"])
+        field = _field_of(exc)
         if field is None and exc.code not in _PAGE_ERRORS:
-            flash(request, "error", self.error_text(exc))
+            self.flash(request, "error", self.error_text(request, exc))
             return redirect("/mes-informations")
         current = await self._current(request, _next_of(template))
         if isinstance(current, Response):
-            flash(request, "error", self.error_text(exc))
+            self.flash(request, "error", self.error_text(request, exc))
             return current
-        errors = {field or "page": {"text": self.error_text(exc), "code": exc.code}}
+        every = {**found, (field or "page"): exc}
+        errors = {name: self.renderer.error(request, error) for name, error in every.items()}
         values = {name: form_text(form, name) for name in keep}
         return self.page(
             request,
@@ -131,17 +139,15 @@ class _Steps(Pages):
             view=current,
             errors=errors,
             values=values,
-            **self._step_context(current),
+            **self._step_context(request, current),
         )
 
-    def _step_context(self, view: ProcedureView) -> dict[str, Any]:
-        policy = self.service.policy
+    def _step_context(self, request: Request, view: ProcedureView) -> dict[str, Any]:
+        policy, locale = self.service.policy, self.locale(request)
         return {
             "code_minutes": int(policy.code_lifetime.total_seconds() // 60),
             "code_length": policy.code_length,
-            "link_hours": int(policy.link_lifetime.total_seconds() // 3600),
-            "card_help": [(m.value, self.messages.card_help(m, "fr")) for m in view.card_help],
-            "purposes": [p.value for p in ConsentPurpose],
+            "card_help": [(m.value, self.messages.card_help(m, locale)) for m in view.card_help],
         }
 
     async def step_get(self, request: Request) -> Response:
@@ -149,7 +155,7 @@ class _Steps(Pages):
         current = await self._current(request, want)
         if isinstance(current, Response):
             return current
-        return self.page(request, template, view=current, **self._step_context(current))
+        return self.page(request, template, view=current, **self._step_context(request, current))
 
     # --- the steps -------------------------------------------------------------------------------
 
@@ -161,10 +167,11 @@ class _Steps(Pages):
         address = None
         if self.account_address is not None:
             address = await run_in_threadpool(self.account_address, insured)
+        resuming = view is not None and view.next_step is not NextStep.DONE
         return self.page(
             request,
             "profile.html",
-            view=view,
+            resuming=resuming,
             address=address,
             step_url=STEP_URL[view.next_step] if view else None,
         )
@@ -175,57 +182,63 @@ class _Steps(Pages):
         try:
             view = await run_in_threadpool(self.service.start, insured, channel=Channel.WEBSITE)
         except EmailChangeError as exc:
-            flash(request, "error", self.error_text(exc))
+            self.flash(request, "error", self.error_text(request, exc))
             return redirect("/mes-informations")
         return redirect(STEP_URL[view.next_step])
 
     async def submit_code(self, request: Request) -> Response:
         return await self._step_post(
             request,
-            NextStep.ENTER_CODE,
-            "code.html",
-            lambda i, p, f: self.service.submit_code(i, p, form_text(f, "code")),
+            want=NextStep.ENTER_CODE,
+            template="code.html",
+            action=lambda i, p, f: self.service.submit_code(i, p, form_text(f, "code")),
         )
 
     async def resend_code(self, request: Request) -> Response:
         response = await self._step_post(
             request,
-            NextStep.ENTER_CODE,
-            "code.html",
-            lambda i, p, _f: self.service.resend_code(i, p),
+            want=NextStep.ENTER_CODE,
+            template="code.html",
+            action=lambda i, p, _f: self.service.resend_code(i, p),
         )
         if response.status_code == 303:
-            flash(
-                request,
-                "status",
-                "Un nouveau code de sécurité vous a été envoyé par mail. "
-                "Le code précédent n'est plus valable.",
-            )
+            self.flash(request, "status", self.renderer.text(request, "web.code.resent"))
         return response
 
     async def submit_serial(self, request: Request) -> Response:
         return await self._step_post(
             request,
-            NextStep.ENTER_SERIAL,
-            "serial.html",
-            lambda i, p, f: self.service.submit_serial(i, p, form_text(f, "serial")),
+            want=NextStep.ENTER_SERIAL,
+            template="serial.html",
+            action=lambda i, p, f: self.service.submit_serial(i, p, form_text(f, "serial")),
         )
 
     async def submit_address(self, request: Request) -> Response:
+        locale = self.locale(request)
+        version = self.settings.consent_wording_version or self.messages.template(
+            locale, "web", "address", "wording_version"
+        )
+
         def action(insured: str, procedure_id: str, form: FormData) -> ProcedureView:
             address_form = AddressForm(
                 new_address=form_text(form, "new_address"),
                 confirmation=form_text(form, "confirmation"),
                 general_information=form_choice(form, ConsentPurpose.GENERAL_INFORMATION.value),
                 studies_and_research=form_choice(form, ConsentPurpose.STUDIES_AND_RESEARCH.value),
-                wording_version=self.settings.consent_wording_version,
+                wording_version=version,
                 channel=Channel.WEBSITE,
             )
             return self.service.submit_new_address(insured, procedure_id, address_form)
 
-        keep = ("new_address", "confirmation", *(p.value for p in ConsentPurpose))
+        smtputf8 = self.service.policy.allow_smtputf8
+        keep = ("new_address", "confirmation", *_CONSENTS)
         return await self._step_post(
-            request, NextStep.ENTER_NEW_ADDRESS, "address.html", action, keep
+            request,
+            want=NextStep.ENTER_NEW_ADDRESS,
+            template="address.html",
+            action=action,
+            keep=keep,
+            precheck=lambda form: address_form_errors(form, allow_smtputf8=smtputf8),
         )
 
     async def cancel(self, request: Request) -> Response:
@@ -235,9 +248,9 @@ class _Steps(Pages):
         if view is not None:
             try:
                 await run_in_threadpool(self.service.cancel, insured, view.procedure_id)
-                flash(request, "status", "Votre demande de modification a été annulée.")
+                self.flash(request, "status", self.renderer.text(request, "web.common.cancelled"))
             except EmailChangeError as exc:
-                flash(request, "error", self.error_text(exc))
+                self.flash(request, "error", self.error_text(request, exc))
         return redirect("/mes-informations")
 
     async def logged_out(self, request: Request) -> Response:
@@ -248,6 +261,38 @@ class _Steps(Pages):
             masked=masked if isinstance(masked, str) else "",
             link_hours=int(self.service.policy.link_lifetime.total_seconds() // 3600),
         )
+
+
+_CONSENTS = tuple(p.value for p in ConsentPurpose)
+
+
+def _field_of(error: EmailChangeError) -> str | None:
+    if error.code == "consent.missing":
+        return str(error_fields(error)["purpose"])
+    return _FIELD_OF.get(error.code)
+
+
+def address_form_errors(form: FormData, *, allow_smtputf8: bool) -> dict[str, EmailChangeError]:
+    """The mistakes of step 3's form that need no procedure to see, by field: the page shows
+    them all at once (the service then finds, one at a time, what needs the procedure)."""
+    found: dict[str, EmailChangeError] = {}
+    new, again = form_text(form, "new_address"), form_text(form, "confirmation")
+    try:
+        key = parse_address(new, allow_smtputf8=allow_smtputf8).key
+    except EmailChangeError as exc:
+        found["new_address"] = exc
+        same = bool(again.strip()) and again.strip().casefold() == new.strip().casefold()
+    else:
+        try:
+            same = parse_address(again, allow_smtputf8=allow_smtputf8).key == key
+        except EmailChangeError:
+            same = False
+    if not same:
+        found["confirmation"] = MismatchedConfirmation()
+    for purpose in _CONSENTS:
+        if form_choice(form, purpose) is None:
+            found[purpose] = ConsentMissing(purpose=purpose)
+    return found
 
 
 def _next_of(template: str) -> NextStep:
