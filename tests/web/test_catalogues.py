@@ -36,9 +36,13 @@ def _leaves(node: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]
     return found
 
 
+def _texts(entry: Any) -> list[str]:
+    """The texts of an entry: itself, or each form of a counted one."""
+    return [v for k, v in entry.items() if k != "count"] if isinstance(entry, dict) else [entry]
+
+
 def _placeholders(entry: Any) -> set[str]:
-    texts = [v for k, v in entry.items() if k != "count"] if isinstance(entry, dict) else [entry]
-    return {name for text in texts for _, name, _, _ in string.Formatter().parse(text) if name}
+    return {n for text in _texts(entry) for _, n, _, _ in string.Formatter().parse(text) if n}
 
 
 def test_french_and_english_have_the_same_texts_with_the_same_placeholders() -> None:
@@ -91,14 +95,15 @@ def test_french_typography() -> None:
     checked = 0
     guillemets = re.compile(r"«[^\u202f]|[^\u202f]»")
     for path, entry in _leaves(_catalogue("fr")).items():
-        texts = [v for k, v in entry.items() if k != "count"] if isinstance(entry, dict) else [entry]
-        for text in texts:
+        for text in _texts(entry):
             if path[0] == "mail":  # mails: the guillemets; their wording is parsed by hosts
                 assert guillemets.search(text) is None, ".".join(path)
                 continue
             checked += 1
             found = bad.search(text)
-            assert found is None, (".".join(path), text[max(0, found.start() - 12) : found.end() + 12])
+            if found is not None:
+                near = text[max(0, found.start() - 12) : found.end() + 12]
+                pytest.fail(f"{'.'.join(path)}: {near!r}")
     assert checked > 150
 
 

@@ -122,12 +122,15 @@ def test_every_mistake_of_the_address_form_is_shown_at_once(
     anchors["studies_and_research"] = "studies_and_research-oui"
     assert page.summary == [f"#{anchors.get(name, name)}" for name in errors]
     assert page.title.startswith("Erreur")
-    assert ("Le formulaire contient une erreur" if len(errors) == 1 else
-            f"Le formulaire contient {len(errors)} erreurs") in html
+    assert (
+        "Le formulaire contient une erreur"
+        if len(errors) == 1
+        else f"Le formulaire contient {len(errors)} erreurs"
+    ) in html
     for name in errors:
         assert f"{name}-error" in " ".join(page.invalid.values()), name
     assert wired.store.snapshot()[0] == before[0]  # the procedure did not move
-    for name, value in data.items():  # what was typed or chosen is kept
+    for value in data.values():  # what was typed or chosen is kept
         assert f'value="{value}"' in html
 
 
