@@ -339,3 +339,23 @@ def test_a_failing_start_up_pass_does_not_stop_the_app(
         assert client.get("/openapi.json").status_code == 200
     assert calls
     assert "start-up relay pass failed" in caplog.text
+
+
+def test_the_demo_module_runs_serve_demo_in_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    from email_change.adapters import asgi_demo
+
+    assert asgi_demo.main(["--host", "192.0.2.1"]) == 2  # refused before anything runs
+    assert "loopback" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_the_other_commands_take_a_schema_too(
+    pg_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EMAIL_CHANGE_KEYS", "k1=" + "a" * 44)
+    assert main(["sweep", "--postgres", pg_dsn, "--schema", pg_schema]) == 0
+    assert "expired 0" in capsys.readouterr().out
+    from email_change.adapters.sql import open_postgres
+
+    with open_postgres(pg_dsn, schema=pg_schema) as storage:  # the sweep migrated that schema
+        assert storage.store.open_procedure_of("nobody") is None
