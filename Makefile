@@ -10,8 +10,12 @@ CORE := $(VENV)/.core-stamp
 WEB := $(VENV)/.web-stamp
 DEV := $(VENV)/.dev-stamp
 DOCS := $(VENV)/.docs-stamp
+# Browser-side tools from the npm registry (axe-core for the browser journey, mermaid for the
+# docs site), pinned by tools/npm/package-lock.json, installed into tools/npm/node_modules.
+NPM_DIR := tools/npm
+NPM_STAMP := $(NPM_DIR)/node_modules/.installed-stamp
 
-.PHONY: demo serve test lint typecheck diagram docs bench fuzz mutate clean
+.PHONY: demo serve test lint typecheck diagram docs bench fuzz mutate npm clean
 
 $(VENV_STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,31 +40,39 @@ $(DOCS): pyproject.toml $(VENV_STAMP)
 	$(PIP) --group docs
 	touch $@
 
+$(NPM_STAMP): $(NPM_DIR)/package.json $(NPM_DIR)/package-lock.json
+	npm ci --prefix $(NPM_DIR) --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $(NPM_STAMP)
+
+npm: $(NPM_STAMP)
+
 # The scripted journey on the embedded default (SQLite file and .eml outbox in var/demo).
 demo: $(CORE)
 	$(VENV)/bin/email-change demo --var var/demo
 
-# The reference web app on the embedded default, for a person with a browser.
+# The reference web app on the embedded default, with its demo pages, for a person with a
+# browser on this machine (the demo is refused on a non-loopback address).
 serve: $(WEB)
-	$(VENV)/bin/email-change serve --var var/serve
+	$(VENV)/bin/email-change serve --demo --var var/serve
 
 lint: $(DEV)
-	$(VENV)/bin/ruff check src tests fuzz benchmarks docs/conftest.py
-	$(VENV)/bin/ruff format --check src tests fuzz benchmarks docs/conftest.py
+	$(VENV)/bin/ruff check src tests fuzz benchmarks tools docs/conftest.py
+	$(VENV)/bin/ruff format --check src tests fuzz benchmarks tools docs/conftest.py
 
 typecheck: $(DEV)
 	$(VENV)/bin/mypy
 
 # Lint, strict types, then every test (PostgreSQL ones need EMAIL_CHANGE_TEST_PG_DSN) with
 # branch coverage of src/email_change enforced at 95 % (pyproject.toml).
-test: lint typecheck
+test: lint typecheck $(NPM_STAMP)
 	$(PY) -m pytest --cov --cov-branch --cov-report=term-missing:skip-covered
 
 diagram: $(CORE)
 	$(VENV)/bin/email-change diagram --format markdown > docs/state-diagram.md
 
-# The documentation site, offline, warnings as errors. Its examples run in `make test` (Sybil).
-docs: $(DOCS)
+# The documentation site, warnings as errors; the built site needs no network (mermaid is
+# copied from tools/npm). Its examples run in `make test` (Sybil).
+docs: $(DOCS) $(NPM_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # Benchmarks (never collected by pytest): writes benchmarks/results.json and docs/performance.md.
@@ -86,4 +98,5 @@ mutate: $(DEV)
 	$(VENV)/bin/mutmut results
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis site mutants
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .hypothesis site mutants \
+		$(NPM_DIR)/node_modules

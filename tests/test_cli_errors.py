@@ -154,12 +154,12 @@ def test_a_database_path_that_cannot_be_created_is_one_line_with_status_2(
     one_line(capsys, "email-change sweep: error:", "a-file")
 
 
-def test_an_unusable_database_is_one_line_with_status_1(
+def test_a_folder_given_as_the_database_is_one_line_with_status_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], keys: None
 ) -> None:
-    # A folder where the file should be: the store cannot be opened (as if the server were down).
-    assert main(["sweep", "--sqlite", str(tmp_path)]) == 1
-    one_line(capsys, "service.unavailable", "procedure_store")
+    # A folder where the file should be: a configuration mistake, refused before anything opens.
+    assert main(["sweep", "--sqlite", str(tmp_path)]) == 2
+    one_line(capsys, "email-change sweep: error:", str(tmp_path), "directory")
 
 
 def test_a_schema_from_a_newer_release_is_one_line_with_status_2(
@@ -193,7 +193,7 @@ def test_a_schema_from_a_newer_release_is_one_line_with_status_2(
         (["relay", "--smtp-timeout", "-1"], ["--smtp-timeout", "positive"]),
         (["relay", "--smtp-port", "0"], ["--smtp-port", "1 to 65535"]),
         (["relay", "--smtp-port", "70000"], ["--smtp-port", "1 to 65535"]),
-        (["serve", "--port", "99999"], ["--port", "1 to 65535"]),
+        (["serve", "--port", "99999"], ["--port", "0 to 65535"]),
         (["serve", "--port", "http"], ["--port", "whole number"]),
         (["relay", "--smtp-security", "ssl"], ["--smtp-security", "invalid choice"]),
         (["sweep", "--sqlite", "a", "--postgres", "b"], ["not allowed with"]),
@@ -225,22 +225,24 @@ def test_serve_binds_before_it_says_it_serves(
     capsys: pytest.CaptureFixture[str],
     keys: None,
 ) -> None:
+    from email_change.adapters import serving
+
     served: list[int] = []
 
-    def serve(_server: object, listener: socket.socket) -> None:
-        served.append(listener.getsockname()[1])
-        # Bound and listening already: a second server on the port is refused.
+    def run(_app: object, sock: socket.socket, **_options: object) -> None:
+        served.append(sock.getsockname()[1])
+        # Bound already: a second server on the port is refused.
         with socket.socket() as other, pytest.raises(OSError, match="in use"):
             other.bind(("127.0.0.1", served[0]))
-        listener.close()
+        sock.close()
 
-    monkeypatch.setattr(_cli, "_serve_until_stopped", serve)
+    monkeypatch.setattr(serving, "run", run)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     assert main(["serve", "--var", str(tmp_path / "var"), "--port", str(port)]) == 0
     assert served == [port]
-    assert f"serving the demo on http://127.0.0.1:{port}/" in capsys.readouterr().err
+    assert f"serving on http://127.0.0.1:{port}/" in capsys.readouterr().err
 
 
 def test_serve_on_a_host_that_does_not_resolve_is_one_line(

@@ -180,7 +180,9 @@ def _kill_again_and_again(
     engine: str, target: str, schema: str | None, *, folder: Path, kills: int, seed: int
 ) -> Counter[str]:
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["tests.crash_worker"])
+    # psycopg too: imported after each fork it takes longer than most kill delays, and the
+    # PostgreSQL workers would die before their first step.
+    ctx.set_forkserver_preload(["tests.crash_worker", "email_change.adapters.sql._postgres"])
     rng = random.Random(seed)  # noqa: S311 - kill points of a test
     checker = Checker(folder)
     for run_id in range(kills):

@@ -151,8 +151,13 @@ def _cell(text: str) -> str:
 
 
 def _template(messages: Messages, locale: str, code: str) -> str:
-    # The raw catalogue text, placeholders left as {name} so the reader sees the fields used.
-    return messages.text(locale, "errors", code)
+    # The raw catalogue text, placeholders left as {name} so the reader sees the fields used; a
+    # counted text shows its singular and its plural.
+    counted = messages.count_of(locale, "errors", code)
+    if counted is None:
+        return messages.template(locale, "errors", code)
+    one, other = (messages.template(locale, "errors", code, count=n) for n in (1, 2))
+    return f"{one}<br>{other}"
 
 
 def errors_page() -> str:

@@ -71,6 +71,7 @@ from email_change._ports import (
     Mailer,
     ProcedureStore,
     RandomSource,
+    SessionEndReader,
     VitaleRegistry,
 )
 from email_change._records import (
@@ -180,6 +181,7 @@ __all__ = [
     "SameAddress",
     "SealedSecret",
     "ServiceUnavailable",
+    "SessionEndReader",
     "VitaleRegistry",
     "WrongCode",
     "WrongSerial",

@@ -12,30 +12,24 @@ from __future__ import annotations
 
 import argparse
 import csv
-import errno
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import attrs
 
 from email_change import __version__
 from email_change._bootstrap import build_service
-from email_change._cli_options import HelpFormatter, Parser, count, port, seconds
+from email_change._cli_options import HelpFormatter, Parser, count, listen_port, port, seconds
 from email_change._crypto import Keyring, KeyringError
 from email_change._errors import EmailChangeError
 from email_change._messages import MailSettings
 from email_change._ports import AccountDirectory, Mailer, ProcedureStore, VitaleRegistry
 from email_change._records import MailEffect
 from email_change.adapters.sql import CardImportError, SchemaTooNew
-
-if TYPE_CHECKING:
-    import uvicorn
 
 __all__ = ["main"]
 
@@ -74,7 +68,7 @@ def _open_store(args: argparse.Namespace) -> Backend:
             storage = open_sqlite(args.sqlite)
         else:
             try:
-                storage = open_postgres(args.postgres)
+                storage = open_postgres(args.postgres, schema=getattr(args, "schema", None))
             except ImportError:
                 raise CliError(
                     "--postgres needs the postgres extra: pip install 'email_change[postgres]'"
@@ -172,50 +166,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
-        from email_change.adapters.asgi_demo import create_demo_app, embedded_wiring
+        from email_change import _serve
+        from email_change.adapters.serving import ServerLimits
     except ImportError:
         raise CliError("serve needs the web extra: pip install 'email_change[web]'") from None
-    public_url = f"http://{args.host}:{args.port}"
-    # Everything that can fail (keys, folder, database, the port) fails before "serving on".
-    app = create_demo_app(embedded_wiring(Path(args.var)), public_url=public_url)
-    listener = _listen(args.host, args.port)
-    print(
-        f"serving the demo on {public_url}/ (data in {args.var}); stop with Ctrl-C", file=sys.stderr
-    )
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
-    _serve_until_stopped(uvicorn.Server(config), listener)
-    return 0
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` and listening, or a one-line :class:`CliError`."""
-    # The address family as uvicorn chooses it: IPv6 for an address with a colon, else IPv4.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as exc:
-        raise CliError(f"--host {host}: {exc.strerror}") from None
-    listener = socket.socket(family, kind, proto)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        listener.bind(address)
-        listener.listen(2048)
-    except OSError as exc:
-        listener.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise CliError(
-                f"port {port} on {host} is in use (another server?): choose another --port"
-            ) from None
-        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return listener
-
-
-def _serve_until_stopped(server: uvicorn.Server, listener: socket.socket) -> None:
-    server.run(sockets=[listener])  # pragma: no cover - serves until stopped
+        options = _serve.ServeOptions(
+            var=Path(args.var),
+            host=args.host,
+            port=args.port,
+            demo=args.demo,
+            memory=args.memory,
+            postgres=args.postgres,
+            schema=args.schema,
+            public_url=args.public_url,
+            allowed_hosts=tuple(args.allowed_host),
+            relay_interval=args.relay_interval,
+            limits=ServerLimits(
+                header_timeout=args.header_timeout,
+                body_timeout=args.body_timeout,
+                keep_alive_timeout=args.keep_alive_timeout,
+                max_connections=args.max_connections,
+                limit_concurrency=args.limit_concurrency,
+            ),
+        )
+        return _serve.serve(options)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _cmd_diagram(args: argparse.Namespace) -> int:
@@ -365,6 +342,7 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
         help="SQLite database file (keys.json beside it is used when EMAIL_CHANGE_KEYS is unset)",
     )
     group.add_argument("--postgres", metavar="DSN", help="PostgreSQL connection string")
+    parser.add_argument("--schema", metavar="NAME", help="with --postgres: the schema to use")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -400,14 +378,65 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = command(
         "serve",
-        "serve the reference web app (demo)",
-        description="Serve the French web UI and the JSON API on the embedded default (SQLite, "
-        "file outbox) with a seeded demo insured and card; the demo mailbox page shows the mails. "
-        "Needs the web extra. Never for production.",
+        "serve the reference web app",
+        description="Serve the French web UI's pages for the mailed links and the JSON API on "
+        "the embedded default (SQLite, file outbox, audit log in --var, or --postgres), and run "
+        "the outbox relay. With --demo: a seeded insured, a login with a published password "
+        "and a mailbox page showing every mail, on a loopback address only. Needs the web extra.",
+        epilog="Production settings and what a reverse proxy must add: docs/operations.md.",
     )
+    serve.add_argument("--demo", action="store_true", help="the demo pages (loopback only)")
+    serve.add_argument("--memory", action="store_true", help="with --demo: keep nothing")
     serve.add_argument("--var", default="var/serve", metavar="DIR", help=EMBEDDED_FOLDER)
+    serve.add_argument("--postgres", metavar="DSN", help="PostgreSQL instead of SQLite in --var")
+    serve.add_argument("--schema", metavar="NAME", help="with --postgres: the schema to use")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=port, default=8000, help="TCP port to listen on")
+    serve.add_argument("--port", type=listen_port, default=8000, help="0: any free port")
+    serve.add_argument(
+        "--public-url", metavar="URL", help="where browsers reach it (default: the address served)"
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a Host header to answer (repeatable; default: the public URL's host)",
+    )
+    limits = serve.add_argument_group("limits (see docs/operations.md)")
+    limits.add_argument(
+        "--header-timeout",
+        type=seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a client has to send its request line and headers",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="time a client has to send its request body",
+    )
+    limits.add_argument(
+        "--keep-alive-timeout",
+        type=seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="idle time before a kept-alive connection is closed",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=count,
+        default=256,
+        metavar="N",
+        help="open connections (lowered to fit ulimit -n)",
+    )
+    limits.add_argument(
+        "--limit-concurrency", type=count, default=16, metavar="N", help="requests run at once"
+    )
+    limits.add_argument(
+        "--relay-interval", type=seconds, default=2.0, metavar="SECONDS", help="idle relay loop"
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     diagram = command(

@@ -11,7 +11,7 @@ import argparse
 import math
 from typing import Any, NoReturn
 
-__all__ = ["HelpFormatter", "Parser", "count", "port", "seconds"]
+__all__ = ["HelpFormatter", "Parser", "count", "listen_port", "port", "seconds"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,6 +62,14 @@ def port(text: str) -> int:
     value = _integer(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number, 1 to 65535, got {value}")
+    return value
+
+
+def listen_port(text: str) -> int:
+    """A TCP port to listen on: 0 (any free port) to 65535."""
+    value = _integer(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number, 0 to 65535, got {value}")
     return value
 
 

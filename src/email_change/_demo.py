@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from email_change._bootstrap import build_service
 from email_change._crypto import Keyring
 from email_change._errors import EmailChangeError
-from email_change._machine import AddressForm
+from email_change._machine import AddressForm, ProcedureState
 from email_change._messages import MAIL_KIND_HEADER, MailSettings, Messages, is_addressed_to
 from email_change._records import MailKind
 from email_change._service import EmailChangeService
@@ -264,7 +264,7 @@ def _journey(world: DemoWorld, stream: TextIO) -> int:
     say()
 
     left = service.current(INSURED)
-    if left is not None and left.state == "awaiting_confirmation":
+    if left is not None and left.state is ProcedureState.AWAITING_CONFIRMATION:
         say("A previous run registered an address and left it awaiting confirmation: resuming it.")
         old_link = link_token(_previous_confirmation(world))
         refused("its link, a day later", lambda: service.confirm(old_link))

@@ -1,12 +1,18 @@
-"""Texts as data: error messages, step hints, card help and mails, per locale.
+"""Texts as data: error messages, step hints, card help, mails and the web pages, per locale.
 
 Catalogues are TOML files (``locales/fr.toml`` is the default, ``en.toml`` ships too). A host adds a
 language, or overrides wording, by pointing :class:`Messages` at a folder of its own TOML files:
 no code changes. Missing keys fall back to French, so a partial translation never breaks a mail.
+
+A text that counts something is a table of plural forms, named by their CLDR categories (``one``,
+``few``, ``many``, ``other``...), with ``count`` naming the parameter that is counted (``count`` by
+default). The form is chosen by the CLDR plural rules of the catalogue's language, from Babel:
+in French 0 and 1 take ``one``, in English only 1 does. ``other`` is required.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 import tomllib
@@ -98,9 +104,13 @@ class Messages:
 
     >>> m = Messages()
     >>> m.error_text("code.wrong", "fr", tries_left=2)
-    'Le code de sécurité est incorrect. Il vous reste 2 essai(s) pour ce code.'
+    'Le code de sécurité est incorrect. Il vous reste 2 essais pour ce code.'
+    >>> m.error_text("code.wrong", "fr", tries_left=1)
+    'Le code de sécurité est incorrect. Il vous reste 1 essai pour ce code.'
+    >>> m.error_text("code.wrong", "en", tries_left=1)
+    'The security code is wrong. 1 try left for this code.'
     >>> m.error_text("code.wrong", "xx", tries_left=2)  # unknown locale: French
-    'Le code de sécurité est incorrect. Il vous reste 2 essai(s) pour ce code.'
+    'Le code de sécurité est incorrect. Il vous reste 2 essais pour ce code.'
     >>> sorted(m.locales)
     ['en', 'fr']
     """
@@ -123,18 +133,45 @@ class Messages:
         """Locales with a catalogue."""
         return frozenset(self._catalogues)
 
-    def _lookup(self, locale: str, *path: str) -> str:
+    def _entry(self, locale: str, *path: str) -> tuple[str, str | Mapping[str, str]]:
+        """The entry at ``path`` and the locale it was found in (the locale, else French)."""
         for candidate in (locale, DEFAULT_LOCALE):
             node: Any = self._catalogues.get(candidate, {})
             for key in path:
                 node = node.get(key) if isinstance(node, dict) else None
-            if isinstance(node, str):
-                return node
+            if isinstance(node, str) or _is_plural(node):
+                return candidate, node
         raise KeyError(".".join(path))
 
+    def template(self, locale: str, *path: str, count: int | None = None) -> str:
+        """The text at ``path`` with its ``{placeholders}``: for a counted text, the plural form
+        for ``count`` (``other`` without one).
+
+        >>> m = Messages()
+        >>> m.template("fr", "errors", "code.wrong", count=1).split(". ")[1]
+        'Il vous reste {tries_left} essai pour ce code.'
+        >>> m.template("en", "errors", "code.wrong", count=0).split(". ")[1]
+        '{tries_left} tries left for this code.'
+        """
+        found, entry = self._entry(locale, *path)
+        if isinstance(entry, str):
+            return entry
+        form = "other" if count is None else plural_form(found, count)
+        return entry.get(form) or entry["other"]
+
+    def count_of(self, locale: str, *path: str) -> str | None:
+        """The name of the parameter a counted text counts, or ``None`` for a plain text."""
+        entry = self._entry(locale, *path)[1]
+        return None if isinstance(entry, str) else entry.get("count", "count")
+
     def text(self, locale: str, *path: str, **params: object) -> str:
-        """The text at ``path`` (e.g. ``"steps", "enter_code"``), formatted with ``params``."""
-        template = self._lookup(locale, *path)
+        """The text at ``path`` (e.g. ``"steps", "enter_code"``), formatted with ``params``; a
+        counted text takes the plural form for its count."""
+        counted = self.count_of(locale, *path)
+        count = params.get(counted) if counted else None
+        template = self.template(
+            locale, *path, count=count if isinstance(count, int) and count >= 0 else None
+        )
         return template.format_map(_SafeFormat({k: str(v) for k, v in params.items()}))
 
     def error_text(self, code: str, locale: str = DEFAULT_LOCALE, **fields: object) -> str:
@@ -220,6 +257,36 @@ def _address_key(text: str) -> str:
         return parse_address(text, allow_smtputf8=True).key
     except InvalidAddress:
         return text.strip().casefold()  # not an address: compared as written, case aside
+
+
+#: The CLDR plural categories, and the key naming the counted parameter.
+_PLURAL_KEYS = frozenset({"zero", "one", "two", "few", "many", "other", "count"})
+
+
+def _is_plural(node: object) -> bool:
+    return (
+        isinstance(node, dict)
+        and isinstance(node.get("other"), str)
+        and _PLURAL_KEYS.issuperset(node)
+        and all(isinstance(v, str) for v in node.values())
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def plural_form(locale: str, count: int) -> str:
+    """The CLDR plural category of ``count`` in ``locale`` (Babel's rules; French for a locale
+    Babel does not know).
+
+    >>> [plural_form("fr", n) for n in (0, 1, 2)], [plural_form("en", n) for n in (0, 1, 2)]
+    (['one', 'one', 'other'], ['other', 'one', 'other'])
+    """
+    from babel import Locale, UnknownLocaleError
+
+    try:
+        rules = Locale.parse(locale.replace("-", "_"))
+    except (UnknownLocaleError, ValueError):
+        rules = Locale.parse(DEFAULT_LOCALE)
+    return str(rules.plural_form(count))
 
 
 def _require(secret: str | None) -> str:

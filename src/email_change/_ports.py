@@ -28,6 +28,7 @@ __all__ = [
     "Mailer",
     "ProcedureStore",
     "RandomSource",
+    "SessionEndReader",
     "VitaleRegistry",
 ]
 
@@ -101,6 +102,20 @@ class AccountDirectory(Protocol):
 
     def record_consents(self, consents: Sequence[ConsentRecord]) -> None:
         """Store consent records (idempotent on (insured, purpose, at))."""
+        ...
+
+
+@runtime_checkable
+class SessionEndReader(Protocol):
+    """Optional, beside an :class:`AccountDirectory`: when the insured's sessions last ended.
+
+    A frontend that keeps sessions of its own (the reference web app does) reads it to refuse a
+    session issued before that time, wherever the sessions were ended from. The reference
+    directories (in memory and SQL) have it.
+    """
+
+    def sessions_ended_at(self, insured_id: str) -> datetime | None:
+        """When :meth:`AccountDirectory.end_sessions` last ran for the insured, or ``None``."""
         ...
 
 

@@ -64,12 +64,15 @@ def header_insured(request: Request) -> str | None:
     return request.headers.get("x-test-insured")
 
 
-def wire(*, demo: bool = False) -> Wired:
+def wire(
+    *,
+    demo: bool = False,
+    directory: type[memory.InMemoryAccountDirectory] = memory.InMemoryAccountDirectory,
+    https_only: bool = False,
+) -> Wired:
     clock = memory.FakeClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
     mailer = memory.InMemoryMailer()
-    directory = memory.InMemoryAccountDirectory(
-        {INSURED: "jeanne@exemple.fr", OTHER: "paul@exemple.fr"}
-    )
+    accounts = directory({INSURED: "jeanne@exemple.fr", OTHER: "paul@exemple.fr"})
     registry = memory.InMemoryVitaleRegistry(
         {INSURED: [Card(serial=SERIAL, model=CardModel.WITH_PHOTO, status=CardStatus.ACTIVE)]}
     )
@@ -80,7 +83,7 @@ def wire(*, demo: bool = False) -> Wired:
     service = build_service(
         store=store,
         mailer=mailer,
-        directory=directory,
+        directory=accounts,
         registry=registry,
         audit=memory.InMemoryAuditSink(),
         keyring=Keyring(keys={"k1": b"k" * 32}, current="k1"),
@@ -91,10 +94,10 @@ def wire(*, demo: bool = False) -> Wired:
     settings = WebSettings(
         mail_settings=mail_settings,
         secret_key="test-secret-key-" * 4,
-        https_only=False,
+        https_only=https_only,
         demo_mailbox=(lambda: list(mailer.outbox)) if demo else None,
     )
-    return Wired(service, mailer, registry, directory, clock, settings, store)
+    return Wired(service, mailer, registry, accounts, clock, settings, store)
 
 
 def web_app(wired: Wired) -> Starlette:
@@ -114,4 +117,6 @@ def web_app(wired: Wired) -> Starlette:
         current_insured=session_insured,
         authenticate=authenticate,
         account_address=address,
+        sessions_ended=wired.directory,
+        clock=wired.clock,
     )

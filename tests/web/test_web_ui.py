@@ -108,7 +108,7 @@ def test_code_screen(web: TestClient, wired: Wired) -> None:
     assert refused.status_code == 400  # type: ignore[attr-defined]
     assert 'aria-invalid="true"' in html
     assert 'aria-describedby="code-hint code-error"' in html
-    assert "Il vous reste 2 essai(s)" in html
+    assert "Il vous reste 2 essais pour ce code" in html
     assert "seul le plus récent est valable" in html  # the suggestion
     _check_page(html)
 
@@ -297,7 +297,9 @@ def test_cancel_and_expiry_go_back_to_the_profile(web: TestClient, wired: Wired)
     assert "a été annulée" in web.get("/mes-informations").text
     wired.clock.advance(seconds=31)
     _post(web, "/email/modifier")
-    wired.clock.advance(hours=1)
+    wired.clock.advance(minutes=20)
+    assert web.get("/email/code").status_code == 200
+    wired.clock.advance(minutes=20)  # the procedure expired; the session, used 20 minutes ago, not
     assert web.get("/email/code").headers["location"] == "/mes-informations"
     assert "Cette démarche a expiré" in web.get("/mes-informations").text
 
@@ -311,7 +313,12 @@ def test_mailbox_only_in_demo_mode(web: TestClient) -> None:
 
 @pytest.mark.parametrize("on", ["memory", "embedded"])
 def test_demo_app_login_and_mailbox(on: str, tmp_path: Path) -> None:
-    app = create_demo_app() if on == "memory" else create_demo_app(embedded_wiring(tmp_path))
+    url = "http://testserver"
+    app = (
+        create_demo_app(public_url=url)
+        if on == "memory"
+        else create_demo_app(embedded_wiring(tmp_path), public_url=url)
+    )
     with TestClient(app, follow_redirects=False) as client:
         login = client.get("/connexion").text
         assert DEMO_INSURED in login  # the demo shows its credentials

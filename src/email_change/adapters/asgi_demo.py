@@ -4,17 +4,19 @@ Never for production: the login accepts one fixed demo password and the mailbox 
 mails (codes and links included). The default wiring keeps everything in memory; pass your own
 ``service_factory`` to run the same app on other adapters.
 
-Serve it with ``python -m email_change.adapters.asgi_demo --port 8000``.
+Serve it with ``email-change serve --demo`` (on the embedded default) or
+``python -m email_change.adapters.asgi_demo`` (in memory), on a loopback address only.
 """
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import secrets
+import sys
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 from starlette.applications import Starlette
@@ -22,9 +24,13 @@ from starlette.applications import Starlette
 from email_change._bootstrap import build_service
 from email_change._crypto import Keyring
 from email_change._messages import MailSettings
+from email_change._ports import SessionEndReader
 from email_change._service import EmailChangeService
 from email_change._values import Card, CardModel, CardStatus
 from email_change.adapters.asgi import MailboxReader, WebSettings, create_app, session_insured
+
+if TYPE_CHECKING:
+    from email_change.adapters.sql import SQLStorage
 
 __all__ = [
     "DEMO_ADDRESS",
@@ -52,6 +58,8 @@ class DemoWiring:
     service: EmailChangeService
     mailbox: MailboxReader
     current_address: Callable[[str], str | None]
+    #: The account directory, when it can tell when the insured's sessions ended.
+    sessions_ended: SessionEndReader | None = None
 
 
 def memory_wiring(mail_settings: MailSettings) -> DemoWiring:
@@ -84,19 +92,24 @@ def memory_wiring(mail_settings: MailSettings) -> DemoWiring:
     def mailbox() -> Sequence[EmailMessage]:
         return list(mailer.outbox)
 
-    return DemoWiring(service=service, mailbox=mailbox, current_address=current_address)
+    return DemoWiring(
+        service=service, mailbox=mailbox, current_address=current_address, sessions_ended=directory
+    )
 
 
-def embedded_wiring(folder: Path) -> Callable[[MailSettings], DemoWiring]:
+def embedded_wiring(
+    folder: Path, *, storage: SQLStorage | None = None
+) -> Callable[[MailSettings], DemoWiring]:
     """The embedded default in ``folder`` (SQLite, file outbox), the demo insured and card seeded.
 
+    ``storage``: another SQL storage (e.g. PostgreSQL) instead of the folder's SQLite file.
     What a person does in the browser is kept: serving again resumes where they left off.
     """
 
     def wire(mail_settings: MailSettings) -> DemoWiring:
         from email_change.adapters.embedded import open_embedded
 
-        env = open_embedded(folder)
+        env = open_embedded(folder, storage=storage)
         directory = env.storage.directory
         if directory.current_address(DEMO_INSURED) is None:
             directory.add(DEMO_INSURED, DEMO_ADDRESS)
@@ -111,7 +124,10 @@ def embedded_wiring(folder: Path) -> Callable[[MailSettings], DemoWiring]:
             return [env.outbox.read(entry.name) for entry in reversed(env.outbox.list())]
 
         return DemoWiring(
-            service=env.service(mail_settings), mailbox=mailbox, current_address=current_address
+            service=env.service(mail_settings),
+            mailbox=mailbox,
+            current_address=current_address,
+            sessions_ended=directory,
         )
 
     return wire
@@ -129,10 +145,15 @@ def create_demo_app(
     *,
     public_url: str = "http://127.0.0.1:8000",
     secret_key: str | None = None,
+    relay_interval: float | None = None,
+    allowed_hosts: tuple[str, ...] | None = None,
 ) -> Starlette:
-    """The demo web app. ``public_url`` is where a browser reaches it (links in mails point there).
+    """The demo web app. ``public_url`` is where a browser reaches it (links in mails point there,
+    and the app answers for its host only, unless ``allowed_hosts`` says otherwise).
 
-    The session cookie is not HTTPS-only here, so the demo works over plain HTTP on 127.0.0.1.
+    The session cookie is HTTPS-only when ``public_url`` is ``https://``; over plain HTTP on
+    127.0.0.1 it is not, so that the demo works. ``relay_interval``: run the outbox relay in the
+    app's lifespan (``WebSettings.relay_interval``).
     """
     base = public_url.rstrip("/")
     mail_settings = MailSettings(
@@ -143,7 +164,9 @@ def create_demo_app(
     settings = WebSettings(
         mail_settings=mail_settings,
         secret_key=secret_key or secrets.token_urlsafe(48),
-        https_only=False,
+        https_only=base.startswith("https://"),
+        allowed_hosts=allowed_hosts,
+        relay_interval=relay_interval,
         demo_mailbox=wiring.mailbox,
         demo_hints={"login": DEMO_INSURED, "password": DEMO_PASSWORD, "serial": DEMO_SERIAL},
     )
@@ -153,20 +176,16 @@ def create_demo_app(
         current_insured=session_insured,
         authenticate=_authenticate,
         account_address=wiring.current_address,
+        sessions_ended=wiring.sessions_ended,
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - runs a server
-    """Serve the demo with uvicorn."""
-    import uvicorn
+def main(argv: Sequence[str] | None = None) -> int:
+    """``email-change serve --demo --memory`` (see ``docs/cli.md``): ``--host``, ``--port``..."""
+    from email_change._cli import main as cli
 
-    parser = argparse.ArgumentParser(description="Serve the email_change demo web app.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
-    app = create_demo_app(public_url=f"http://{args.host}:{args.port}")
-    uvicorn.run(app, host=args.host, port=args.port)
+    return cli(["serve", "--demo", "--memory", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    sys.exit(main())

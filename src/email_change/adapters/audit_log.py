@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def _line(record: AuditRecord) -> str:
 
 
 class JsonLinesAuditSink:
-    """Appends one JSON object per record to a file (created with its folder on first use).
+    """Appends one JSON object per record to a file (created with its folder on first use,
+    readable by its owner only).
 
     >>> import tempfile, pathlib, datetime
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "audit.jsonl"
@@ -42,13 +44,21 @@ class JsonLinesAuditSink:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._private = False
 
     def record(self, record: AuditRecord) -> None:
-        line = _line(record) + "\n"
+        line = (_line(record) + "\n").encode("utf-8")
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(line)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Owner-only: the records name insured and procedures (addresses are masked).
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                if not self._private:
+                    os.fchmod(fd, 0o600)  # a file an older version created readable by all
+                    self._private = True
+                os.write(fd, line)
+            finally:
+                os.close(fd)
 
 
 class LoggingAuditSink:

@@ -136,14 +136,20 @@ class EmbeddedDefault(ClosesOnExit):
         self.storage.close()
 
 
-def open_embedded(folder: Path | str, **sqlite: Any) -> EmbeddedDefault:
-    """Open (creating on first use) the embedded default in ``folder``."""
+def open_embedded(
+    folder: Path | str, *, storage: SQLStorage | None = None, **sqlite: Any
+) -> EmbeddedDefault:
+    """Open (creating on first use) the embedded default in ``folder``.
+
+    ``storage``: an open SQL storage to use instead of the folder's SQLite file (for instance
+    ``open_postgres(...)``); the outbox, audit log and keys stay in the folder.
+    """
     root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     keyring = _keyring(root)  # before the database: a bad key leaves nothing open
     return EmbeddedDefault(
         folder=root,
-        storage=open_sqlite(root / "email_change.sqlite3", **sqlite),
+        storage=storage or open_sqlite(root / "email_change.sqlite3", **sqlite),
         outbox=FileOutbox(root / "outbox"),
         audit=JsonLinesAuditSink(root / "audit.jsonl"),
         keyring=keyring,

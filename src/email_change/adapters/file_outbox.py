@@ -92,7 +92,8 @@ class FileOutbox:
         if not message_id:
             raise ValueError("the file outbox names files after the Message-ID: set one")
         data = _wire_bytes(message)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # Mails hold addresses, codes and links: the folder and each file (mkstemp) are 0700/0600.
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=_TMP_PREFIX, suffix=".eml")
         try:
             with os.fdopen(fd, "wb") as out:

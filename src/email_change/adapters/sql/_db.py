@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -166,6 +167,17 @@ class _Connection(sqlite3.Connection):
     """A plain connection that can be weakly referenced (the C type cannot)."""
 
 
+def _private(path: Path) -> None:
+    """Create the database file readable by its owner only (it holds addresses and consents),
+    or make an existing one so. SQLite gives its ``-wal`` and ``-shm`` files the database file's
+    permissions when it creates them; older ones are made private too."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for one in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if one.stat().st_mode & 0o077:
+                one.chmod(0o600)
+
+
 class SQLiteDatabase:
     """A SQLite file (created on first use, with its folder), shared by the SQL stores.
 
@@ -192,6 +204,7 @@ class SQLiteDatabase:
         self._lock = threading.Lock()
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private(self.path)
 
     def _conn(self) -> sqlite3.Connection:
         conn: _Connection | None = getattr(self._local, "conn", None)
