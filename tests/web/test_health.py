@@ -138,7 +138,7 @@ def test_answers_hold_no_personal_data() -> None:
         (True, TypeError),
     ],
 )
-def test_the_threshold_is_checked(value: object, error: type[Exception]) -> None:
+def test_the_threshold_is_checked(value: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match="ready_max_relay_lag"):
         attrs.evolve(wire().settings, ready_max_relay_lag=value)
     assert attrs.evolve(wire().settings, ready_max_relay_lag=1).ready_max_relay_lag == 1
