@@ -6,8 +6,10 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import attrs
@@ -459,3 +461,76 @@ def test_every_metric_is_declared_with_its_unit() -> None:
     declared = {name: unit for name, (_kind, unit, _text) in otel.METRICS.items()}
     assert {n: u for n, u in declared.items() if n in exported} == exported
     assert set(exported) == set(declared) - {"email_change.wrong_tries", "email_change.locks"}
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+def test_counts_hold_when_requests_race(store_kind: str, tmp_path: Any) -> None:
+    """16 threads send a wrong code to one procedure at once: the metrics count exactly what was
+    committed (the ledger) and refused (the audit trail), one lock included, on every store."""
+    from email_change.adapters.sql import open_sqlite
+
+    policy = ec.Policy(
+        wrong_tries_per_code=10, codes_per_procedure=1, failures_per_insured_per_window=20
+    )
+    world = make_world(policy)
+    if store_kind == "sqlite":
+        storage = open_sqlite(tmp_path / "db.sqlite3")
+        world.store = storage.store  # type: ignore[assignment]
+        world.service = ec.build_service(
+            store=storage.store,
+            mailer=world.mailer,
+            directory=world.directory,
+            registry=world.registry,
+            audit=world.audit,
+            keyring=ec.Keyring(keys={"k1": b"k" * 32}, current="k1"),
+            mail_settings=ec.MailSettings(
+                confirm_url="https://a.example/c", revert_url="https://a.example/r"
+            ),
+            clock=world.clock,
+            policy=policy,
+        )
+    telemetry = instrumented(world)
+    pid = world.service.start(INSURED).procedure_id
+    wrong = world.wrong_code()
+    barrier = threading.Barrier(16)
+    outcomes: list[str] = []
+
+    def guess() -> None:
+        barrier.wait()
+        try:
+            world.service.submit_code(INSURED, pid, wrong)
+        except ec.EmailChangeError as error:
+            outcomes.append(error.code)
+
+    threads = [threading.Thread(target=guess) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with world.store.transaction(INSURED) as tx:
+        ledger = [e.kind for e in tx.ledger_since(world.clock.now() - timedelta(days=1))]
+    assert ledger.count(ec.LedgerKind.WRONG_CODE) == 10
+    assert telemetry.total("email_change.wrong_tries", email_change__factor="code") == 10
+    assert telemetry.total("email_change.locks") == 1
+    assert telemetry.total("email_change.events", email_change__event="submit_code") == 10
+    refusals = {
+        (a[OP], a.get(ERR)): n
+        for a, n in telemetry.points("email_change.operation.duration")
+        if a[OP] == "submit_code"
+    }
+    assert sum(refusals.values()) == 16 == len(outcomes)
+    assert refusals == {("submit_code", c): outcomes.count(c) for c in set(outcomes)}
+    if store_kind == "sqlite":
+        storage.close()
+
+
+def test_instrument_refuses_wrong_arguments() -> None:
+    with pytest.raises(TypeError, match="service must be an EmailChangeService, got NoneType"):
+        otel.instrument(None)  # type: ignore[arg-type]
+    service = make_world().service
+    with pytest.raises(TypeError, match="tracer_provider must be a TracerProvider, got str"):
+        otel.instrument(service, tracer_provider="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="meter_provider must be a MeterProvider, got int"):
+        otel.instrument(service, meter_provider=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="backlog must be callable, got int"):
+        otel.OpenTelemetryObserver(backlog=3)  # type: ignore[arg-type]

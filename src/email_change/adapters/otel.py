@@ -158,6 +158,16 @@ class OpenTelemetryObserver:
         meter_provider: metrics.MeterProvider | None = None,
         backlog: Callable[[], OutboxBacklog | None] | None = None,
     ) -> None:
+        if tracer_provider is not None and not isinstance(tracer_provider, trace.TracerProvider):
+            raise TypeError(
+                f"tracer_provider must be a TracerProvider, got {type(tracer_provider).__name__}"
+            )
+        if meter_provider is not None and not isinstance(meter_provider, metrics.MeterProvider):
+            raise TypeError(
+                f"meter_provider must be a MeterProvider, got {type(meter_provider).__name__}"
+            )
+        if backlog is not None and not callable(backlog):
+            raise TypeError(f"backlog must be callable, got {type(backlog).__name__}")
         self._tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
         meter = metrics.get_meter(SCOPE, __version__, meter_provider)
         self._durations = _histogram(meter, "email_change.operation.duration")
@@ -273,6 +283,10 @@ def instrument(
     ``opentelemetry-instrument``). The outbox gauges read ``service.relay.backlog()`` at each
     collection: one store read serves the four of them.
     """
+    from email_change._service import EmailChangeService
+
+    if not isinstance(service, EmailChangeService):
+        raise TypeError(f"service must be an EmailChangeService, got {type(service).__name__}")
     observer = OpenTelemetryObserver(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
