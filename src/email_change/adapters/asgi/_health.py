@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from email_change._service import EmailChangeService
 
-__all__ = ["LIVE", "PATHS", "READY", "readiness", "routes"]
+__all__ = ["LIVE", "OPENAPI_SCHEMA", "PATHS", "READY", "openapi_paths", "readiness", "routes"]
 
 log = logging.getLogger("email_change.web")
 
@@ -64,3 +64,68 @@ def routes(service: EmailChangeService, max_lag: float | None) -> list[Route]:
         return JSONResponse(body, status_code=200 if is_ready else 503)
 
     return [Route(LIVE, live, methods=["GET"]), Route(READY, ready, methods=["GET"])]
+
+
+# --- the OpenAPI document's part ---------------------------------------------------------
+
+
+def _health(summary: str, op_id: str, *, ready: bool) -> dict[str, Any]:
+    def answer(description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+        }
+
+    responses = {"200": answer("Ready." if ready else "The process answers.")}
+    if ready:
+        responses["503"] = answer("Not ready: the store did not answer, or the relay is late.")
+    return {
+        "get": {
+            "summary": summary,
+            "operationId": op_id,
+            "tags": ["health"],
+            "security": [],
+            "responses": responses,
+        }
+    }
+
+
+OPENAPI_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["status"],
+    "description": "No personal data: the state of each check, and the relay's lag.",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "ready", "not_ready"]},
+        "checks": {
+            "type": "object",
+            "properties": {
+                "store": {"type": "string", "enum": ["ok", "failed"]},
+                "relay_lag": {
+                    "type": "string",
+                    "enum": ["ok", "late", "off", "unknown"],
+                    "description": "off: not checked (no threshold); unknown: the store cannot "
+                    "tell its backlog.",
+                },
+            },
+        },
+        "relay_lag_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "description": "How long the oldest due outbox item has waited for the relay.",
+        },
+    },
+}
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The two paths, for the app's OpenAPI document."""
+    return {
+        LIVE: _health(
+            "Liveness: the process answers (probes; no authentication)", "live", ready=False
+        ),
+        READY: _health(
+            "Readiness: the store answers and the relay's lag is under its threshold",
+            "ready",
+            ready=True,
+        ),
+    }

@@ -11,6 +11,7 @@ from typing import Any
 from email_change._machine import ProcedureState
 from email_change._values import CardModel, Channel
 from email_change._views import NextStep
+from email_change.adapters.asgi._health import OPENAPI_SCHEMA, openapi_paths
 
 __all__ = ["openapi_document"]
 
@@ -93,7 +94,7 @@ def _string_object(**fields: dict[str, Any]) -> dict[str, Any]:
 def _schemas(locales: list[str]) -> dict[str, Any]:
     int_ = {"type": "integer", "minimum": 0}
     return {
-        "Health": _HEALTH_SCHEMA,
+        "Health": OPENAPI_SCHEMA,
         "Procedure": {
             "type": "object",
             "required": [
@@ -176,54 +177,6 @@ def _schemas(locales: list[str]) -> dict[str, Any]:
     }
 
 
-def _health(summary: str, op_id: str, *, ready: bool) -> dict[str, Any]:
-    def answer(description: str) -> dict[str, Any]:
-        return {
-            "description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
-        }
-
-    responses = {"200": answer("Ready." if ready else "The process answers.")}
-    if ready:
-        responses["503"] = answer("Not ready: the store did not answer, or the relay is late.")
-    return {
-        "get": {
-            "summary": summary,
-            "operationId": op_id,
-            "tags": ["health"],
-            "security": [],
-            "responses": responses,
-        }
-    }
-
-
-_HEALTH_SCHEMA = {
-    "type": "object",
-    "required": ["status"],
-    "description": "No personal data: the state of each check, and the relay's lag.",
-    "properties": {
-        "status": {"type": "string", "enum": ["ok", "ready", "not_ready"]},
-        "checks": {
-            "type": "object",
-            "properties": {
-                "store": {"type": "string", "enum": ["ok", "failed"]},
-                "relay_lag": {
-                    "type": "string",
-                    "enum": ["ok", "late", "off", "unknown"],
-                    "description": "off: not checked (no threshold); unknown: the store cannot "
-                    "tell its backlog.",
-                },
-            },
-        },
-        "relay_lag_seconds": {
-            "type": "number",
-            "minimum": 0,
-            "description": "How long the oldest due outbox item has waited for the relay.",
-        },
-    },
-}
-
-
 def openapi_document(locales: list[str] | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document served at ``/openapi.json``."""
     p = "/api/v1/procedures"
@@ -298,14 +251,7 @@ def openapi_document(locales: list[str] | None = None) -> dict[str, Any]:
                 params=False,
                 secured=False,
             ),
-            "/health/live": _health(
-                "Liveness: the process answers (probes; no authentication)", "live", ready=False
-            ),
-            "/health/ready": _health(
-                "Readiness: the store answers and the relay's lag is under its threshold",
-                "ready",
-                ready=True,
-            ),
+            **openapi_paths(),
             "/api/v1/login-allowed": {
                 "get": {
                     "summary": "The login gate: false while an address awaits confirmation",
