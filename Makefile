@@ -33,7 +33,7 @@ $(WEB): pyproject.toml $(VENV_STAMP)
 
 # Every extra, so that their tests run, and the `dev` group: tests, lint, types, docs, mutmut.
 $(DEV): pyproject.toml $(VENV_STAMP)
-	$(PIP) -e '.[postgres,web,diagrams]' --group dev
+	$(PIP) -e '.[postgres,web,diagrams,otel]' --group dev
 	touch $@
 
 $(DOCS): pyproject.toml $(VENV_STAMP)

@@ -27,7 +27,7 @@ from tests.smtp_server import (
 
 KEYS = f"k1={base64.b64encode(b'k' * 32).decode()},k0={base64.b64encode(b'o' * 32).decode()}"
 URLS = ["--confirm-url", "https://ameli.example/c", "--revert-url", "https://ameli.example/r"]
-NAMES = ["configuration", "keys", "store", "smtp"]
+NAMES = ["configuration", "policy", "keys", "store", "smtp"]
 
 
 @pytest.fixture

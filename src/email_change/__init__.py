@@ -61,6 +61,7 @@ from email_change._machine import (
     login_allowed,
 )
 from email_change._messages import MAIL_KIND_HEADER, MailSettings, Messages
+from email_change._observe import DeliveryAttempt, EventReport
 from email_change._policy import Policy
 from email_change._ports import (
     AccountDirectory,
@@ -69,6 +70,8 @@ from email_change._ports import (
     DeliveryRefused,
     InsuredTransaction,
     Mailer,
+    Observer,
+    OutboxBacklogReader,
     ProcedureStore,
     RandomSource,
     SessionEndReader,
@@ -85,6 +88,7 @@ from email_change._records import (
     LinkIssue,
     MailEffect,
     MailKind,
+    OutboxBacklog,
     OutboxItem,
     Procedure,
 )
@@ -134,12 +138,14 @@ __all__ = [
     "ConsentMissing",
     "ConsentPurpose",
     "ConsentRecord",
+    "DeliveryAttempt",
     "DeliveryRefused",
     "EmailAddress",
     "EmailChangeError",
     "EmailChangeMachine",
     "EmailChangeService",
     "EventNotAllowed",
+    "EventReport",
     "ExpiryCutoff",
     "ExpiryRule",
     "InsuredBudgetSpent",
@@ -164,6 +170,9 @@ __all__ = [
     "MismatchedConfirmation",
     "NextStep",
     "NoCurrentAddress",
+    "Observer",
+    "OutboxBacklog",
+    "OutboxBacklogReader",
     "OutboxItem",
     "OutboxRelay",
     "Policy",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import attrs
 
-from email_change._cli import CliError, _keyring_and_source, _mail_settings, _mailer
+from email_change._cli import CliError, _keyring_and_source, _mail_settings, _mailer, _policy
 from email_change._crypto import KeyringError
 
 __all__ = ["Check", "run"]
@@ -38,10 +38,11 @@ class Check:
 
 
 def run(args: argparse.Namespace) -> list[Check]:
-    """Every check, in order: configuration, keys, store, smtp."""
+    """Every check, in order: configuration, policy, keys, store, smtp."""
     configuration = _configuration(args)
     return [
         configuration,
+        _guarded("policy", lambda: _policy_check(args)),
         _guarded("keys", lambda: _keys(args)),
         _guarded("store", lambda: _store(args)),
         _smtp(args, configured=configuration.status == OK),
@@ -76,6 +77,14 @@ def _configuration(args: argparse.Namespace) -> Check:
         OK,
         f"links to {settings.confirm_url} and {settings.revert_url}; {transport}",
     )
+
+
+def _policy_check(args: argparse.Namespace) -> Check:
+    numbers = _policy(args)
+    if numbers.source is None:
+        return Check("policy", OK, "the defaults: no --policy or EMAIL_CHANGE_POLICY")
+    changed = ", ".join(numbers.keys) or "nothing"
+    return Check("policy", OK, f"from {numbers.source}; sets {changed}")
 
 
 def _keys(args: argparse.Namespace) -> Check:

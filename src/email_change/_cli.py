@@ -27,6 +27,7 @@ from email_change._cli_options import HelpFormatter, Parser, count, listen_port,
 from email_change._crypto import Keyring, KeyringError
 from email_change._errors import EmailChangeError
 from email_change._messages import MailSettings
+from email_change._policy_file import POLICY_ENV, PolicyFile, PolicyFileError, read_policy_file
 from email_change._ports import AccountDirectory, Mailer, ProcedureStore, VitaleRegistry
 from email_change._records import MailEffect
 from email_change.adapters.sql import CardImportError, SchemaTooNew
@@ -143,6 +144,25 @@ def _mailer(args: argparse.Namespace) -> Mailer:
     raise CliError("choose where mails go: --smtp-host HOST or --outbox-dir DIR")
 
 
+def _policy(args: argparse.Namespace) -> PolicyFile:
+    """The deployment's policy and backoff: ``--policy FILE``, else ``EMAIL_CHANGE_POLICY``,
+    else the defaults. A file that cannot be read or used is a configuration error."""
+    path = getattr(args, "policy", None)
+    named_by = "--policy"
+    if not path:
+        path, named_by = os.environ.get(POLICY_ENV, "").strip(), POLICY_ENV
+    if not path:
+        return PolicyFile()
+    try:
+        return read_policy_file(path)
+    except OSError as exc:
+        raise CliError(
+            f"{named_by}: cannot read {path}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except PolicyFileError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _mail_settings(args: argparse.Namespace) -> MailSettings:
     if not args.confirm_url or not args.revert_url:
         raise CliError("set --confirm-url and --revert-url (the pages the mailed links open)")
@@ -170,6 +190,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from email_change.adapters.serving import ServerLimits
     except ImportError:
         raise CliError("serve needs the web extra: pip install 'email_change[web]'") from None
+    numbers = _policy(args)
     try:
         options = _serve.ServeOptions(
             var=Path(args.var),
@@ -182,6 +203,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             public_url=args.public_url,
             allowed_hosts=tuple(args.allowed_host),
             relay_interval=args.relay_interval,
+            policy=numbers.policy,
+            backoff=numbers.backoff,
             limits=ServerLimits(
                 header_timeout=args.header_timeout,
                 body_timeout=args.body_timeout,
@@ -218,6 +241,7 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         return _list_dead_letters(args)
     # The configuration first: a mistake there must not leave a new database file behind.
     keyring, mailer, mail_settings = _keyring(args), _mailer(args), _mail_settings(args)
+    numbers = _policy(args)
     backend = _open_store(args)
     if not args.once and not backend.durable:
         raise CliError("the relay loop needs a durable store: --sqlite PATH or --postgres DSN")
@@ -233,6 +257,8 @@ def _cmd_relay(args: argparse.Namespace) -> int:
         audit=LoggingAuditSink(),
         keyring=keyring,
         mail_settings=mail_settings,
+        policy=numbers.policy,
+        backoff=numbers.backoff,
     ).relay
     if args.once:
         report = relay.run_once(args.limit)
@@ -270,7 +296,7 @@ def _list_dead_letters(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    keyring = _keyring(args)
+    keyring, numbers = _keyring(args), _policy(args)
     backend = _open_store(args)
     if not backend.durable:
         raise CliError("sweep needs the store to sweep: --sqlite PATH or --postgres DSN")
@@ -286,6 +312,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         mail_settings=MailSettings(
             confirm_url="https://unused.invalid/c", revert_url="https://unused.invalid/r"
         ),
+        policy=numbers.policy,
     )
     print(f"expired {service.expire_due(args.limit)} abandoned procedure(s)")
     return 0
@@ -402,41 +429,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="a Host header to answer (repeatable; default: the public URL's host)",
     )
-    limits = serve.add_argument_group("limits (see docs/operations.md)")
-    limits.add_argument(
-        "--header-timeout",
-        type=seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="time a client has to send its request line and headers",
-    )
-    limits.add_argument(
-        "--body-timeout",
-        type=seconds,
-        default=20.0,
-        metavar="SECONDS",
-        help="time a client has to send its request body",
-    )
-    limits.add_argument(
-        "--keep-alive-timeout",
-        type=seconds,
-        default=5.0,
-        metavar="SECONDS",
-        help="idle time before a kept-alive connection is closed",
-    )
-    limits.add_argument(
-        "--max-connections",
-        type=count,
-        default=256,
-        metavar="N",
-        help="open connections (lowered to fit ulimit -n)",
-    )
-    limits.add_argument(
-        "--limit-concurrency", type=count, default=16, metavar="N", help="requests run at once"
-    )
-    limits.add_argument(
-        "--relay-interval", type=seconds, default=2.0, metavar="SECONDS", help="idle relay loop"
-    )
+    _serve_limits(serve)
+    _policy_option(serve)
     serve.set_defaults(handler=_cmd_serve)
 
     diagram = command(
@@ -476,6 +470,7 @@ def _parser() -> argparse.ArgumentParser:
         "--interval", type=seconds, default=2.0, metavar="SECONDS", help="idle time between passes"
     )
     relay.add_argument("--limit", type=count, default=100, metavar="N", help="items per pass")
+    _policy_option(relay)
     _mail_options(relay)
     relay.set_defaults(handler=_cmd_relay)
 
@@ -489,6 +484,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _store_options(sweep)
     sweep.add_argument("--limit", type=count, default=500, metavar="N", help="procedures per run")
+    _policy_option(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
 
     check = command(
@@ -503,6 +499,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"SMTP password: {SMTP_PASSWORD_ENV} (never on the command line).",
     )
     _store_options(check)
+    _policy_option(check)
     _mail_options(check)
     check.set_defaults(handler=_cmd_check)
 
@@ -518,6 +515,54 @@ def _parser() -> argparse.ArgumentParser:
     )
     cards.set_defaults(handler=_cmd_import_cards)
     return parser
+
+
+def _serve_limits(serve: argparse.ArgumentParser) -> None:
+    """What ``serve`` grants each client and the relay (docs/operations.md)."""
+    limits = serve.add_argument_group("limits (see docs/operations.md)")
+    limits.add_argument(
+        "--header-timeout",
+        type=seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a client has to send its request line and headers",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="time a client has to send its request body",
+    )
+    limits.add_argument(
+        "--keep-alive-timeout",
+        type=seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="idle time before a kept-alive connection is closed",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=count,
+        default=256,
+        metavar="N",
+        help="open connections (lowered to fit ulimit -n)",
+    )
+    limits.add_argument(
+        "--limit-concurrency", type=count, default=16, metavar="N", help="requests run at once"
+    )
+    limits.add_argument(
+        "--relay-interval", type=seconds, default=2.0, metavar="SECONDS", help="idle relay loop"
+    )
+
+
+def _policy_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        metavar="FILE.toml",
+        help=f"the deployment's Policy and relay [backoff] (or {POLICY_ENV}; default: the "
+        "library's defaults; docs/configuration.md)",
+    )
 
 
 def _mail_options(parser: argparse.ArgumentParser) -> None:

@@ -13,11 +13,19 @@ from datetime import datetime
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from email_change._records import AuditRecord, Commit, LedgerEntry, OutboxItem, Procedure
+from email_change._records import (
+    AuditRecord,
+    Commit,
+    LedgerEntry,
+    OutboxBacklog,
+    OutboxItem,
+    Procedure,
+)
 from email_change._values import Card, ConsentRecord, EmailAddress
 
 if TYPE_CHECKING:
     from email_change._machine import ExpiryCutoff
+    from email_change._observe import DeliveryAttempt, EventReport
 
 __all__ = [
     "AccountDirectory",
@@ -26,6 +34,8 @@ __all__ = [
     "DeliveryRefused",
     "InsuredTransaction",
     "Mailer",
+    "Observer",
+    "OutboxBacklogReader",
     "ProcedureStore",
     "RandomSource",
     "SessionEndReader",
@@ -207,3 +217,43 @@ class AuditSink(Protocol):
     """Receives one record per transition and per refused try. Never gets a secret."""
 
     def record(self, record: AuditRecord) -> None: ...
+
+
+@runtime_checkable
+class OutboxBacklogReader(Protocol):
+    """Optional, beside a :class:`ProcedureStore`: how much the outbox holds, and how late.
+
+    Read by the relay's :meth:`~email_change.OutboxRelay.backlog` for metrics and the web app's
+    readiness. The shipped stores (in memory, SQLite, PostgreSQL) have it; a host's store without
+    it still works, with no backlog figures. :class:`~email_change.testing.ProcedureStoreContract`
+    checks it when the store has it.
+    """
+
+    def outbox_backlog(self, now: datetime) -> OutboxBacklog:
+        """The items neither delivered nor dead, counted at ``now`` (one cheap read)."""
+        ...
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """Told what the service and its relay do: for metrics and traces (see
+    :mod:`email_change.adapters.otel`). Attach one with :meth:`EmailChangeService.observe`.
+
+    It is never given an address, a code, a token, a serial or an insured id. A method that
+    raises is logged and ignored; a block never swallows what the call raised.
+    """
+
+    def operation(self, name: str) -> AbstractContextManager[object]:
+        """A block around one facade call (``start``, ``submit_code``...): it raises what the
+        call raises (an :class:`~email_change.EmailChangeError` for a refusal), else the call
+        succeeded."""
+        ...
+
+    def event(self, report: EventReport) -> None:
+        """One committed event, inside the call's block (a call may commit two: ``expire`` then
+        ``start``)."""
+        ...
+
+    def delivery(self, attempt: DeliveryAttempt) -> AbstractContextManager[object]:
+        """A block around one delivery attempt; ``attempt.outcome`` is set when it exits."""
+        ...

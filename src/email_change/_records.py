@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import enum
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -41,6 +41,7 @@ __all__ = [
     "LinkIssue",
     "MailEffect",
     "MailKind",
+    "OutboxBacklog",
     "OutboxItem",
     "Procedure",
 ]
@@ -217,6 +218,44 @@ class OutboxItem:
     last_error: str | None = None
     #: Set when the relay gave up on the item (a permanent refusal, or its attempts spent).
     dead_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class OutboxBacklog:
+    """The outbox items neither delivered nor dead, as counted at :attr:`at`.
+
+    >>> from datetime import UTC, datetime, timedelta
+    >>> at = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    >>> backlog = OutboxBacklog(at=at, pending=2, due=1, oldest_created_at=at - timedelta(hours=1),
+    ...                         oldest_due_at=at - timedelta(seconds=5))
+    >>> backlog.age.total_seconds(), backlog.lag.total_seconds()
+    (3600.0, 5.0)
+    """
+
+    at: datetime
+    #: Items still owed (due now or waiting for a retry).
+    pending: int
+    #: Of those, the items whose next attempt is due at :attr:`at`.
+    due: int
+    #: When the oldest pending item was owed (``None``: nothing pending).
+    oldest_created_at: datetime | None = None
+    #: The earliest time a due item became due (``None``: nothing due).
+    oldest_due_at: datetime | None = None
+
+    @property
+    def age(self) -> timedelta:
+        """How long the oldest pending item has been owed (zero when none is)."""
+        return _since(self.at, self.oldest_created_at)
+
+    @property
+    def lag(self) -> timedelta:
+        """The relay's lag: how long the longest-waiting due item has waited for it (zero when
+        none is due). A running relay keeps it near its idle interval."""
+        return _since(self.at, self.oldest_due_at)
+
+
+def _since(now: datetime, then: datetime | None) -> timedelta:
+    return max(timedelta(0), now - then) if then is not None else timedelta(0)
 
 
 @attrs.frozen(kw_only=True)

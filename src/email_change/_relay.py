@@ -24,12 +24,15 @@ import attrs
 
 from email_change._crypto import Keyring, UnknownKeyError
 from email_change._messages import MailSettings, Messages
+from email_change._observe import DeliveryAttempt, Observers
 from email_change._ports import (
     AccountDirectory,
     AuditSink,
     Clock,
     DeliveryRefused,
     Mailer,
+    Observer,
+    OutboxBacklogReader,
     ProcedureStore,
 )
 from email_change._records import (
@@ -37,6 +40,7 @@ from email_change._records import (
     AccountEffect,
     AuditRecord,
     MailEffect,
+    OutboxBacklog,
     OutboxItem,
 )
 
@@ -110,6 +114,18 @@ class OutboxRelay:
         self._settings = settings
         self._clock = clock
         self._backoff = backoff or Backoff()
+        self._observers = Observers()
+
+    def observe(self, observer: Observer) -> None:
+        """Tell ``observer`` about every delivery attempt (the service's ``observe`` does it)."""
+        self._observers.add(observer)
+
+    def backlog(self) -> OutboxBacklog | None:
+        """The outbox's pending items and how late they are, read from the store now (for
+        metrics and readiness); ``None`` if the store cannot tell (no ``outbox_backlog``)."""
+        if not isinstance(self._store, OutboxBacklogReader):
+            return None
+        return self._store.outbox_backlog(self._clock.now())
 
     def on_dead_letter(self, listener: Callable[[OutboxItem], None]) -> None:
         """Call ``listener(item)`` for every item given up on (metrics, alerts...).
@@ -171,12 +187,18 @@ class OutboxRelay:
                 log.exception("dead-letter listener failed for outbox item %s", dead.id)
 
     def _deliver_one(self, item: OutboxItem, buried: list[OutboxItem]) -> str:
+        attempt = DeliveryAttempt(kind=_kind(item.effect), number=item.attempts + 1)
+        with self._observers.delivery(attempt):
+            outcome = attempt.outcome = self._attempt(item, buried, attempt)
+        return outcome
+
+    def _attempt(self, item: OutboxItem, buried: list[OutboxItem], attempt: DeliveryAttempt) -> str:
         try:
             self._apply(item)
         except Exception as exc:  # noqa: BLE001 - any adapter failure is retried or given up on
             now = self._clock.now()
             attempts = item.attempts + 1
-            error = type(exc).__name__
+            error = attempt.error = type(exc).__name__
             # A mail late by a day is no use (its code or link is dead); an account change is
             # owed whatever the delay, so only a permanent refusal ends it.
             stale = isinstance(item.effect, MailEffect) and (
@@ -212,7 +234,7 @@ class OutboxRelay:
         )
         self._store.update_outbox(dead)
         effect = item.effect
-        kind = effect.kind.value if isinstance(effect, MailEffect) else effect.action.value
+        kind = _kind(effect)
         log.error(
             "outbox item %s (%s) given up after %d attempts: %s", item.id, kind, attempts, error
         )
@@ -272,6 +294,10 @@ class OutboxRelay:
                 directory.confirm(insured, effect.address, at=at)
             case AccountAction.CANCEL_PENDING:
                 directory.cancel_pending(insured, at=at)
+
+
+def _kind(effect: MailEffect | AccountEffect) -> str:
+    return effect.kind.value if isinstance(effect, MailEffect) else effect.action.value
 
 
 def _without_secret(item: OutboxItem) -> MailEffect | AccountEffect:

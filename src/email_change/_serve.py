@@ -8,6 +8,7 @@ Checking and wiring are functions of their own so they can be tested without a s
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import socket
 import sys
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from email_change._messages import MailSettings
+from email_change._policy import Policy
+from email_change._relay import Backoff
 
 if TYPE_CHECKING:
     from email_change.adapters.serving import ServerLimits
@@ -40,6 +43,9 @@ class ServeOptions:
     public_url: str | None = None
     allowed_hosts: tuple[str, ...] = ()
     relay_interval: float = 2.0
+    #: The deployment's policy and relay backoff (``--policy``); ``None``: the defaults.
+    policy: Policy | None = None
+    backoff: Backoff | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -97,11 +103,14 @@ def build_app(options: ServeOptions, base: str) -> Any:
         from email_change.adapters.sql import open_postgres
 
         storage = open_postgres(options.postgres, schema=options.schema)
+    policy, backoff = options.policy, options.backoff
     if options.demo:
         wiring = (
-            asgi_demo.memory_wiring
+            functools.partial(asgi_demo.memory_wiring, policy=policy, backoff=backoff)
             if options.memory
-            else asgi_demo.embedded_wiring(options.var, storage=storage)
+            else asgi_demo.embedded_wiring(
+                options.var, storage=storage, policy=policy, backoff=backoff
+            )
         )
         return asgi_demo.create_demo_app(
             wiring, public_url=base, relay_interval=options.relay_interval, allowed_hosts=hosts
@@ -118,7 +127,9 @@ def build_app(options: ServeOptions, base: str) -> Any:
         relay_interval=options.relay_interval,
     )
     return create_app(
-        env.service(mail_settings), settings=settings, sessions_ended=env.storage.directory
+        env.service(mail_settings, policy=policy, backoff=backoff),
+        settings=settings,
+        sessions_ended=env.storage.directory,
     )
 
 

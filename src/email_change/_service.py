@@ -55,12 +55,14 @@ from email_change._machine import (
     login_allowed,
     refusal_in,
 )
+from email_change._observe import EventReport, Observers
 from email_change._policy import Policy
 from email_change._ports import (
     AccountDirectory,
     AuditSink,
     Clock,
     InsuredTransaction,
+    Observer,
     ProcedureStore,
     RandomSource,
     VitaleRegistry,
@@ -136,11 +138,24 @@ class EmailChangeService:
         self._rng = rng
         self._keyring = keyring
         self.policy = policy
+        self._observers = Observers()
 
     @property
     def relay(self) -> OutboxRelay:
         """The outbox relay: run :meth:`OutboxRelay.run_once` on a schedule (or ``run_forever``)."""
         return self._relay
+
+    def observe(self, observer: Observer) -> None:
+        """Tell ``observer`` about every facade call, committed event and delivery attempt of
+        this service and its relay, from now on (metrics, traces: :mod:`email_change.adapters.otel`
+        does it in one call). Call it while wiring, before the first request."""
+        if not isinstance(observer, Observer):
+            raise TypeError(
+                f"observer must be an Observer, got {type(observer).__name__}"
+                " (a Protocol: every method must be there)"
+            )
+        self._observers.add(observer)
+        self._relay.observe(observer)
 
     # --- operations ------------------------------------------------------------------------------
 
@@ -320,6 +335,12 @@ class EmailChangeService:
 
     @contextlib.contextmanager
     def _audited(self, call: _Call) -> Iterator[None]:
+        """The block of every facade call: observed, and its refusal audited."""
+        with self._observers.operation(call.event), self._audit_refusal(call):
+            yield
+
+    @contextlib.contextmanager
+    def _audit_refusal(self, call: _Call) -> Iterator[None]:
         """Audit the refusal that ends ``call``, unless it is already in the trail."""
         try:
             yield
@@ -504,6 +525,15 @@ class EmailChangeService:
                 from_state=proc.state,
                 to_state=draft.state,
                 detail=_detail(draft),
+            )
+        )
+        self._observers.event(
+            EventReport(
+                event=fired.call.event,
+                from_state=proc.state,
+                to_state=draft.state,
+                outcome=outcome.refusal.code if outcome.refusal else "ok",
+                counted=tuple(entry.kind for entry in outcome.ledger),
             )
         )
         if outcome.outbox:

@@ -49,7 +49,12 @@ from email_change._machine import (
     expiry_cutoffs,
 )
 from email_change._policy import Policy
-from email_change._ports import AccountDirectory, ProcedureStore, VitaleRegistry
+from email_change._ports import (
+    AccountDirectory,
+    OutboxBacklogReader,
+    ProcedureStore,
+    VitaleRegistry,
+)
 from email_change._records import (
     AccountAction,
     AccountEffect,
@@ -60,6 +65,7 @@ from email_change._records import (
     LinkIssue,
     MailEffect,
     MailKind,
+    OutboxBacklog,
     OutboxItem,
     Procedure,
 )
@@ -434,6 +440,52 @@ class ProcedureStoreContract:
         store.update_outbox(attrs.evolve(items[0], attempts=4, next_attempt_at=T0))
         assert list(store.outbox_items(["d1"])) == [first]
         assert list(store.due_outbox(later + timedelta(days=2), 10)) == []
+
+    def test_outbox_backlog_counts_what_is_owed(self, store: ProcedureStore) -> None:
+        """Only for a store that has the optional ``outbox_backlog`` read."""
+        if not isinstance(store, OutboxBacklogReader):
+            pytest.skip("this store has no outbox_backlog (optional)")
+        at = T0 + timedelta(seconds=5)
+        assert store.outbox_backlog(at) == OutboxBacklog(at=at, pending=0, due=0)
+        items = (
+            mail_item("b1", created=T0 + timedelta(seconds=1)),
+            mail_item("b2", created=T0 + timedelta(seconds=2)),
+            attrs.evolve(
+                mail_item("b3", created=T0 + timedelta(seconds=3)),
+                next_attempt_at=T0 + timedelta(minutes=10),
+            ),
+            mail_item("b4", created=T0),
+            mail_item("b5", created=T0),
+        )
+        commit_in_transaction(
+            store, Commit(procedure=make_procedure(), expected_version=None, outbox=items)
+        )
+        # Delivered and dead items are owed no more, however old.
+        store.update_outbox(attrs.evolve(items[3], attempts=1, done_at=T0 + timedelta(seconds=4)))
+        store.update_outbox(attrs.evolve(items[4], attempts=1, dead_at=T0 + timedelta(seconds=4)))
+        assert store.outbox_backlog(at) == OutboxBacklog(
+            at=at,
+            pending=3,
+            due=2,
+            oldest_created_at=T0 + timedelta(seconds=1),
+            oldest_due_at=T0 + timedelta(seconds=1),
+        )
+        # A failed attempt waits for its retry: still owed, no longer due.
+        store.update_outbox(
+            attrs.evolve(items[0], attempts=1, next_attempt_at=T0 + timedelta(minutes=20))
+        )
+        backlog = store.outbox_backlog(at)
+        assert (backlog.pending, backlog.due, backlog.oldest_due_at) == (
+            3,
+            1,
+            T0 + timedelta(seconds=2),
+        )
+        assert (backlog.age, backlog.lag) == (timedelta(seconds=4), timedelta(seconds=3))
+        # Due at exactly its next attempt, as due_outbox says.
+        edge = T0 + timedelta(minutes=10)
+        for now in (edge - timedelta(microseconds=1), edge, edge + timedelta(microseconds=1)):
+            assert store.outbox_backlog(now).due == len(store.due_outbox(now, 100))
+        assert store.outbox_backlog(edge).due == 2
 
     # --- procedures due ----------------------------------------------------------------------
 

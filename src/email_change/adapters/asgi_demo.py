@@ -24,7 +24,9 @@ from starlette.applications import Starlette
 from email_change._bootstrap import build_service
 from email_change._crypto import Keyring
 from email_change._messages import MailSettings
+from email_change._policy import Policy
 from email_change._ports import SessionEndReader
+from email_change._relay import Backoff
 from email_change._service import EmailChangeService
 from email_change._values import Card, CardModel, CardStatus
 from email_change.adapters.asgi import MailboxReader, WebSettings, create_app, session_insured
@@ -62,7 +64,9 @@ class DemoWiring:
     sessions_ended: SessionEndReader | None = None
 
 
-def memory_wiring(mail_settings: MailSettings) -> DemoWiring:
+def memory_wiring(
+    mail_settings: MailSettings, *, policy: Policy | None = None, backoff: Backoff | None = None
+) -> DemoWiring:
     """The default: in-memory adapters with the demo insured and their photo card seeded."""
     from email_change.adapters import memory
 
@@ -83,6 +87,8 @@ def memory_wiring(mail_settings: MailSettings) -> DemoWiring:
         audit=memory.InMemoryAuditSink(),
         keyring=Keyring(keys={"demo": secrets.token_bytes(32)}, current="demo"),
         mail_settings=mail_settings,
+        policy=policy,
+        backoff=backoff,
     )
 
     def current_address(insured: str) -> str | None:
@@ -98,7 +104,11 @@ def memory_wiring(mail_settings: MailSettings) -> DemoWiring:
 
 
 def embedded_wiring(
-    folder: Path, *, storage: SQLStorage | None = None
+    folder: Path,
+    *,
+    storage: SQLStorage | None = None,
+    policy: Policy | None = None,
+    backoff: Backoff | None = None,
 ) -> Callable[[MailSettings], DemoWiring]:
     """The embedded default in ``folder`` (SQLite, file outbox), the demo insured and card seeded.
 
@@ -124,7 +134,7 @@ def embedded_wiring(
             return [env.outbox.read(entry.name) for entry in reversed(env.outbox.list())]
 
         return DemoWiring(
-            service=env.service(mail_settings),
+            service=env.service(mail_settings, policy=policy, backoff=backoff),
             mailbox=mailbox,
             current_address=current_address,
             sessions_ended=directory,

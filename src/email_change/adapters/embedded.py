@@ -27,6 +27,7 @@ from email_change._crypto import Keyring, KeyringError, parse_keyring
 from email_change._messages import MailSettings
 from email_change._policy import Policy
 from email_change._ports import Clock, RandomSource
+from email_change._relay import Backoff
 from email_change._service import EmailChangeService
 from email_change.adapters._closing import ClosesOnExit
 from email_change.adapters.audit_log import JsonLinesAuditSink
@@ -116,8 +117,9 @@ class EmbeddedDefault(ClosesOnExit):
         clock: Clock | None = None,
         rng: RandomSource | None = None,
         policy: Policy | None = None,
+        backoff: Backoff | None = None,
     ) -> EmailChangeService:
-        """The service on these adapters."""
+        """The service on these adapters (``backoff``: its relay's)."""
         return build_service(
             store=self.storage.store,
             registry=self.storage.registry,
@@ -129,6 +131,7 @@ class EmbeddedDefault(ClosesOnExit):
             clock=clock,
             rng=rng,
             policy=policy,
+            backoff=backoff,
         )
 
     def close(self) -> None:

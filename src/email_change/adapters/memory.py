@@ -27,6 +27,7 @@ from email_change._records import (
     AuditRecord,
     Commit,
     LedgerEntry,
+    OutboxBacklog,
     OutboxItem,
     Procedure,
     decode,
@@ -315,6 +316,17 @@ class InMemoryProcedureStore:
             if i.done_at is None and i.dead_at is None and i.next_attempt_at <= now
         ]
         return sorted(items, key=lambda i: i.created_at)[:limit]
+
+    def outbox_backlog(self, now: datetime) -> OutboxBacklog:
+        pending = [i for i in self._items() if i.done_at is None and i.dead_at is None]
+        due = [i.next_attempt_at for i in pending if i.next_attempt_at <= now]
+        return OutboxBacklog(
+            at=now,
+            pending=len(pending),
+            due=len(due),
+            oldest_created_at=min((i.created_at for i in pending), default=None),
+            oldest_due_at=min(due, default=None),
+        )
 
     def dead_outbox(self, limit: int) -> Sequence[OutboxItem]:
         dead = [i for i in self._items() if i.dead_at is not None]

@@ -16,8 +16,8 @@ synchronizer token kept in the signed session, and the session cookie is ``SameS
 The modules: ``_api`` (the JSON API) and ``_openapi`` (its document); ``_steps``, ``_links``,
 ``_login`` and ``_mailbox`` (the pages), on ``_pages`` (forms, redirects), ``_render`` (templates,
 texts from the catalogues, error summaries) and ``_handlers`` (error answers);
-``_security`` (middleware), ``_sessions``, ``_lifespan`` (the relay), ``_http`` and ``_settings``
-(what they all share).
+``_security`` (middleware), ``_sessions``, ``_lifespan`` (the relay), ``_health`` (liveness and
+readiness), ``_http`` and ``_settings`` (what they all share).
 
 >>> from email_change.adapters.asgi_demo import create_demo_app
 >>> from starlette.testclient import TestClient
@@ -45,7 +45,7 @@ from starlette.staticfiles import StaticFiles
 from email_change._messages import Messages
 from email_change._ports import Clock, SessionEndReader
 from email_change._service import EmailChangeService
-from email_change.adapters.asgi import _links, _login, _mailbox, _steps
+from email_change.adapters.asgi import _health, _links, _login, _mailbox, _steps
 from email_change.adapters.asgi._api import Api, view_json
 from email_change.adapters.asgi._handlers import exception_handlers
 from email_change.adapters.asgi._http import MAX_BODY, PROBLEM_JSON
@@ -103,7 +103,8 @@ def create_app(
     sessions_ended: SessionEndReader | None = None,
     clock: Clock | None = None,
 ) -> Starlette:
-    """Build the ASGI app: JSON API under ``/api/v1``, ``/openapi.json``, and the web UI.
+    """Build the ASGI app: JSON API under ``/api/v1``, ``/openapi.json``, the web UI, and
+    ``/health/live`` and ``/health/ready`` for probes (``docs/operations.md``).
 
     ``authenticate`` enables the web UI's login page (``/connexion``), which refuses the login
     while a registered address awaits confirmation. Without it the host logs people in itself
@@ -145,6 +146,7 @@ def create_app(
     )
     routes: list[BaseRoute] = [
         Route("/openapi.json", _openapi(sorted(msgs.locales)), methods=["GET"]),
+        *_health.routes(service, settings.ready_max_relay_lag),
         *Api(service, msgs, current_insured, sessions).routes(),
         *_steps.routes(context),
         *_links.routes(context),
@@ -160,7 +162,12 @@ def create_app(
                 https_only=settings.https_only,
                 hsts_max_age=settings.hsts_max_age,
             ),
-            Middleware(AllowedHosts, allowed=allowed_hosts, page=renderer.bare("bad_host", 400)),
+            Middleware(
+                AllowedHosts,
+                allowed=allowed_hosts,
+                page=renderer.bare("bad_host", 400),
+                any_host=_health.PATHS,
+            ),
             Middleware(BodyLimit, max_body=MAX_BODY, page=renderer.bare("too_large", 413)),
             Middleware(
                 SessionMiddleware,

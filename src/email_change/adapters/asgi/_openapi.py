@@ -11,6 +11,7 @@ from typing import Any
 from email_change._machine import ProcedureState
 from email_change._values import CardModel, Channel
 from email_change._views import NextStep
+from email_change.adapters.asgi._health import OPENAPI_SCHEMA, openapi_paths
 
 __all__ = ["openapi_document"]
 
@@ -93,6 +94,7 @@ def _string_object(**fields: dict[str, Any]) -> dict[str, Any]:
 def _schemas(locales: list[str]) -> dict[str, Any]:
     int_ = {"type": "integer", "minimum": 0}
     return {
+        "Health": OPENAPI_SCHEMA,
         "Procedure": {
             "type": "object",
             "required": [
@@ -249,6 +251,7 @@ def openapi_document(locales: list[str] | None = None) -> dict[str, Any]:
                 params=False,
                 secured=False,
             ),
+            **openapi_paths(),
             "/api/v1/login-allowed": {
                 "get": {
                     "summary": "The login gate: false while an address awaits confirmation",

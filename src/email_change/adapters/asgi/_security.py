@@ -106,15 +106,29 @@ class AllowedHosts:
     ``*.example.fr`` for every subdomain, or ``*`` for any host (not advised).
     """
 
-    def __init__(self, app: ASGIApp, *, allowed: Iterable[str], page: Response) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed: Iterable[str],
+        page: Response,
+        any_host: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.page = page
+        #: Paths answered whatever the host: the health probes, which name the process's address.
+        self.any_host_paths = frozenset(any_host)
         self.allowed = frozenset(h.lower() for h in allowed)
         self.any = "*" in self.allowed
         self.suffixes = tuple(h[1:] for h in self.allowed if h.startswith("*."))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self.any and not self._allowed(_host(scope)):
+        if (
+            scope["type"] == "http"
+            and not self.any
+            and scope["path"] not in self.any_host_paths
+            and not self._allowed(_host(scope))
+        ):
             bad = problem(400, "request.host", "Unknown host.") if _api(scope) else self.page
             await bad(scope, receive, send)
             return

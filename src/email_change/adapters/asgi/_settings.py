@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from email.message import EmailMessage
 
@@ -18,6 +19,15 @@ InsuredHook = Callable[[Request], str | None]
 Authenticator = Callable[[str, str], str | None]
 #: Returns the messages a demo mailbox holds, oldest first (demo mode only).
 MailboxReader = Callable[[], Sequence[EmailMessage]]
+
+
+def _optional_seconds(_inst: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a number of seconds, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a positive number of seconds, got {value}")
 
 
 @attrs.frozen(kw_only=True)
@@ -50,6 +60,9 @@ class WebSettings:
     #: Run the service's outbox relay in the app's lifespan: one pass at start-up, then every
     #: so many idle seconds. ``None``: the host runs it elsewhere (``email-change relay``).
     relay_interval: float | None = None
+    #: ``/health/ready`` answers 503 once the oldest due outbox item has waited longer than this
+    #: many seconds for the relay (``None``: the relay's lag is not checked, only the store).
+    ready_max_relay_lag: float | None = attrs.field(default=300.0, validator=_optional_seconds)
     #: Set only by the demo: the mailbox page lists these messages.
     demo_mailbox: MailboxReader | None = None
     #: Set only by the demo: credentials and card serial shown on the login page.

@@ -26,6 +26,7 @@ from email_change._records import (
     Commit,
     LedgerEntry,
     LedgerKind,
+    OutboxBacklog,
     OutboxItem,
     Procedure,
     decode,
@@ -147,6 +148,25 @@ class SQLProcedureStore:
             (self._d.time(now), limit),
         )
         return [self._item(r) for r in rows]
+
+    def outbox_backlog(self, now: datetime) -> OutboxBacklog:
+        # One aggregate over the pending rows, the rows the partial index ``outbox_due`` holds.
+        at = self._d.time(now)
+        rows = self._query(
+            "SELECT COUNT(*), MIN(created_at),"
+            " COALESCE(SUM(CASE WHEN next_attempt_at <= ? THEN 1 ELSE 0 END), 0),"
+            " MIN(CASE WHEN next_attempt_at <= ? THEN next_attempt_at END)"
+            " FROM outbox WHERE done_at IS NULL AND dead_at IS NULL",
+            (at, at),
+        )
+        pending, oldest, due, oldest_due = rows[0]
+        return OutboxBacklog(
+            at=now,
+            pending=int(pending),
+            due=int(due),
+            oldest_created_at=None if oldest is None else self._d.from_time(oldest),
+            oldest_due_at=None if oldest_due is None else self._d.from_time(oldest_due),
+        )
 
     def dead_outbox(self, limit: int) -> Sequence[OutboxItem]:
         rows = self._query(
