@@ -259,3 +259,23 @@ def test_policy_budgets_have_an_upper_bound(field: str) -> None:
     fields[field] = 10_001
     with pytest.raises(ValueError, match=field):
         ec.Policy(**fields)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"first": timedelta(0)},
+        {"cap": timedelta(seconds=-1)},
+        {"give_up_after": timedelta(0)},
+        {"first": timedelta(minutes=20), "cap": timedelta(minutes=15)},
+        {"give_up_after": MAX_DURATION + timedelta(seconds=1)},
+    ],
+)
+def test_a_backoff_that_could_spin_or_never_end_is_refused(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+        ec.Backoff(**fields)
+
+
+def test_a_backoff_of_the_wrong_type_is_refused() -> None:
+    with pytest.raises(TypeError, match="first"):
+        ec.Backoff(first=5)  # type: ignore[arg-type]

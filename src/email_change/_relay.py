@@ -25,6 +25,7 @@ import attrs
 from email_change._crypto import Keyring, UnknownKeyError
 from email_change._messages import MailSettings, Messages
 from email_change._observe import DeliveryAttempt, Observers
+from email_change._policy import MAX_DURATION
 from email_change._ports import (
     AccountDirectory,
     AuditSink,
@@ -59,6 +60,13 @@ class RelayReport:
     dead: int = 0
 
 
+def _positive_duration(_inst: object, attribute: attrs.Attribute[timedelta], value: object) -> None:
+    if not isinstance(value, timedelta):
+        raise TypeError(f"{attribute.name} must be a timedelta, got {type(value).__name__}")
+    if not timedelta(0) < value <= MAX_DURATION:
+        raise ValueError(f"{attribute.name} must be above 0 and at most {MAX_DURATION.days} days")
+
+
 @attrs.frozen(kw_only=True)
 class Backoff:
     """Exponential backoff between delivery attempts, capped, and when to give up.
@@ -68,9 +76,15 @@ class Backoff:
     account change is retried for as long as it takes (capped backoff).
     """
 
-    first: timedelta = timedelta(seconds=5)
-    cap: timedelta = timedelta(minutes=15)
-    give_up_after: timedelta = timedelta(hours=24)
+    first: timedelta = attrs.field(default=timedelta(seconds=5), validator=_positive_duration)
+    cap: timedelta = attrs.field(default=timedelta(minutes=15), validator=_positive_duration)
+    give_up_after: timedelta = attrs.field(
+        default=timedelta(hours=24), validator=_positive_duration
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.cap < self.first:
+            raise ValueError(f"cap ({self.cap}) must not be shorter than first ({self.first})")
 
     def after(self, attempts: int) -> timedelta:
         """Delay before attempt number ``attempts + 1``.
