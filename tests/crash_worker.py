@@ -184,6 +184,9 @@ class JournalDirectory:
             self._pending[insured] = None
         elif entry["op"] == "cancel":
             self._pending[insured] = None
+        elif entry["op"] == "restore":
+            self._current[insured] = entry["address"]
+            self._pending[insured] = None
 
     def _write(self, **entry: Any) -> None:
         _append(self.path, entry)
@@ -200,6 +203,9 @@ class JournalDirectory:
 
     def cancel_pending(self, insured_id: str, *, at: datetime) -> None:  # noqa: ARG002 - the port's signature
         self._write(op="cancel", insured=insured_id)
+
+    def restore_address(self, insured_id: str, address: EmailAddress, *, at: datetime) -> None:  # noqa: ARG002 - the port's signature
+        self._write(op="restore", insured=insured_id, address=address.value)
 
     def end_sessions(self, insured_id: str, *, at: datetime) -> None:  # noqa: ARG002 - the port's signature
         self._write(op="sessions", insured=insured_id)

@@ -129,6 +129,12 @@ def _registered(world: World) -> str:
     return to_registered(world)
 
 
+def _disputed(world: World) -> str:
+    pid = to_registered(world)
+    world.service.revert(world.token(CURRENT))
+    return pid
+
+
 def _confirm_link(world: World) -> str:
     return world.token(NEW)
 
@@ -277,6 +283,21 @@ SCENARIOS = [
         "confirm",
         lambda w, _p: (w.clock.advance(w.policy.link_lifetime), w.service.confirm(w.token(NEW))),
         setup=_registered,
+    ),
+    Refusal(
+        "revert.window_closed",
+        "revert",
+        lambda w, _p: (
+            w.clock.advance(w.policy.dispute_window),
+            w.service.revert(w.token(CURRENT)),
+        ),
+        setup=_registered,
+    ),
+    Refusal(
+        "insured.frozen",
+        "start",
+        lambda w, _p: w.service.start(INSURED),
+        setup=_disputed,
     ),
     Refusal(
         "procedure.wrong_state",

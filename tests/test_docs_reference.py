@@ -72,6 +72,14 @@ ERROR_NOTES: dict[str, tuple[str, str]] = {
         "unchanged (at `start`: no procedure created)",
         "show the help line and `retry_at`",
     ),
+    "InsuredFrozen": (
+        "unchanged (at `start`: no procedure created)",
+        "the insured calls the 3646: a support agent lifts the freeze",
+    ),
+    "RevertWindowClosed": (
+        "unchanged (`awaiting_confirmation` or `confirmed`)",
+        "a neutral page with the help line (3646)",
+    ),
     "ProcedureLocked": (
         "`locked` (final), just now or earlier",
         "leave the procedure; show the help line",
@@ -122,7 +130,9 @@ POLICY_REASONS: dict[str, str] = {
     "link_lifetime": "the time to reach the new mailbox; the insured cannot log in meanwhile",
     "link_resend_cooldown": "mail bombing of the new address",
     "link_resends_per_window": "mail bombing of the new address (3 per day)",
-    "notify_previous_address": "ASVS 6.3.7; the notice carries a link to cancel the change",
+    "notify_previous_address": "ASVS 6.3.7; the notice carries a link to dispute the change",
+    "dispute_window": "a week: an insured who reads the old mailbox weekly can still undo a "
+    "confirmed hijack; a mailbox left behind cannot veto for long (docs/security.md)",
     "allow_smtputf8": "a non-ASCII local part needs SMTPUTF8 on every relay on the way (domains go "
     "out as A-labels anyway); a mail refused for good withdraws the registration",
 }

@@ -142,7 +142,8 @@ def test_registration_records_each_choice_and_owes_exact_effects() -> None:
         i.effect.kind: i.effect for i in _outbox(world, pid) if isinstance(i.effect, MailEffect)
     }
     assert mails[MailKind.PREVIOUS_ADDRESS_NOTICE].params == {
-        "new_address": ec.mask_address(proc.new_address)
+        "new_address": ec.mask_address(proc.new_address),
+        "days": "7",
     }
     assert mails[MailKind.CONFIRM_ADDRESS].params == {"hours": "24"}
     assert mails[MailKind.SECURITY_CODE].params == {"minutes": "15"}
@@ -206,10 +207,12 @@ def test_closing_drops_both_links_and_stamps_the_end(event: str) -> None:
         action = AccountAction.CONFIRM
     else:
         world.service.revert(world.token(str(world.directory.current_address(INSURED))))
-        action = AccountAction.CANCEL_PENDING
+        action = AccountAction.RESTORE_ADDRESS
     proc = _proc(world, pid)
     assert proc.link is None
-    assert proc.revert_digest is None
+    # A confirmed change stays disputable from the notice (within the window); a disputed one
+    # is over for good.
+    assert (proc.revert_digest is not None) is (event == "confirm")
     assert proc.ended_at == world.clock.now()
     [effect] = [
         i.effect

@@ -377,6 +377,52 @@ def test_bulk_expiry_wins_against_a_request_in_flight(sql_storage: SQLStorage) -
         service.submit_code(INSURED, view.procedure_id, "0000")
 
 
+def test_upgrade_from_4_keeps_the_ledger_and_indexes_freeze_marks(
+    new_database: Callable[[], Database],
+) -> None:
+    db = new_database()
+    assert migrate(db, target=4) == [1, 2, 3, 4]
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO ledger (insured_id, procedure_id, kind, at) VALUES (?, ?, ?, ?)",
+            ("i1", "p1", "wrong_code", db.dialect.time(T0)),
+        )
+    assert migrate(db) == [5]
+    storage = open_database(db)
+    assert [e.kind for e in storage.store.ledger_since("i1", T0)] == [LedgerKind.WRONG_CODE]
+    assert "ledger_freeze_marks" in _index_names(storage)
+
+
+def test_purge_keeps_a_freeze_until_a_later_lift(sql_storage: SQLStorage) -> None:
+    now = T0 + timedelta(days=60)
+    marks = {
+        # insured: its marks, oldest first (days before now)
+        "frozen": [(LedgerKind.FROZEN, 50)],
+        "lifted": [(LedgerKind.FROZEN, 50), (LedgerKind.UNFROZEN, 40)],
+        "again": [(LedgerKind.FROZEN, 50), (LedgerKind.UNFROZEN, 40), (LedgerKind.FROZEN, 30)],
+    }
+    d = sql_storage.db.dialect
+    with sql_storage.db.transaction() as tx:
+        for insured, entries in marks.items():
+            for kind, days in entries:
+                tx.execute(
+                    "INSERT INTO ledger (insured_id, procedure_id, kind, at) VALUES (?, ?, ?, ?)",
+                    (insured, "p", kind.value, d.time(now - timedelta(days=days))),
+                )
+    maintenance = sql_storage.maintenance(retention=Retention(ledger=timedelta(days=1)))
+    # Only the marks a later one made moot go; every insured's latest mark stays.
+    assert maintenance.purge_ledger(now) == 3
+    kept = {
+        insured: [e.kind for e in sql_storage.store.ledger_since(insured, T0)] for insured in marks
+    }
+    assert kept == {
+        "frozen": [LedgerKind.FROZEN],
+        "lifted": [LedgerKind.UNFROZEN],
+        "again": [LedgerKind.FROZEN],
+    }
+    assert maintenance.purge_ledger(now) == 0
+
+
 def test_purge_keeps_what_is_still_needed(sql_storage: SQLStorage) -> None:
     store, now = sql_storage.store, T0 + timedelta(days=60)
     retention = Retention(

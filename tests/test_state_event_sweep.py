@@ -106,6 +106,12 @@ def test_pair(state: str, event: str) -> None:
         assert after.state in targets
         assert world.snapshot() != before
         return
+    if event == "start" and state == "reverted":
+        # A dispute froze the insured: no new procedure until a support agent lifts it.
+        with pytest.raises(ec.InsuredFrozen):
+            _attempt(world, pid, event)
+        assert world.snapshot() == before
+        return
     if event in _SILENT and not (event == "start" and state == "awaiting_confirmation"):
         _attempt(world, pid, event)
         # start never touches an open procedure: it resumes it, or opens a new one after an end.

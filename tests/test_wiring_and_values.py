@@ -101,7 +101,7 @@ SWITCHES = [f.name for f in attrs.fields(ec.Policy) if f.type in (bool, "bool")]
 
 def test_every_policy_field_is_a_count_a_duration_or_a_switch() -> None:
     assert len(COUNTS) == 7
-    assert len(DURATIONS) == 6
+    assert len(DURATIONS) == 7
     assert len(SWITCHES) == 2
     assert len(attrs.fields(ec.Policy)) == len(COUNTS) + len(DURATIONS) + len(SWITCHES)
 

@@ -24,6 +24,7 @@ __all__ = [
     "EmailChangeError",
     "EventNotAllowed",
     "InsuredBudgetSpent",
+    "InsuredFrozen",
     "InvalidAddress",
     "InvalidArgument",
     "InvalidCodeFormat",
@@ -38,6 +39,7 @@ __all__ = [
     "ProcedureNotFound",
     "ResendLimitReached",
     "ResendTooSoon",
+    "RevertWindowClosed",
     "SameAddress",
     "ServiceUnavailable",
     "WrongCode",
@@ -231,6 +233,24 @@ class InvalidLink(EmailChangeError):
 
     code = "link.invalid"
     http_status = 404
+
+
+@attrs.define(kw_only=True, eq=False, str=False)
+class RevertWindowClosed(EmailChangeError):
+    """The notice's link is older than the policy's ``dispute_window``: the change can no longer
+    be disputed from it. The procedure stays as it is; the insured calls the 3646."""
+
+    code = "revert.window_closed"
+    http_status = 410
+
+
+@attrs.define(kw_only=True, eq=False, str=False)
+class InsuredFrozen(EmailChangeError):
+    """A change of this insured was disputed: self-service changes are frozen until a support
+    agent lifts the freeze (the insured calls the 3646). Nothing changes."""
+
+    code = "insured.frozen"
+    http_status = 423
 
 
 # --- Wrong place or wrong time. ------------------------------------------------------------------

@@ -52,6 +52,7 @@ from email_change._errors import (
     ConsentMissing,
     EmailChangeError,
     InsuredBudgetSpent,
+    InsuredFrozen,
     InvalidForm,
     InvalidLink,
     LinkExpired,
@@ -60,6 +61,7 @@ from email_change._errors import (
     ProcedureLocked,
     ResendLimitReached,
     ResendTooSoon,
+    RevertWindowClosed,
     SameAddress,
     WrongCode,
     WrongSerial,
@@ -174,6 +176,17 @@ class Step:
         """The insured's counted wrong codes and serials in the window."""
         return self.count(LedgerKind.WRONG_CODE, LedgerKind.WRONG_SERIAL)
 
+    @property
+    def frozen(self) -> bool:
+        """Whether the insured's self-service changes are frozen: the latest freeze entry of the
+        ledger (whatever its age) is a dispute, not a support agent lifting it."""
+        marks = [e.kind for e in self.history if e.kind in FREEZE_MARKS]  # oldest first
+        return bool(marks) and marks[-1] is LedgerKind.FROZEN
+
+
+#: The ledger entries that freeze and unfreeze an insured: kept until a later lift makes them moot.
+FREEZE_MARKS = frozenset({LedgerKind.FROZEN, LedgerKind.UNFROZEN})
+
 
 # --- the address form (step 3), validated at construction ----------------------------------------
 
@@ -257,20 +270,22 @@ class EmailChangeMachine(StateChart[Procedure]):
     code_verified = State("Code verified", value=S.CODE_VERIFIED)
     identity_verified = State("Identity verified", value=S.IDENTITY_VERIFIED)
     awaiting_confirmation = State("Awaiting confirmation", value=S.AWAITING_CONFIRMATION)
-    confirmed = State("Confirmed", value=S.CONFIRMED, final=True)
+    # Not final to the engine, so a dispute can still leave it; the procedure has ended all the
+    # same (see FINAL_STATES): a state whose only way out is a dispute is an end.
+    confirmed = State("Confirmed", value=S.CONFIRMED)
     cancelled = State("Cancelled", value=S.CANCELLED, final=True)
     expired = State("Expired", value=S.EXPIRED, final=True)
     locked = State("Locked", value=S.LOCKED, final=True)
     reverted = State("Reverted", value=S.REVERTED, final=True)
 
-    start = new.to(code_sent, validators="may_send_code", on="issue_code")
+    start = new.to(code_sent, validators=["not_frozen", "may_send_code"], on="issue_code")
     resend_code = code_sent.to.itself(
-        internal=True, validators=["code_left", "may_send_code"], on="issue_code"
+        internal=True, validators=["not_frozen", "code_left", "may_send_code"], on="issue_code"
     )
     submit_code = (
         code_sent.to(
             code_verified,
-            validators=["insured_budget_left", "code_usable"],
+            validators=["not_frozen", "insured_budget_left", "code_usable"],
             cond="code_matches",
             on="accept_code",
         )
@@ -280,7 +295,7 @@ class EmailChangeMachine(StateChart[Procedure]):
     submit_serial = (
         code_verified.to(
             identity_verified,
-            validators=["insured_budget_left", "has_usable_card"],
+            validators=["not_frozen", "insured_budget_left", "has_usable_card"],
             cond="serial_matches",
             on="accept_serial",
         )
@@ -288,13 +303,23 @@ class EmailChangeMachine(StateChart[Procedure]):
         | code_verified.to.itself(internal=True, on="count_wrong_serial")
     )
     submit_address = identity_verified.to(
-        awaiting_confirmation, validators="address_form_valid", on="register_address"
+        awaiting_confirmation,
+        validators=["not_frozen", "address_form_valid"],
+        on="register_address",
     )
-    confirm = awaiting_confirmation.to(confirmed, validators="link_valid", on="confirm_address")
+    confirm = awaiting_confirmation.to(
+        confirmed, validators=["not_frozen", "link_valid"], on="confirm_address"
+    )
     resend_confirmation = awaiting_confirmation.to.itself(
-        internal=True, validators="may_resend_link", on="issue_link"
+        internal=True, validators=["not_frozen", "may_resend_link"], on="issue_link"
     )
-    revert = awaiting_confirmation.to(reverted, validators="revert_valid", on="restore_address")
+    #: The dispute, from the notice mailed to the previous address, within the policy's
+    #: ``dispute_window`` of the registration, before or after confirmation: the previous
+    #: address is restored, sessions end, the new address is told, and the insured's
+    #: self-service changes freeze until a support agent lifts the freeze.
+    revert = awaiting_confirmation.to(
+        reverted, validators="revert_valid", on="restore_address"
+    ) | confirmed.to(reverted, validators="revert_valid", on="restore_address")
     #: The registration is withdrawn without the insured's link: its confirmation mail could
     #: never be delivered. The previous address stays, login works again, the insured is told.
     cancel_registration = awaiting_confirmation.to(
@@ -366,6 +391,10 @@ class EmailChangeMachine(StateChart[Procedure]):
             raise InsuredBudgetSpent(
                 retry_at=step.retry_at(sends, policy.codes_per_insured_per_window)
             )
+
+    def not_frozen(self, step: Step) -> None:
+        if step.frozen:
+            raise InsuredFrozen()
 
     def insured_budget_left(self, step: Step) -> None:
         # Before any comparison: once the insured's day of failures is spent, no code or serial
@@ -439,6 +468,10 @@ class EmailChangeMachine(StateChart[Procedure]):
         digest = self.proc.revert_digest
         if digest is None or not step.keyring.verify(REVERT, self.proc.id, secret, digest):
             raise InvalidLink()
+        registered_at = self.proc.registered_at
+        assert registered_at is not None  # noqa: S101 - the digest is set at registration
+        if step.now >= registered_at + step.policy.dispute_window:
+            raise RevertWindowClosed()
 
     # --- conditions (choose a branch) ------------------------------------------------------------
 
@@ -471,9 +504,13 @@ class EmailChangeMachine(StateChart[Procedure]):
     # --- actions (change the copy, owe effects) --------------------------------------------------
 
     def on_enter_state(self, target: State, step: Step) -> None:
-        # Every final state ends the procedure the same way, so no new final state can forget to.
-        if target.final:
-            for name, value in ending(step.now).items():
+        # Every end ends the procedure the same way, so no new final state can forget to.
+        state = ProcedureState(target.value)
+        if state in FINAL_STATES:
+            fields = ending(step.now)
+            if accepts(state, "revert"):
+                del fields["revert_digest"]  # still disputable (within the window)
+            for name, value in fields.items():
                 setattr(self.proc, name, value)
 
     def issue_code(self, step: Step) -> None:
@@ -570,6 +607,7 @@ class EmailChangeMachine(StateChart[Procedure]):
                 proc.current_address,
                 f"{proc.id}.{secret}",
                 new_address=mask_address(new) or "",
+                days=str(policy.dispute_window.days),
             )
 
     def issue_link(self, step: Step) -> None:
@@ -600,33 +638,45 @@ class EmailChangeMachine(StateChart[Procedure]):
             ),
         )
 
+    def _undo_registration(
+        self, step: Step, action: AccountAction, told: MailKind, to: EmailAddress
+    ) -> None:
+        """What undoing a registration owes: the directory's ``action`` (the previous address
+        stays or comes back) and a mail ``told`` to ``to``. Withdrawal and dispute share it."""
+        proc = self.proc
+        self._owe(
+            step,
+            AccountEffect(
+                action=action,
+                insured_id=proc.insured_id,
+                procedure_id=proc.id,
+                address=proc.current_address if action is AccountAction.RESTORE_ADDRESS else None,
+            ),
+        )
+        self._mail(step, told, to, None, new_address=mask_address(proc.new_address) or "")
+
     def restore_address(self, step: Step) -> None:
         proc = self.proc
+        assert proc.new_address is not None  # noqa: S101 - set at registration
+        # Confirmed or not, the previous address comes back and whoever holds a session of
+        # the disputed change is logged out; the ledger's freeze stops every retry.
+        self._undo_registration(
+            step, AccountAction.RESTORE_ADDRESS, MailKind.CHANGE_DISPUTED, proc.new_address
+        )
         self._owe(
             step,
             AccountEffect(
-                action=AccountAction.CANCEL_PENDING,
-                insured_id=proc.insured_id,
-                procedure_id=proc.id,
+                action=AccountAction.END_SESSIONS, insured_id=proc.insured_id, procedure_id=proc.id
             ),
         )
+        self._ledger(step, LedgerKind.FROZEN)
 
     def withdraw_registration(self, step: Step) -> None:
-        proc = self.proc
-        self._owe(
+        self._undo_registration(
             step,
-            AccountEffect(
-                action=AccountAction.CANCEL_PENDING,
-                insured_id=proc.insured_id,
-                procedure_id=proc.id,
-            ),
-        )
-        self._mail(
-            step,
+            AccountAction.CANCEL_PENDING,
             MailKind.REGISTRATION_CANCELLED,
-            proc.current_address,
-            None,
-            new_address=mask_address(proc.new_address) or "",
+            self.proc.current_address,
         )
 
     def end(self, step: Step) -> None:
@@ -639,16 +689,20 @@ _BY_VALUE: Mapping[ProcedureState, State] = {
     ProcedureState(s.value): s for s in EmailChangeMachine.states
 }
 
-#: States a procedure never leaves; it has ``ended_at`` set exactly in these.
-FINAL_STATES: frozenset[ProcedureState] = frozenset(v for v, s in _BY_VALUE.items() if s.final)
-#: States of a stored procedure that has not ended (``new`` is never stored).
-OPEN_STATES: frozenset[ProcedureState] = frozenset(
-    v for v, s in _BY_VALUE.items() if not s.final and not s.initial
-)
-
 _ACCEPTS: Mapping[ProcedureState, frozenset[str]] = {
     v: frozenset(str(e.id) for t in s.transitions for e in t.events) for v, s in _BY_VALUE.items()
 }
+
+#: States in which the procedure has ended; it has ``ended_at`` set exactly in these. They are
+#: the engine's final states, and the states whose only way out is a dispute (``confirmed``):
+#: the procedure is over, only the notice's link may still undo it.
+FINAL_STATES: frozenset[ProcedureState] = frozenset(
+    v for v, s in _BY_VALUE.items() if s.final or (not s.initial and _ACCEPTS[v] == {"revert"})
+)
+#: States of a stored procedure that has not ended (``new`` is never stored).
+OPEN_STATES: frozenset[ProcedureState] = frozenset(
+    v for v, s in _BY_VALUE.items() if v not in FINAL_STATES and not s.initial
+)
 
 #: States the ``expire`` event leaves (the ones with a deadline).
 EXPIRABLE_STATES: frozenset[ProcedureState] = frozenset(
@@ -683,7 +737,8 @@ def refusal_in(state: ProcedureState) -> type[EmailChangeError] | None:
 def ending(now: datetime) -> dict[str, Any]:
     """The fields every transition into a final state sets (beside the state itself).
 
-    The one description of "ending", used by the machine and by bulk expiry in SQL alike.
+    The one description of "ending", used by the machine and by bulk expiry in SQL alike. A
+    state that can still be disputed (``confirmed``) keeps ``revert_digest``.
     """
     return {"code": None, "link": None, "revert_digest": None, "ended_at": now}
 

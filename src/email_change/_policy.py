@@ -115,6 +115,11 @@ class Policy:
     link_resends_per_window: int = attrs.field(default=3, validator=_positive)
     #: Send a security notice to the previous address when the change is registered.
     notify_previous_address: bool = attrs.field(default=True, validator=_switch)
+    #: How long after registration the notice's link disputes the change, before and after
+    #: confirmation (see ``docs/security.md``, "The dispute window"). A week: long enough for
+    #: an insured who reads the old mailbox once a week, short enough that a mailbox the insured
+    #: left behind cannot veto changes for long.
+    dispute_window: timedelta = attrs.field(default=timedelta(days=7), validator=_positive_delta)
     #: Accept internationalised local parts (SMTPUTF8). Off: many relays still refuse them.
     allow_smtputf8: bool = attrs.field(default=False, validator=_switch)
 

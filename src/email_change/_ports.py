@@ -99,11 +99,17 @@ class AccountDirectory(Protocol):
         ...
 
     def confirm(self, insured_id: str, address: EmailAddress, *, at: datetime) -> None:
-        """Make the registered address the account's address."""
+        """Make the registered address the account's address, only if it is still the
+        registered one (a late retry after a dispute restored the previous address is a no-op)."""
         ...
 
     def cancel_pending(self, insured_id: str, *, at: datetime) -> None:
         """Drop a registered address; the previous one stays."""
+        ...
+
+    def restore_address(self, insured_id: str, address: EmailAddress, *, at: datetime) -> None:
+        """Make ``address`` (the one before a disputed change) the account's address again and
+        drop any registered one, whether or not the change was confirmed."""
         ...
 
     def end_sessions(self, insured_id: str, *, at: datetime) -> None:

@@ -147,6 +147,11 @@ class LedgerKind(enum.StrEnum):
     WRONG_CODE = "wrong_code"
     WRONG_SERIAL = "wrong_serial"
     CODE_SENT = "code_sent"
+    #: The insured disputed a change from the notice: self-service changes stop until a support
+    #: agent lifts the freeze. Kept whatever the ledger's retention (stores must not purge it).
+    FROZEN = "frozen"
+    #: A support agent lifted the insured's freeze.
+    UNFROZEN = "unfrozen"
 
 
 @attrs.frozen(kw_only=True)
@@ -167,6 +172,8 @@ class MailKind(enum.StrEnum):
     PREVIOUS_ADDRESS_NOTICE = "previous_address_notice"
     #: To the previous address: the registration was cancelled (its confirmation mail died).
     REGISTRATION_CANCELLED = "registration_cancelled"
+    #: To the disputed new address: the change was disputed from the previous address.
+    CHANGE_DISPUTED = "change_disputed"
 
 
 @attrs.frozen(kw_only=True)
@@ -189,6 +196,8 @@ class AccountAction(enum.StrEnum):
     RECORD_CONSENTS = "record_consents"
     CONFIRM = "confirm"
     CANCEL_PENDING = "cancel_pending"
+    #: Put the previous address back (before or after confirmation) and drop any pending one.
+    RESTORE_ADDRESS = "restore_address"
 
 
 @attrs.frozen(kw_only=True)

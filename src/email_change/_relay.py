@@ -308,6 +308,9 @@ class OutboxRelay:
                 directory.confirm(insured, effect.address, at=at)
             case AccountAction.CANCEL_PENDING:
                 directory.cancel_pending(insured, at=at)
+            case AccountAction.RESTORE_ADDRESS:
+                assert effect.address is not None  # noqa: S101 - set by the machine
+                directory.restore_address(insured, effect.address, at=at)
 
 
 def _kind(effect: MailEffect | AccountEffect) -> str:

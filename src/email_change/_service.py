@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import attrs
@@ -91,6 +91,8 @@ __all__ = ["EmailChangeService"]
 
 log = logging.getLogger("email_change")
 
+#: Before any ledger entry: reading from here gives every entry the store keeps.
+LEDGER_START = datetime(1970, 1, 1, tzinfo=UTC)
 #: Replays of one operation after losing a race while the state stayed the same.
 MAX_REPLAYS = 64
 #: A link token is ``<procedure id>.<secret>``: 32 hex digits, a dot, 43 base64url characters.
@@ -259,7 +261,11 @@ class EmailChangeService:
         return self._by_token("confirm", token)
 
     def revert(self, token: str) -> ProcedureView:
-        """Cancel a registered change from the link in the notice to the previous address."""
+        """Dispute a change from the link in the notice to the previous address, within the
+        policy's ``dispute_window`` of the registration, confirmed or not: the previous address
+        is restored, sessions end, the new address is told, and the insured's self-service
+        changes are frozen until a support agent lifts the freeze (:class:`InsuredFrozen`).
+        After the window, :class:`RevertWindowClosed`."""
         return self._by_token("revert", token)
 
     def resend_confirmation(self, insured_id: str) -> ProcedureView:
@@ -491,7 +497,9 @@ class EmailChangeService:
     ) -> _Fired:
         """Run ``event`` on a copy of ``proc`` and commit it in ``tx`` (the insured is held)."""
         policy = self.policy
-        history = () if event == "expire" else tuple(tx.ledger_since(now - policy.insured_window))
+        # The whole ledger the store keeps: budgets look at the window, a freeze lasts until it
+        # is lifted, whatever its age.
+        history = () if event == "expire" else tuple(tx.ledger_since(LEDGER_START))
         step = Step(now=now, policy=policy, keyring=self._keyring, rng=self._rng, history=history)
         draft = proc.copy()
         machine = EmailChangeMachine(model=draft, state_field="state")

@@ -714,6 +714,29 @@ class AccountDirectoryContract:
         assert str(directory.current_address("insured-1")) == "jeanne@exemple.fr"
         assert pending_of(directory, "insured-1") is None
 
+    def test_restore_puts_the_previous_address_back_and_a_late_confirm_changes_nothing(
+        self,
+        directory_with: Callable[[Mapping[str, str]], AccountDirectory],
+        pending_of: PendingReader,
+    ) -> None:
+        directory = directory_with({"insured-1": "jeanne@exemple.fr"})
+        previous, disputed = parse_address("jeanne@exemple.fr"), parse_address("pirate@ex.fr")
+        directory.register_pending("insured-1", disputed, at=T0)
+        directory.confirm("insured-1", disputed, at=T0)
+        assert str(directory.current_address("insured-1")) == "pirate@ex.fr"
+        for _ in range(2):  # the relay may deliver an effect twice
+            directory.restore_address("insured-1", previous, at=T0 + timedelta(days=1))
+        assert str(directory.current_address("insured-1")) == "jeanne@exemple.fr"
+        assert pending_of(directory, "insured-1") is None
+        # The confirmation delivered again after the dispute (a retry) must not undo it.
+        directory.confirm("insured-1", disputed, at=T0)
+        assert str(directory.current_address("insured-1")) == "jeanne@exemple.fr"
+        # Before confirmation too: the registered address is dropped.
+        directory.register_pending("insured-1", disputed, at=T0)
+        directory.restore_address("insured-1", previous, at=T0)
+        assert pending_of(directory, "insured-1") is None
+        assert str(directory.current_address("insured-1")) == "jeanne@exemple.fr"
+
     def test_end_sessions_is_idempotent(
         self,
         directory_with: Callable[[Mapping[str, str]], AccountDirectory],

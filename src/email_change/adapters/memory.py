@@ -184,12 +184,21 @@ class InMemoryAccountDirectory:
     def confirm(self, insured_id: str, address: EmailAddress, *, at: datetime) -> None:
         with self._lock:
             account = self._accounts[insured_id]
-            account.address = address
-            account.pending = None
+            # Only while that address is the pending one: a confirmation delivered late must
+            # not undo a dispute that restored the previous address.
+            if account.pending is not None and account.pending.key == address.key:
+                account.address = address
+                account.pending = None
 
     def cancel_pending(self, insured_id: str, *, at: datetime) -> None:
         with self._lock:
             self._accounts[insured_id].pending = None
+
+    def restore_address(self, insured_id: str, address: EmailAddress, *, at: datetime) -> None:
+        with self._lock:
+            account = self._accounts[insured_id]
+            account.address = address
+            account.pending = None
 
     def end_sessions(self, insured_id: str, *, at: datetime) -> None:
         with self._lock:

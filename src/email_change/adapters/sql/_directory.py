@@ -68,6 +68,16 @@ class SQLAccountDirectory:
         )
 
     def confirm(self, insured_id: str, address: EmailAddress, *, at: datetime) -> None:
+        # Only while that address is the pending one: a confirmation delivered late (retried
+        # after a temporary failure) must not undo a dispute that restored the previous address.
+        t = self.db.dialect.time(at)
+        self._write(
+            "UPDATE accounts SET address = ?, pending_address = NULL, pending_since = NULL,"
+            " updated_at = ? WHERE insured_id = ? AND pending_address = ?",
+            (address.value, t, insured_id, address.value),
+        )
+
+    def restore_address(self, insured_id: str, address: EmailAddress, *, at: datetime) -> None:
         t = self.db.dialect.time(at)
         self._write(
             "UPDATE accounts SET address = ?, pending_address = NULL, pending_since = NULL,"

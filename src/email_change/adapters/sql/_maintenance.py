@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
-from email_change._machine import ProcedureState, expiry_cutoffs
+from email_change._machine import FREEZE_MARKS, ProcedureState, expiry_cutoffs
 from email_change._policy import Policy
 from email_change._ports import Clock
 from email_change.adapters.sql._db import Database
@@ -143,13 +143,23 @@ class Maintenance:
         return self._batches(sql, (cutoff, self._batch))
 
     def purge_ledger(self, now: datetime | None = None) -> int:
-        """Delete ledger entries counted before ``now - retention.ledger``."""
+        """Delete ledger entries counted before ``now - retention.ledger``.
+
+        A freeze mark (a dispute, a lift) goes only once a later mark of the same insured makes
+        it moot: a freeze lasts until it is lifted, and deleting moot marks, in any order and
+        any batches, never changes an insured's latest one.
+        """
         cutoff = self.db.dialect.time(self._now(now) - self.retention.ledger)
+        marks = sorted(k.value for k in FREEZE_MARKS)
+        among = ", ".join("?" * len(marks))
         sql = (
-            "DELETE FROM ledger WHERE seq IN (SELECT seq FROM ledger WHERE at < ?"  # noqa: S608
-            f" ORDER BY at LIMIT ?{self.db.dialect.skip_locked})"
+            "DELETE FROM ledger WHERE seq IN (SELECT l.seq FROM ledger l WHERE l.at < ?"  # noqa: S608
+            f" AND (l.kind NOT IN ({among}) OR EXISTS (SELECT 1 FROM ledger later"
+            " WHERE later.insured_id = l.insured_id AND later.seq > l.seq"
+            f" AND later.kind IN ({among})))"
+            f" ORDER BY l.at LIMIT ?{self.db.dialect.skip_locked})"
         )
-        return self._batches(sql, (cutoff, self._batch))
+        return self._batches(sql, (cutoff, *marks, *marks, self._batch))
 
     def purge_outbox(self, now: datetime | None = None) -> int:
         """Delete outbox items delivered before ``now - retention.delivered_outbox``."""

@@ -210,6 +210,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         backfill=_anchors,
     ),
+    Migration(
+        version=5,
+        description="freeze marks of disputed changes",
+        statements=(
+            # A dispute freezes the insured's self-service changes until a support agent lifts
+            # it; the marks outlive the ledger's retention, and the purge asks, for each old
+            # mark, whether a later lift of the same insured makes it moot.
+            (
+                "CREATE INDEX ledger_freeze_marks ON ledger (insured_id, seq)"
+                " WHERE kind IN ('frozen', 'unfrozen')"
+            ),
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
