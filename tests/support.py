@@ -33,6 +33,11 @@ class World:
     audit: memory.InMemoryAuditSink
     policy: ec.Policy
 
+    @property
+    def support(self) -> ec.SupportService:
+        """The call-centre facade beside the service (cheap to build)."""
+        return ec.build_support(self.service)
+
     def mails(self, to: str, kind: ec.MailKind | None = None) -> list[EmailMessage]:
         """Mails to ``to``, oldest first; only those of ``kind`` (by its header) when given."""
         mails = self.mailer.to(to)

@@ -191,6 +191,8 @@ class Scene:
             "form": lambda: form(ONWARD),
             "token": lambda: _or(lambda: world.token(NEW), f"{self.pid or '0' * 32}.{'A' * 43}"),
             "limit": lambda: 500,
+            "agent": lambda: AGENT,
+            "reason": lambda: "appel au 3646, identité vérifiée",
         }
         return values[name]()
 
@@ -217,17 +219,35 @@ OPERATIONS: Mapping[str, tuple[str, ...]] = {
     "current": ("insured_id",),
     "may_log_in": ("insured_id",),
     "expire_due": ("limit",),
+    # The call-centre facade (SupportService), named ``support_<operation>``.
+    **{
+        f"support_{op}": ("agent", "reason", "insured_id")
+        for op in (
+            "find",
+            "cancel_registration",
+            "resend_confirmation",
+            "lift_freeze",
+            "reset_budget",
+        )
+    },
 }
 OPERATION_ARGUMENTS = [(op, arg) for op, names in OPERATIONS.items() for arg in names]
 #: Operations that only read: an unknown (well-shaped) insured id gets an answer, not an error.
-READ_ONLY = {"current", "may_log_in"}
+READ_ONLY = {"current", "may_log_in", "support_find"}
+#: Reads that audit themselves: a support agent's look-up is in the trail.
+AUDITED_READS = {"support_find"}
 #: The field InvalidArgument names for each argument checked as such.
-NAMED = {"insured_id", "procedure_id", "channel", "locale", "limit"}
+NAMED = {"insured_id", "procedure_id", "channel", "locale", "limit", "reason"}
+AGENT = ec.Agent(id="agent-7", roles=("support",))
 
 
 def expected_refusal(arg: str, wrong: Wrong) -> tuple[type[ec.EmailChangeError], str | None] | None:
     """The error a wrong value of ``arg`` gets, and the field it names (``None``: any typed one)."""
+    if arg == "agent":  # anything but an Agent
+        return ec.InvalidArgument, arg
     if arg in NAMED and wrong.kind == "non_text":
+        return ec.InvalidArgument, arg
+    if arg == "reason":
         return ec.InvalidArgument, arg
     if arg in ("channel", "locale", "limit"):
         return ec.InvalidArgument, arg
@@ -256,7 +276,10 @@ def reach(state: str) -> Scene:
 
 
 def call(scene: Scene, op: str, arguments: Mapping[str, object]) -> object:
-    method: Callable[..., object] = getattr(scene.world.service, op)
+    facade: object = scene.world.service
+    if op.startswith("support_"):
+        facade, op = scene.world.support, op.removeprefix("support_")
+    method: Callable[..., object] = getattr(facade, op)
     return method(**arguments)
 
 
@@ -270,7 +293,11 @@ def carry_on(world: World) -> None:
         if view is None:
             if confirmed is not None:
                 break
-            view = service.start(INSURED)
+            try:
+                view = service.start(INSURED)
+            except ec.InsuredFrozen:  # a dispute: the 3646 lifts the freeze, then on again
+                world.support.lift_freeze(AGENT, "identité vérifiée au 3646", INSURED)
+                view = service.start(INSURED)
         pid = view.procedure_id
         if view.state == "code_sent":
             service.submit_code(INSURED, pid, world.code())
@@ -297,6 +324,8 @@ def right_anyway(arg: str, wrong: Wrong) -> bool:
     value = wrong.value
     if arg == "limit":
         return type(value) is int and 1 <= value <= MAX_LIMIT
+    if arg == "reason":  # any printable sentence is a reason, a str subclass for its value
+        return wrong.kind == "other_text"
     return arg == "channel" and type(value) is ec.Channel
 
 
@@ -320,7 +349,7 @@ def refused(scene: Scene, op: str, arguments: Mapping[str, object], wrong: Wrong
     else:
         # Only a read about an insured the service has never heard of may answer.
         assert expected is None and op in READ_ONLY, f"{what} answered {answer!r}"
-        assert len(world.audit.records) == audited
+        assert len(world.audit.records) == audited + (op in AUDITED_READS)
     assert world.snapshot() == before, f"{what} changed the store"
     assert len(world.mailer.outbox) == sent, f"{what} sent a mail"
 
@@ -622,5 +651,10 @@ def test_the_sweeps_cover_every_operation_and_state() -> None:
     }
     # handle_dead_letter is the relay's, fed by the library itself, and observe is wiring (it
     # attaches metrics and traces at start-up): neither is a frontend's.
-    assert public - {"handle_dead_letter", "observe"} == set(OPERATIONS)
+    support = {
+        f"support_{name}"
+        for name in dir(ec.SupportService)
+        if not name.startswith("_") and callable(getattr(ec.SupportService, name))
+    }
+    assert public - {"handle_dead_letter", "observe"} | support == set(OPERATIONS)
     assert set(STATES) == {"none", *(str(s) for s in ProcedureState if s != "new")}

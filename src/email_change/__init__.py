@@ -68,12 +68,14 @@ from email_change._policy import Policy
 from email_change._ports import (
     AccountDirectory,
     AuditSink,
+    AuditTrailReader,
     Clock,
     DeliveryRefused,
     InsuredTransaction,
     Mailer,
     Observer,
     OutboxBacklogReader,
+    ProcedureHistoryReader,
     ProcedureStore,
     RandomSource,
     SessionEndReader,
@@ -96,6 +98,13 @@ from email_change._records import (
 )
 from email_change._relay import Backoff, OutboxRelay, RelayReport
 from email_change._service import EmailChangeService
+from email_change._support import (
+    Agent,
+    SupportCase,
+    SupportProcedure,
+    SupportService,
+    build_support,
+)
 from email_change._values import (
     Card,
     CardModel,
@@ -122,8 +131,10 @@ __all__ = [
     "AccountDirectory",
     "AccountEffect",
     "AddressForm",
+    "Agent",
     "AuditRecord",
     "AuditSink",
+    "AuditTrailReader",
     "AwaitingConfirmation",
     "Backoff",
     "Card",
@@ -181,6 +192,7 @@ __all__ = [
     "Policy",
     "Procedure",
     "ProcedureExpired",
+    "ProcedureHistoryReader",
     "ProcedureLocked",
     "ProcedureNotFound",
     "ProcedureState",
@@ -195,6 +207,9 @@ __all__ = [
     "SealedSecret",
     "ServiceUnavailable",
     "SessionEndReader",
+    "SupportCase",
+    "SupportProcedure",
+    "SupportService",
     "VitaleRegistry",
     "WrongCode",
     "WrongSerial",
@@ -202,6 +217,7 @@ __all__ = [
     "ascii_form",
     "build_relay",
     "build_service",
+    "build_support",
     "deadline_of",
     "ending",
     "expiry_anchor",

@@ -14,13 +14,15 @@ import re
 from email_change._errors import InvalidArgument, ProcedureNotFound
 from email_change._values import Channel, plain_text
 
-__all__ = ["channel", "insured_id", "limit", "locale", "procedure_id"]
+__all__ = ["channel", "insured_id", "limit", "locale", "procedure_id", "reason"]
 
 #: Insured ids are the host's (a NIR, a UUID...): opaque, but printable and bounded.
 MAX_INSURED_ID = 255
 #: Procedure ids are the service's own (128 random bits in hex); anything outside this shape,
 #: a huge or non-ASCII string included, cannot be one and is not even looked up.
 _PROCEDURE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+#: A support agent's reason is a sentence for the audit trail, not a document.
+MAX_REASON = 500
 #: The most procedures one sweep takes: a batch, and a number every SQL engine can bind.
 MAX_LIMIT = 100_000
 #: A BCP 47 language tag, as far as catalogues need one (``fr``, ``en``, ``fr-FR``).
@@ -84,3 +86,25 @@ def limit(value: object) -> int:
     if type(value) is not int or not 1 <= value <= MAX_LIMIT:
         raise InvalidArgument(field="limit")
     return value
+
+
+def reason(value: object) -> str:
+    """Why a support agent acts: required, printable text of 1 to :data:`MAX_REASON` characters
+    (spaces inside allowed), kept in the audit trail.
+
+    >>> reason("appel du 3646 : identité vérifiée")
+    'appel du 3646 : identité vérifiée'
+    >>> reason("  ")
+    Traceback (most recent call last):
+    ...
+    email_change._errors.InvalidArgument: argument.invalid (field='reason')
+    """
+    text = plain_text(value)
+    if (
+        text is None
+        or not 0 < len(text) <= MAX_REASON
+        or not text.isprintable()
+        or text.strip() != text
+    ):
+        raise InvalidArgument(field="reason")
+    return text

@@ -173,8 +173,16 @@ class Step:
         return times[len(times) - budget] + self.policy.insured_window
 
     def failures(self) -> list[datetime]:
-        """The insured's counted wrong codes and serials in the window."""
-        return self.count(LedgerKind.WRONG_CODE, LedgerKind.WRONG_SERIAL)
+        """The insured's counted wrong codes and serials in the window, since a support agent
+        last reset the budget (after checking the insured's identity on the phone)."""
+        start = self.now - self.policy.insured_window
+        counted: list[datetime] = []
+        for entry in self.history:  # oldest first
+            if entry.kind is LedgerKind.BUDGET_RESET:
+                counted = []
+            elif entry.kind in _FAILURES and entry.at > start:
+                counted.append(entry.at)
+        return sorted(counted)
 
     @property
     def frozen(self) -> bool:
@@ -184,6 +192,7 @@ class Step:
         return bool(marks) and marks[-1] is LedgerKind.FROZEN
 
 
+_FAILURES = frozenset({LedgerKind.WRONG_CODE, LedgerKind.WRONG_SERIAL})
 #: The ledger entries that freeze and unfreeze an insured: kept until a later lift makes them moot.
 FREEZE_MARKS = frozenset({LedgerKind.FROZEN, LedgerKind.UNFROZEN})
 

@@ -30,12 +30,14 @@ if TYPE_CHECKING:
 __all__ = [
     "AccountDirectory",
     "AuditSink",
+    "AuditTrailReader",
     "Clock",
     "DeliveryRefused",
     "InsuredTransaction",
     "Mailer",
     "Observer",
     "OutboxBacklogReader",
+    "ProcedureHistoryReader",
     "ProcedureStore",
     "RandomSource",
     "SessionEndReader",
@@ -223,6 +225,27 @@ class AuditSink(Protocol):
     """Receives one record per transition and per refused try. Never gets a secret."""
 
     def record(self, record: AuditRecord) -> None: ...
+
+
+@runtime_checkable
+class ProcedureHistoryReader(Protocol):
+    """Optional, beside a :class:`ProcedureStore`: an insured's procedures, for support agents
+    (:class:`~email_change.SupportService`). The shipped stores have it; without it, support sees
+    the open procedure only."""
+
+    def procedures_of(self, insured_id: str, limit: int) -> Sequence[Procedure]:
+        """The insured's stored procedures, most recently updated first, at most ``limit``."""
+        ...
+
+
+@runtime_checkable
+class AuditTrailReader(Protocol):
+    """Optional, beside an :class:`AuditSink`: an insured's audit trail, for support agents.
+    The in-memory and JSON-lines sinks have it; without it, support sees no trail."""
+
+    def records_of(self, insured_id: str, limit: int) -> Sequence[AuditRecord]:
+        """The insured's audit records, newest first, at most ``limit``."""
+        ...
 
 
 @runtime_checkable

@@ -152,6 +152,8 @@ class LedgerKind(enum.StrEnum):
     FROZEN = "frozen"
     #: A support agent lifted the insured's freeze.
     UNFROZEN = "unfrozen"
+    #: A support agent lifted the insured's failure budget: earlier failures stop counting.
+    BUDGET_RESET = "budget_reset"
 
 
 @attrs.frozen(kw_only=True)
@@ -275,19 +277,27 @@ class Commit:
     store refuses the commit with :class:`~email_change.ConcurrentUpdate`, writing nothing, if the
     stored version differs, or if a new procedure would make a second open procedure for the same
     insured.
+
+    A commit without a procedure (``procedure=None``, ``expected_version=None``) writes only its
+    ledger entries: a support agent lifting a freeze or a failure budget changes the insured, not
+    a procedure.
     """
 
-    procedure: Procedure = attrs.field()
+    procedure: Procedure | None = attrs.field()
     expected_version: int | None
     ledger: tuple[LedgerEntry, ...] = ()
     outbox: tuple[OutboxItem, ...] = ()
 
     @procedure.validator
-    def _ended_iff_final(self, _attribute: object, proc: Procedure) -> None:
+    def _ended_iff_final(self, _attribute: object, proc: Procedure | None) -> None:
         # Stores find open procedures by ``ended_at IS NULL``: a record whose end disagrees
         # with its state would be open for one store and ended for another.
         from email_change._machine import FINAL_STATES
 
+        if proc is None:
+            if self.expected_version is not None or self.outbox or not self.ledger:
+                raise ValueError("a commit without a procedure writes ledger entries only")
+            return
         if proc.state is None:
             raise ValueError("a procedure without a state cannot be committed")
         if (proc.state in FINAL_STATES) != (proc.ended_at is not None):

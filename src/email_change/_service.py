@@ -109,6 +109,8 @@ class _Call:
     state: ProcedureState | None = None
     #: Set once the call's outcome is in the audit trail (a committed, counted refusal).
     audited: bool = False
+    #: Added to every audit record of the call (a support agent's id, roles and reason).
+    detail: dict[str, str] = attrs.field(factory=dict)
 
     def saw(self, proc: Procedure) -> Procedure:
         self.procedure_id, self.state = proc.id, proc.state
@@ -361,6 +363,7 @@ class EmailChangeService:
                         outcome=error.code,
                         from_state=call.state,
                         to_state=call.state,
+                        detail=dict(call.detail),
                     )
                 )
             raise
@@ -532,7 +535,7 @@ class EmailChangeService:
                 outcome=outcome.refusal.code if outcome.refusal else "ok",
                 from_state=proc.state,
                 to_state=draft.state,
-                detail=_detail(draft),
+                detail={**_detail(draft), **fired.call.detail},
             )
         )
         self._observers.event(

@@ -52,6 +52,7 @@ from email_change._policy import Policy
 from email_change._ports import (
     AccountDirectory,
     OutboxBacklogReader,
+    ProcedureHistoryReader,
     ProcedureStore,
     VitaleRegistry,
 )
@@ -212,7 +213,8 @@ def _entry(
 
 def commit_in_transaction(store: ProcedureStore, commit: Commit) -> None:
     """Commit as the service does: inside the insured's transaction."""
-    with store.transaction(commit.procedure.insured_id) as tx:
+    insured = commit.procedure.insured_id if commit.procedure else commit.ledger[0].insured_id
+    with store.transaction(insured) as tx:
         tx.commit(commit)
 
 
@@ -321,6 +323,46 @@ class ProcedureStoreContract:
             )
 
     # --- ledger ------------------------------------------------------------------------------
+
+    def test_procedures_of_lists_the_insureds_newest_first(self, store: ProcedureStore) -> None:
+        if not isinstance(store, ProcedureHistoryReader):
+            pytest.skip("this store has no procedures_of (optional)")
+        old = make_procedure("p1")
+        commit_in_transaction(store, Commit(procedure=old, expected_version=None))
+        done = attrs.evolve(_next(old), state="confirmed", code=None, ended_at=T0, updated_at=T0)
+        commit_in_transaction(store, Commit(procedure=done, expected_version=old.version))
+        new = attrs.evolve(make_procedure("p2"), updated_at=T0 + timedelta(hours=1))
+        commit_in_transaction(store, Commit(procedure=new, expected_version=None))
+        other = make_procedure("p3", "insured-2")
+        commit_in_transaction(store, Commit(procedure=other, expected_version=None))
+        assert [p.id for p in store.procedures_of("insured-1", 10)] == ["p2", "p1"]
+        assert [p.id for p in store.procedures_of("insured-1", 1)] == ["p2"]
+        assert list(store.procedures_of("nobody", 10)) == []
+
+    def test_a_commit_of_ledger_entries_only_writes_just_them(self, store: ProcedureStore) -> None:
+        proc = make_procedure()
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None))
+        lift = _entry(LedgerKind.UNFROZEN, T0 + timedelta(minutes=1))
+        commit_in_transaction(store, Commit(procedure=None, expected_version=None, ledger=(lift,)))
+        assert list(ledger_of(store, "insured-1", T0)) == [lift]
+        assert store.load(proc.id) == proc  # the procedure is untouched, its version too
+        assert store.open_procedure_of("insured-1") == proc
+
+        # Rolled back with the rest when the block fails.
+        def fails() -> None:
+            with store.transaction("insured-1") as tx:
+                tx.commit(
+                    Commit(
+                        procedure=None,
+                        expected_version=None,
+                        ledger=(_entry(LedgerKind.FROZEN, T0 + timedelta(minutes=2)),),
+                    )
+                )
+                raise RuntimeError("the block fails")
+
+        with pytest.raises(RuntimeError):
+            fails()
+        assert list(ledger_of(store, "insured-1", T0)) == [lift]
 
     def test_ledger_since_is_oldest_first_and_windowed(self, store: ProcedureStore) -> None:
         proc = make_procedure()

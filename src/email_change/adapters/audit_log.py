@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+from datetime import datetime
 from pathlib import Path
 
 from email_change._records import AuditRecord, encode
@@ -59,6 +60,38 @@ class JsonLinesAuditSink:
                 os.write(fd, line)
             finally:
                 os.close(fd)
+
+    def records_of(self, insured_id: str, limit: int) -> list[AuditRecord]:
+        """The insured's records, newest first, at most ``limit`` (a scan of the file: for a
+        support agent's look-up, not a hot path)."""
+        if not self.path.exists():
+            return []
+        found: list[AuditRecord] = []
+        with self.path.open(encoding="utf-8") as lines:
+            for line in lines:
+                if f'"insured_id": {json.dumps(insured_id, ensure_ascii=False)}' not in line:
+                    continue
+                record = _record(line)
+                if record is not None and record.insured_id == insured_id:
+                    found.append(record)
+        return found[::-1][:limit]
+
+
+def _record(line: str) -> AuditRecord | None:
+    try:
+        data = json.loads(line)
+        return AuditRecord(
+            at=datetime.fromisoformat(data["at"]),
+            insured_id=data["insured_id"],
+            procedure_id=data["procedure_id"],
+            event=data["event"],
+            outcome=data["outcome"],
+            from_state=data.get("from_state"),
+            to_state=data.get("to_state"),
+            detail=data.get("detail") or {},
+        )
+    except (ValueError, KeyError, TypeError):
+        return None  # a torn last line after a crash: not a record
 
 
 class LoggingAuditSink:

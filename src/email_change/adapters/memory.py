@@ -219,6 +219,10 @@ class InMemoryAuditSink:
     def record(self, record: AuditRecord) -> None:
         self.records.append(record)
 
+    def records_of(self, insured_id: str, limit: int) -> Sequence[AuditRecord]:
+        """The insured's records, newest first, at most ``limit``."""
+        return [r for r in reversed(self.records) if r.insured_id == insured_id][:limit]
+
 
 def _dump(value: Any) -> str:
     return json.dumps(encode(value), sort_keys=True, separators=(",", ":"))
@@ -259,7 +263,10 @@ class _Transaction:
         return self._store.ledger_since(self._insured_id, since)
 
     def commit(self, commit: Commit) -> None:
-        if commit.procedure.insured_id != self._insured_id:
+        insureds = {e.insured_id for e in commit.ledger}
+        if commit.procedure is not None:
+            insureds.add(commit.procedure.insured_id)
+        if insureds != {self._insured_id}:
             raise ValueError("a transaction commits only its own insured's procedure")
         if self.pending is not None:
             raise RuntimeError("one commit per transaction")
@@ -351,6 +358,17 @@ class InMemoryProcedureStore:
             raws = list(self._outbox.values())
         return [decode(json.loads(r)) for r in raws]
 
+    def procedures_of(self, insured_id: str, limit: int) -> Sequence[Procedure]:
+        """The insured's procedures, most recently updated first, at most ``limit``."""
+        with self._lock:
+            raws = list(self._procedures.values())
+        mine = [
+            p
+            for p in (Procedure.from_dict(json.loads(r)) for r in raws)
+            if p.insured_id == insured_id
+        ]
+        return sorted(mine, key=lambda p: (p.updated_at, p.id), reverse=True)[:limit]
+
     def procedures_due(self, cutoffs: Sequence[ExpiryCutoff], limit: int) -> Sequence[Procedure]:
         with self._lock:
             raws = [self._procedures[i] for i in self._open.values()]
@@ -363,6 +381,8 @@ class InMemoryProcedureStore:
     def check(self, commit: Commit) -> None:
         """Raise :class:`ConcurrentUpdate` if ``commit`` would be refused now."""
         proc = commit.procedure
+        if proc is None:
+            return  # ledger entries only: nothing to race on but the insured, who is held
         with self._lock:
             stored = self._procedures.get(proc.id)
             if commit.expected_version is None:
@@ -382,12 +402,13 @@ class InMemoryProcedureStore:
         record, ledger, outbox = encoded
         self.check(commit)
         with self._lock:
-            self._procedures[proc.id] = record
-            if proc.state in FINAL_STATES:
-                if self._open.get(proc.insured_id) == proc.id:
-                    del self._open[proc.insured_id]
-            else:
-                self._open[proc.insured_id] = proc.id
+            if proc is not None:
+                self._procedures[proc.id] = record
+                if proc.state in FINAL_STATES:
+                    if self._open.get(proc.insured_id) == proc.id:
+                        del self._open[proc.insured_id]
+                else:
+                    self._open[proc.insured_id] = proc.id
             for insured_id, raw in ledger:
                 self._ledger.append(raw)
                 self._ledger_of.setdefault(insured_id, []).append(raw)

@@ -212,8 +212,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         version=5,
-        description="freeze marks of disputed changes",
+        description="freeze marks of disputed changes; procedures by insured",
         statements=(
+            # Support agents list an insured's procedures, newest first.
+            "CREATE INDEX procedures_by_insured ON procedures (insured_id, updated_at)",
             # A dispute freezes the insured's self-service changes until a support agent lifts
             # it; the marks outlive the ledger's retention, and the purge asks, for each old
             # mark, whether a later lift of the same insured makes it moot.

@@ -110,6 +110,14 @@ class SQLProcedureStore:
         rows = self._query(f"{_PROC} WHERE id = ?", (procedure_id,))
         return self._procedure(rows[0]) if rows else None
 
+    def procedures_of(self, insured_id: str, limit: int) -> Sequence[Procedure]:
+        """The insured's procedures, most recently updated first, at most ``limit``."""
+        rows = self._query(
+            f"{_PROC} WHERE insured_id = ? ORDER BY updated_at DESC, id DESC LIMIT ?",
+            (insured_id, limit),
+        )
+        return [self._procedure(row) for row in rows]
+
     def open_procedure_of(self, insured_id: str) -> Procedure | None:
         # The same predicate as the partial unique index, so the index serves this query.
         rows = self._query(
@@ -231,10 +239,12 @@ class SQLProcedureStore:
     def _write(self, tx: Transaction, commit: Commit) -> None:
         proc, d = commit.procedure, self._d
         # Encoded before any statement: a record that cannot be encoded writes nothing.
-        row = self._proc_row(proc)
+        row = None if proc is None else self._proc_row(proc)
         ledger = [(e.insured_id, e.procedure_id, e.kind.value, d.time(e.at)) for e in commit.ledger]
         outbox = [self._outbox_row(i) for i in commit.outbox]
-        if commit.expected_version is None:
+        if proc is None or row is None:
+            pass  # ledger entries only (the insured is held by the transaction)
+        elif commit.expected_version is None:
             try:
                 tx.execute(_INSERT_PROCEDURE, row)
             except UniqueViolation as exc:
@@ -288,7 +298,10 @@ class _SQLTransaction:
         return _ledger(self._tx.query, self._insured_id, since, self._store.db.dialect)
 
     def commit(self, commit: Commit) -> None:
-        if commit.procedure.insured_id != self._insured_id:
+        insureds = {e.insured_id for e in commit.ledger}
+        if commit.procedure is not None:
+            insureds.add(commit.procedure.insured_id)
+        if insureds != {self._insured_id}:
             raise ValueError("a transaction commits only its own insured's procedure")
         if self._committed:
             raise RuntimeError("one commit per transaction")
