@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from urllib.parse import unquote
 
 import attrs
@@ -127,6 +128,12 @@ def _no_store_writes(world: World) -> str:
 
 def _registered(world: World) -> str:
     return to_registered(world)
+
+
+def _fresh_start(world: World) -> object:
+    """A 15-minute limit, and an insured who logged in an hour ago."""
+    world.service.policy = attrs.evolve(world.policy, max_authentication_age=timedelta(minutes=15))
+    return world.service.start(INSURED, authenticated_at=world.clock.now() - timedelta(hours=1))
 
 
 def _disputed(world: World) -> str:
@@ -283,6 +290,12 @@ SCENARIOS = [
         "confirm",
         lambda w, _p: (w.clock.advance(w.policy.link_lifetime), w.service.confirm(w.token(NEW))),
         setup=_registered,
+    ),
+    Refusal(
+        "session.reauthenticate",
+        "start",
+        lambda w, _p: _fresh_start(w),
+        setup=lambda _w: None,
     ),
     Refusal(
         "revert.window_closed",

@@ -99,6 +99,10 @@ ERROR_NOTES: dict[str, tuple[str, str]] = {
         "unchanged (`awaiting_confirmation`); no new procedure",
         "tell the insured to open their mailbox",
     ),
+    "AuthenticationTooOld": (
+        "nothing: no procedure created",
+        "re-authenticate the insured (login again), then call `start` with the new time",
+    ),
     "ConcurrentUpdate": (
         "unchanged: nothing was written",
         "reload the view, let the insured retry",
@@ -133,6 +137,8 @@ POLICY_REASONS: dict[str, str] = {
     "notify_previous_address": "ASVS 6.3.7; the notice carries a link to dispute the change",
     "dispute_window": "a week: an insured who reads the old mailbox weekly can still undo a "
     "confirmed hijack; a mailbox left behind cannot veto for long (docs/security.md)",
+    "max_authentication_age": "off: the guide does not ask for it; ASVS 5.0 7.5.1 asks for a "
+    "fresh authentication before a sensitive change (e.g. 15 minutes)",
     "allow_smtputf8": "a non-ASCII local part needs SMTPUTF8 on every relay on the way (domains go "
     "out as A-labels anyway); a mail refused for good withdraws the registration",
 }
@@ -144,6 +150,7 @@ _BOUNDS = {
     "_positive_delta": "> 0, ≤ 366 days",
     "_non_negative_delta": "0 to 366 days (0: no cooldown)",
     "_check_code_length": "4 to 10",
+    "_off_or_positive_delta": "0 to 366 days (0: off)",
 }
 
 

@@ -192,6 +192,7 @@ class Scene:
             "token": lambda: _or(lambda: world.token(NEW), f"{self.pid or '0' * 32}.{'A' * 43}"),
             "limit": lambda: 500,
             "agent": lambda: AGENT,
+            "authenticated_at": world.clock.now,
             "reason": lambda: "appel au 3646, identité vérifiée",
         }
         return values[name]()
@@ -206,7 +207,7 @@ def _or(read: Callable[[], str], fallback: str) -> str:
 
 #: Each operation and the names of its arguments (all passed by keyword).
 OPERATIONS: Mapping[str, tuple[str, ...]] = {
-    "start": ("insured_id", "channel", "locale"),
+    "start": ("insured_id", "channel", "locale", "authenticated_at"),
     "resend_code": ("insured_id", "procedure_id"),
     "submit_code": ("insured_id", "procedure_id", "code"),
     "submit_serial": ("insured_id", "procedure_id", "serial"),
@@ -237,13 +238,13 @@ READ_ONLY = {"current", "may_log_in", "support_find"}
 #: Reads that audit themselves: a support agent's look-up is in the trail.
 AUDITED_READS = {"support_find"}
 #: The field InvalidArgument names for each argument checked as such.
-NAMED = {"insured_id", "procedure_id", "channel", "locale", "limit", "reason"}
+NAMED = {"insured_id", "procedure_id", "channel", "locale", "limit", "reason", "authenticated_at"}
 AGENT = ec.Agent(id="agent-7", roles=("support",))
 
 
 def expected_refusal(arg: str, wrong: Wrong) -> tuple[type[ec.EmailChangeError], str | None] | None:
     """The error a wrong value of ``arg`` gets, and the field it names (``None``: any typed one)."""
-    if arg == "agent":  # anything but an Agent
+    if arg in ("agent", "authenticated_at"):  # anything but an Agent, an aware datetime
         return ec.InvalidArgument, arg
     if arg in NAMED and wrong.kind == "non_text":
         return ec.InvalidArgument, arg
@@ -326,6 +327,8 @@ def right_anyway(arg: str, wrong: Wrong) -> bool:
         return type(value) is int and 1 <= value <= MAX_LIMIT
     if arg == "reason":  # any printable sentence is a reason, a str subclass for its value
         return wrong.kind == "other_text"
+    if arg == "authenticated_at":  # unknown (None) or an aware instant: the policy decides
+        return value is None or (type(value) is datetime and value.tzinfo is not None)
     return arg == "channel" and type(value) is ec.Channel
 
 
@@ -466,6 +469,12 @@ def test_every_argument_wrong_at_once(state: str, op: str, data: st.DataObject) 
     scene = reach(state)
     arguments = {name: data.draw(WRONG, label=name).value for name in OPERATIONS[op]}
     assume(not right_anyway("limit", Wrong("", arguments.get("limit"))))
+    assume(
+        not (
+            op == "start"
+            and right_anyway("authenticated_at", Wrong("", arguments["authenticated_at"]))
+        )
+    )
     before, sent = scene.world.snapshot(), len(scene.world.mailer.outbox)
     try:
         call(scene, op, arguments)

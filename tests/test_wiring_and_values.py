@@ -101,7 +101,7 @@ SWITCHES = [f.name for f in attrs.fields(ec.Policy) if f.type in (bool, "bool")]
 
 def test_every_policy_field_is_a_count_a_duration_or_a_switch() -> None:
     assert len(COUNTS) == 7
-    assert len(DURATIONS) == 7
+    assert len(DURATIONS) == 8
     assert len(SWITCHES) == 2
     assert len(attrs.fields(ec.Policy)) == len(COUNTS) + len(DURATIONS) + len(SWITCHES)
 
@@ -138,7 +138,7 @@ def test_a_switch_is_a_bool(field: str, bad: object) -> None:
 def test_the_longest_durations_still_compute() -> None:
     longest = _policy(**dict.fromkeys(DURATIONS, MAX_DURATION))
     world = make_world(longest)
-    pid = world.service.start(INSURED).procedure_id
+    pid = world.service.start(INSURED, authenticated_at=world.clock.now()).procedure_id
     world.service.submit_code(INSURED, pid, world.code())
     world.service.submit_serial(INSURED, pid, SERIAL)
     view = world.service.submit_new_address(INSURED, pid, form())

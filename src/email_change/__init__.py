@@ -15,6 +15,7 @@ __version__ = "0.1.0.dev0"
 from email_change._bootstrap import build_relay, build_service
 from email_change._crypto import KeyedDigest, Keyring, SealedSecret
 from email_change._errors import (
+    AuthenticationTooOld,
     AwaitingConfirmation,
     CardNotUsable,
     CodeExpired,
@@ -135,6 +136,7 @@ __all__ = [
     "AuditRecord",
     "AuditSink",
     "AuditTrailReader",
+    "AuthenticationTooOld",
     "AwaitingConfirmation",
     "Backoff",
     "Card",

@@ -10,11 +10,12 @@ the caller's object runs.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from email_change._errors import InvalidArgument, ProcedureNotFound
 from email_change._values import Channel, plain_text
 
-__all__ = ["channel", "insured_id", "limit", "locale", "procedure_id", "reason"]
+__all__ = ["channel", "instant", "insured_id", "limit", "locale", "procedure_id", "reason"]
 
 #: Insured ids are the host's (a NIR, a UUID...): opaque, but printable and bounded.
 MAX_INSURED_ID = 255
@@ -108,3 +109,12 @@ def reason(value: object) -> str:
     ):
         raise InvalidArgument(field="reason")
     return text
+
+
+def instant(value: object, field: str) -> datetime | None:
+    """A timezone-aware :class:`~datetime.datetime`, or ``None``; anything else names ``field``."""
+    if value is None:
+        return None
+    if type(value) is not datetime or value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgument(field=field)
+    return value

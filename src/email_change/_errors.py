@@ -15,6 +15,7 @@ from datetime import datetime
 import attrs
 
 __all__ = [
+    "AuthenticationTooOld",
     "AwaitingConfirmation",
     "CardNotUsable",
     "CodeExpired",
@@ -280,6 +281,16 @@ class AwaitingConfirmation(EmailChangeError):
 
     code = "procedure.awaiting_confirmation"
     http_status = 409
+
+
+@attrs.define(kw_only=True, eq=False, str=False)
+class AuthenticationTooOld(EmailChangeError):
+    """The insured authenticated longer ago than the policy's ``max_authentication_age`` (or the
+    frontend did not say when): re-authenticate them, then call ``start`` again. Nothing is
+    created."""
+
+    code = "session.reauthenticate"
+    http_status = 401
 
 
 @attrs.define(kw_only=True, eq=False, str=False)

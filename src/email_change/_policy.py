@@ -54,6 +54,13 @@ def _non_negative_delta(
         raise ValueError(f"{attribute.name} must not be negative, got {value}")
 
 
+def _off_or_positive_delta(
+    _inst: object, attribute: attrs.Attribute[timedelta], value: timedelta
+) -> None:
+    if _a_duration(attribute, value) < timedelta(0):
+        raise ValueError(f"{attribute.name} must not be negative (0: off), got {value}")
+
+
 def _switch(_inst: object, attribute: attrs.Attribute[bool], value: object) -> None:
     # A switch is on or off: "no" or 0 would read as a choice that was never made.
     if type(value) is not bool:
@@ -120,6 +127,12 @@ class Policy:
     #: an insured who reads the old mailbox once a week, short enough that a mailbox the insured
     #: left behind cannot veto changes for long.
     dispute_window: timedelta = attrs.field(default=timedelta(days=7), validator=_positive_delta)
+    #: ``start`` refuses a session whose insured last authenticated longer ago than this
+    #: (:class:`~email_change.AuthenticationTooOld`, ASVS 5.0 7.5.1); ``0``: off, since the
+    #: guide does not ask for it.
+    max_authentication_age: timedelta = attrs.field(
+        default=timedelta(0), validator=_off_or_positive_delta
+    )
     #: Accept internationalised local parts (SMTPUTF8). Off: many relays still refuse them.
     allow_smtputf8: bool = attrs.field(default=False, validator=_switch)
 

@@ -31,6 +31,7 @@ from statemachine.exceptions import TransitionNotAllowed
 from email_change import _arguments as arguments
 from email_change._crypto import Keyring
 from email_change._errors import (
+    AuthenticationTooOld,
     AwaitingConfirmation,
     ConcurrentUpdate,
     EmailChangeError,
@@ -164,19 +165,31 @@ class EmailChangeService:
     # --- operations ------------------------------------------------------------------------------
 
     def start(
-        self, insured_id: str, *, channel: Channel = Channel.WEBSITE, locale: str = "fr"
+        self,
+        insured_id: str,
+        *,
+        channel: Channel = Channel.WEBSITE,
+        locale: str = "fr",
+        authenticated_at: datetime | None = None,
     ) -> ProcedureView:
         """Step 0: the insured taps the pen on the Mail field. Mails a code to the current address.
 
         If the insured already has an open procedure it is returned (``resumed=True``) and no mail
         is sent; if a registered address awaits confirmation, :class:`AwaitingConfirmation`.
         ``channel`` is a :class:`Channel` (or its value, ``"website"``); ``locale`` a language tag.
+        ``authenticated_at`` is when the insured last authenticated (timezone-aware): with the
+        policy's ``max_authentication_age`` on, an older (or unknown) one is refused with
+        :class:`AuthenticationTooOld`, before anything is read.
         """
         call = _Call("start")
         with self._audited(call):
             call.insured_id = insured = arguments.insured_id(insured_id)
             channel = arguments.channel(channel)
             locale = arguments.locale(locale)
+            authenticated = arguments.instant(authenticated_at, "authenticated_at")
+            max_age = self.policy.max_authentication_age
+            if max_age and (authenticated is None or self._now() - authenticated > max_age):
+                raise AuthenticationTooOld()
             address = None
             for _ in range(MAX_REPLAYS):
                 existing = self._store.open_procedure_of(insured)

@@ -198,6 +198,11 @@ class Sessions:
         return self.service.may_log_in(insured) == (kind == SESSION_INSURED)
 
 
+def authenticated_at(session: dict[str, Any]) -> datetime | None:
+    """When the session's insured logged in (the session is issued at login), or ``None``."""
+    return _issued_at(session)
+
+
 def _issued_at(session: dict[str, Any]) -> datetime | None:
     try:
         issued = datetime.fromisoformat(str(session.get(_ISSUED)))

@@ -31,6 +31,7 @@ from email_change.adapters.asgi._pages import (
     read_form,
     redirect,
 )
+from email_change.adapters.asgi._sessions import authenticated_at
 
 __all__ = ["STEP_URL", "routes"]
 
@@ -180,7 +181,13 @@ class _Steps(Pages):
         await read_form(request)
         insured = self.insured(request)
         try:
-            view = await run_in_threadpool(self.service.start, insured, channel=Channel.WEBSITE)
+            view = await run_in_threadpool(
+                lambda: self.service.start(
+                    insured,
+                    channel=Channel.WEBSITE,
+                    authenticated_at=authenticated_at(request.session),
+                )
+            )
         except EmailChangeError as exc:
             self.flash(request, "error", self.error_text(request, exc))
             return redirect("/mes-informations")
