@@ -26,7 +26,7 @@ from tests.smtp_server import free_port
 KEY = b"k" * 32
 KEYS = f"k1={base64.b64encode(KEY).decode()}"
 URLS = ["--confirm-url", "https://ameli.example/c", "--revert-url", "https://ameli.example/r"]
-COMMANDS = ["demo", "serve", "diagram", "relay", "sweep", "import-cards"]
+COMMANDS = ["demo", "serve", "diagram", "relay", "sweep", "import-cards", "support"]
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import attrs
 
@@ -514,6 +515,20 @@ def _parser() -> argparse.ArgumentParser:
         "csv", metavar="FILE.csv", help="UTF-8, with the header insured_id,serial,model,status"
     )
     cards.set_defaults(handler=_cmd_import_cards)
+
+    from email_change import _cli_support
+
+    _cli_support.register(
+        command,
+        SimpleNamespace(
+            CliError=CliError,
+            keyring=_keyring,
+            policy=_policy,
+            open_store=_open_store,
+            store_options=_store_options,
+            policy_option=_policy_option,
+        ),
+    )
     return parser
 
 

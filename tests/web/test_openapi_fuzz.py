@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.requests import Request
 
-from email_change import AwaitingConfirmation, InsuredBudgetSpent, ResendTooSoon
+from email_change import Agent, AwaitingConfirmation, InsuredBudgetSpent, ResendTooSoon
 from email_change.adapters.asgi import create_app
 from tests.web.asgi_support import INSURED, wire
 
@@ -31,9 +31,18 @@ def _always_insured(_request: Request) -> str:
     return INSURED
 
 
+def _always_agent(_request: Request) -> Agent:
+    return Agent(id="agent-1", roles=["support"])
+
+
 schema = schemathesis.openapi.from_asgi(
     "/openapi.json",
-    create_app(_wired.service, settings=_wired.settings, current_insured=_always_insured),
+    create_app(
+        _wired.service,
+        settings=_wired.settings,
+        current_insured=_always_insured,
+        support_agent=_always_agent,
+    ),
 )
 _turn = itertools.count()
 

@@ -45,6 +45,7 @@ from starlette.staticfiles import StaticFiles
 from email_change._messages import Messages
 from email_change._ports import Clock, SessionEndReader
 from email_change._service import EmailChangeService
+from email_change._support import build_support
 from email_change.adapters.asgi import _health, _links, _login, _mailbox, _steps
 from email_change.adapters.asgi._api import Api, view_json
 from email_change.adapters.asgi._handlers import exception_handlers
@@ -73,10 +74,12 @@ from email_change.adapters.asgi._settings import (
     MailboxReader,
     WebSettings,
 )
+from email_change.adapters.asgi._support_api import AgentHook, SupportApi
 
 __all__ = [
     "PROBLEM_JSON",
     "SESSION_INSURED",
+    "AgentHook",
     "Authenticator",
     "InMemorySessionLedger",
     "InsuredHook",
@@ -102,6 +105,7 @@ def create_app(
     session_ledger: SessionLedger | None = None,
     sessions_ended: SessionEndReader | None = None,
     clock: Clock | None = None,
+    support_agent: AgentHook | None = None,
 ) -> Starlette:
     """Build the ASGI app: JSON API under ``/api/v1``, ``/openapi.json``, the web UI, and
     ``/health/live`` and ``/health/ready`` for probes (``docs/operations.md``).
@@ -115,6 +119,10 @@ def create_app(
     this process's memory), and refused once issued before ``sessions_ended`` says the insured's
     sessions ended (the account directory, if it can tell: the reference ones can). ``clock``
     must be the service's (default: the system clock).
+
+    ``support_agent`` enables the support endpoints (``/api/v1/support/...``, for a call-centre
+    tool): it authenticates the agent of a request and returns the :class:`~email_change.Agent`,
+    or ``None`` (401). Without it the endpoints do not exist.
     """
     msgs = messages or Messages()
     if clock is None:
@@ -145,9 +153,18 @@ def create_app(
         settings.mail_settings.confirm_url, settings.mail_settings.revert_url
     )
     routes: list[BaseRoute] = [
-        Route("/openapi.json", _openapi(sorted(msgs.locales)), methods=["GET"]),
+        Route(
+            "/openapi.json",
+            _openapi(sorted(msgs.locales), support=support_agent is not None),
+            methods=["GET"],
+        ),
         *_health.routes(service, settings.ready_max_relay_lag),
         *Api(service, msgs, current_insured, sessions).routes(),
+        *(
+            SupportApi(build_support(service), msgs, support_agent).routes()
+            if support_agent is not None
+            else ()
+        ),
         *_steps.routes(context),
         *_links.routes(context),
         *_login.routes(context),
@@ -192,8 +209,8 @@ def _package_dir(name: str) -> Any:
     return resources.files("email_change.adapters.asgi").joinpath(name)
 
 
-def _openapi(locales: list[str]) -> Callable[[Request], Any]:
-    document = openapi_document(locales)
+def _openapi(locales: list[str], *, support: bool) -> Callable[[Request], Any]:
+    document = openapi_document(locales, support=support)
 
     async def serve(_request: Request) -> Response:
         return JSONResponse(document)

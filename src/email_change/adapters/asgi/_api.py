@@ -20,7 +20,7 @@ from email_change.adapters.asgi._http import API_PREFIX, ApiProblem, jsonable, p
 from email_change.adapters.asgi._sessions import Sessions
 from email_change.adapters.asgi._settings import InsuredHook
 
-__all__ = ["Api", "view_json"]
+__all__ = ["Api", "read_body", "view_json"]
 
 _API = API_PREFIX
 
@@ -77,7 +77,7 @@ class Api:
 
     async def start(self, request: Request) -> Response:
         insured = self._insured(request)
-        body = await _body(request, optional={"channel": str, "locale": str})
+        body = await read_body(request, optional={"channel": str, "locale": str})
         channel = _channel(body.get("channel", Channel.WEBSITE.value))
         locale = body.get("locale") or pick_locale(request, self.messages)
         if locale not in self.messages.locales:
@@ -98,19 +98,19 @@ class Api:
 
     async def submit_code(self, request: Request) -> Response:
         insured = self._insured(request)
-        body = await _body(request, required={"code": str})
+        body = await read_body(request, required={"code": str})
         fn = self.service.submit_code
         return self._ok(request, await run_in_threadpool(fn, insured, _pid(request), body["code"]))
 
     async def resend_code(self, request: Request) -> Response:
         insured = self._insured(request)
-        await _body(request)
+        await read_body(request)
         view = await run_in_threadpool(self.service.resend_code, insured, _pid(request))
         return self._ok(request, view)
 
     async def submit_serial(self, request: Request) -> Response:
         insured = self._insured(request)
-        body = await _body(request, required={"serial": str})
+        body = await read_body(request, required={"serial": str})
         fn = self.service.submit_serial
         return self._ok(
             request, await run_in_threadpool(fn, insured, _pid(request), body["serial"])
@@ -118,7 +118,7 @@ class Api:
 
     async def submit_address(self, request: Request) -> Response:
         insured = self._insured(request)
-        body = await _body(
+        body = await read_body(
             request,
             required={"new_address": str, "confirmation": str, "wording_version": str},
             optional={
@@ -147,22 +147,22 @@ class Api:
 
     async def cancel(self, request: Request) -> Response:
         insured = self._insured(request)
-        await _body(request)
+        await read_body(request)
         return self._ok(
             request, await run_in_threadpool(self.service.cancel, insured, _pid(request))
         )
 
     async def resend_confirmation(self, request: Request) -> Response:
         insured = self._insured(request)
-        await _body(request)
+        await read_body(request)
         return self._ok(request, await run_in_threadpool(self.service.resend_confirmation, insured))
 
     async def confirm(self, request: Request) -> Response:
-        body = await _body(request, required={"token": str})
+        body = await read_body(request, required={"token": str})
         return self._ok(request, await run_in_threadpool(self.service.confirm, body["token"]))
 
     async def revert(self, request: Request) -> Response:
-        body = await _body(request, required={"token": str})
+        body = await read_body(request, required={"token": str})
         return self._ok(request, await run_in_threadpool(self.service.revert, body["token"]))
 
     async def login_allowed(self, request: Request) -> Response:
@@ -183,7 +183,7 @@ def _channel(raw: str) -> Channel:
         raise ApiProblem(400, "request.invalid", "channel: unknown value.") from None
 
 
-async def _body(
+async def read_body(
     request: Request,
     *,
     required: dict[str, type | tuple[type, ...]] | None = None,

@@ -177,8 +177,20 @@ def _schemas(locales: list[str]) -> dict[str, Any]:
     }
 
 
-def openapi_document(locales: list[str] | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 document served at ``/openapi.json``."""
+def openapi_document(locales: list[str] | None = None, *, support: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1 document served at ``/openapi.json`` (with the support endpoints when
+    the app has them)."""
+    document = _document(locales)
+    if support:
+        from email_change.adapters.asgi import _support_api
+
+        document["paths"].update(_support_api.openapi_paths())
+        for section, entries in _support_api.openapi_components().items():
+            document["components"][section].update(entries)
+    return document
+
+
+def _document(locales: list[str] | None) -> dict[str, Any]:
     p = "/api/v1/procedures"
     return {
         "openapi": "3.1.0",

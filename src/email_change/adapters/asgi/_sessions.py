@@ -39,6 +39,7 @@ __all__ = [
     "SessionGuard",
     "SessionLedger",
     "Sessions",
+    "authenticated_at",
     "pending_insured",
     "session_insured",
 ]
