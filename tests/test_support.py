@@ -253,3 +253,61 @@ def test_the_trail_reads_back_from_a_json_lines_audit_log(tmp_path: object) -> N
     assert [r.event for r in sink.records_of(INSURED, 10)] == ["e2", "e0"]
     assert sink.records_of(INSURED, 1)[0].detail == {"agent": "a"}
     assert isinstance(sink, ec.AuditTrailReader)
+
+
+# --- races: decided inside the insured's transaction ------------------------------------------
+
+
+def _race(*calls: object) -> list[str]:
+    """Run the calls at once; each one's outcome ("ok" or the error code)."""
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+    outcomes: list[str] = [""] * len(calls)
+
+    def run(n: int, call: object) -> None:
+        barrier.wait()
+        try:
+            call()  # type: ignore[operator]
+            outcomes[n] = "ok"
+        except ec.EmailChangeError as error:
+            outcomes[n] = error.code
+
+    threads = [threading.Thread(target=run, args=(n, c)) for n, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_a_dispute_racing_the_confirmation_always_wins(round_: int) -> None:
+    world = make_world(seed=round_)
+    pid = world.service.start(INSURED).procedure_id
+    world.service.submit_code(INSURED, pid, world.code())
+    world.service.submit_serial(INSURED, pid, SERIAL)
+    world.service.submit_new_address(INSURED, pid, form(ATTACKER))
+    confirm, notice = world.token(ATTACKER), world.token(CURRENT)
+    outcomes = _race(lambda: world.service.confirm(confirm), lambda: world.service.revert(notice))
+    # Whichever commits first, the dispute ends it: before confirmation or after it.
+    assert outcomes[1] == "ok"
+    assert outcomes[0] in {"ok", "link.invalid", "procedure.conflict"}
+    stored = world.store.load(pid)
+    assert stored is not None and stored.state == "reverted"
+    assert str(world.directory.current_address(INSURED)) == CURRENT
+    assert world.support.find(AGENT, REASON, INSURED).frozen
+
+
+def test_two_agents_lifting_one_freeze_lift_it_once() -> None:
+    world = make_world()
+    to_registered(world)
+    world.service.revert(world.token(CURRENT))
+    other = ec.Agent(id="agent-43", roles=["support"])
+    outcomes = _race(
+        lambda: world.support.lift_freeze(AGENT, REASON, INSURED),
+        lambda: world.support.lift_freeze(other, REASON, INSURED),
+    )
+    assert sorted(outcomes) == ["ok", "procedure.wrong_state"]
+    lifts = world.store.ledger_since(INSURED, world.clock.now() - timedelta(days=1))
+    assert [e.kind for e in lifts].count(ec.LedgerKind.UNFROZEN) == 1
