@@ -34,14 +34,20 @@ _ERRORS = {
         "Invalid input (malformed body, wrong code or serial, invalid address, "
         "missing consent choice), or a Host the app does not answer for."
     ),
-    "401": _problem_ref("No authenticated insured (the host's hook returned nothing)."),
+    "401": _problem_ref(
+        "No authenticated insured (the host's hook returned nothing), or, at start, a login "
+        "older than the policy's max_authentication_age (session.reauthenticate)."
+    ),
     "403": _problem_ref("Cross-origin request from a browser."),
     "404": _problem_ref("Unknown procedure (or another insured's), unknown or used link."),
     "409": _problem_ref("The procedure's state does not accept this step, or a conflict."),
-    "410": _problem_ref("Expired code, procedure or link."),
+    "410": _problem_ref("Expired code, procedure or link, or a dispute link past its window."),
     "413": _problem_ref("Body too large."),
     "415": _problem_ref("The body is not application/json."),
-    "423": _problem_ref("The procedure is locked after too many wrong tries."),
+    "423": _problem_ref(
+        "The procedure is locked after too many wrong tries, or the insured is frozen after a "
+        "dispute (insured.frozen: call the 3646)."
+    ),
     "429": _problem_ref("Cooldown, resend limit or the insured's failure budget; see Retry-After."),
     "503": _problem_ref("The card registry or the account directory is unavailable."),
 }
@@ -257,7 +263,8 @@ def _document(locales: list[str] | None) -> dict[str, Any]:
                 secured=False,
             ),
             "/api/v1/links/revert": _post(
-                "Cancel a registered change (token from the notice to the previous address)",
+                "Dispute a change, before or after confirmation (token from the notice to the "
+                "previous address)",
                 "revert",
                 body="TokenRequest",
                 params=False,
