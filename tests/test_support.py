@@ -148,6 +148,31 @@ def test_a_spent_failure_budget_is_reset_by_the_agent() -> None:
         world.support.reset_budget(AGENT, REASON, INSURED)
 
 
+# --- the old mailbox lost ---------------------------------------------------------------------
+
+
+def test_a_lost_old_mailbox_is_seen_by_the_agent_and_moved_by_the_back_office() -> None:
+    world = make_world()
+    # The insured: the code goes to a mailbox they can no longer open; nothing else helps.
+    pid = world.service.start(INSURED).procedure_id
+    assert len(world.mails(CURRENT, ec.MailKind.SECURITY_CODE)) == 1
+    # The agent: sees where the codes go (masked), nothing pending, no freeze.
+    case = world.support.find(AGENT, REASON, INSURED)
+    (proc,) = case.procedures
+    assert proc.view.state == "code_sent"
+    assert proc.view.current_address == ec.mask_address(CURRENT)
+    assert not case.frozen and case.login_allowed
+    _assert_nothing_secret(world, case)
+    # The library never moves an address without the current mailbox: after the identity check
+    # the account's own back office does (here, the directory), and the insured drops the
+    # stuck procedure.
+    world.directory.add(INSURED, NEW)
+    world.service.cancel(INSURED, pid)
+    world.clock.advance(minutes=1)
+    world.service.start(INSURED)
+    assert len(world.mails(NEW, ec.MailKind.SECURITY_CODE)) == 1
+
+
 # --- a disputed change, and a suspected hijack ------------------------------------------------
 
 

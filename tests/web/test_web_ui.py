@@ -333,3 +333,52 @@ def test_demo_app_login_and_mailbox(on: str, tmp_path: Path) -> None:
         mailbox = client.get("/demo/boite-mail").text
         assert "Votre code de sécurité pour modifier votre adresse mail" in mailbox
         assert re.search(r"code de sécurité est : \d{4}", mailbox)
+
+
+def test_revert_page_after_confirmation_restores_and_freezes(web: TestClient, wired: Wired) -> None:
+    _to_address_step(web, wired)
+    _post(
+        web,
+        "/email/nouvelle-adresse",
+        new_address=NEW,
+        confirmation=NEW,
+        general_information="non",
+        studies_and_research="non",
+    )
+    notice = wired.last_token("jeanne@exemple.fr")
+    link = wired.last_token(NEW)
+    web.post("/email/confirmer", data={"csrf_token": _token(web, "/connexion"), "token": link})
+    assert str(wired.directory.current_address(INSURED)) == NEW
+    wired.clock.advance(days=3)
+    done = web.post(
+        "/email/annuler-modification",
+        data={"csrf_token": _token(web, "/connexion"), "token": notice},
+    )
+    assert done.status_code == 200
+    assert "votre adresse précédente est rétablie" in done.text
+    assert "3646" in done.text
+    assert str(wired.directory.current_address(INSURED)) == "jeanne@exemple.fr"
+    # Logged in again with the old address, the insured cannot start a change: call the 3646.
+    _login(web)
+    web.post("/email/modifier", data={"csrf_token": _token(web, "/mes-informations")})
+    assert "suspendue après une contestation" in web.get("/mes-informations").text
+
+
+def test_revert_page_after_the_window_says_to_call(web: TestClient, wired: Wired) -> None:
+    _to_address_step(web, wired)
+    _post(
+        web,
+        "/email/nouvelle-adresse",
+        new_address=NEW,
+        confirmation=NEW,
+        general_information="non",
+        studies_and_research="non",
+    )
+    notice = wired.last_token("jeanne@exemple.fr")
+    wired.clock.advance(days=7)
+    refused = web.post(
+        "/email/annuler-modification",
+        data={"csrf_token": _token(web, "/connexion"), "token": notice},
+    )
+    assert refused.status_code == 410
+    assert "le délai pour contester la modification est dépassé" in refused.text
