@@ -29,6 +29,21 @@ HOSTILE = st.one_of(
 )
 
 
+#: The insured's own steps, which a dispute's freeze stops, and the outcomes of one that moved.
+SELF_SERVICE = frozenset(
+    {
+        "start",
+        "resend_code",
+        "submit_code",
+        "submit_serial",
+        "submit_address",
+        "confirm",
+        "resend_confirmation",
+    }
+)
+MOVED = frozenset({"ok", "code.wrong", "serial.wrong", "procedure.locked"})
+
+
 class Journeys(RuleBasedStateMachine):
     @initialize(seed=st.integers(0, 2**16))
     def setup(self, seed: int) -> None:
@@ -182,6 +197,11 @@ class Journeys(RuleBasedStateMachine):
             self._call(lambda: self.world.service.revert(token))
 
     @rule()
+    def agent_lifts_freeze(self) -> None:
+        agent = ec.Agent(id="agent-1", roles=["support"])
+        self._call(lambda: self.world.support.lift_freeze(agent, "identité vérifiée", INSURED))
+
+    @rule()
     def resend_confirmation(self) -> None:
         self._call(lambda: self.world.service.resend_confirmation(INSURED))
 
@@ -232,6 +252,19 @@ class Journeys(RuleBasedStateMachine):
         for i, start in enumerate(failures):
             in_window = [t for t in failures[i:] if t < start + policy.insured_window]
             assert len(in_window) <= policy.failures_per_insured_per_window
+
+    @invariant()
+    def a_freeze_stops_every_self_service_step(self) -> None:
+        if not hasattr(self, "world"):
+            return
+        frozen = False
+        for record in self.world.audit.records:  # in the order the calls committed
+            if record.event == "revert" and record.outcome == "ok":
+                frozen = True
+            elif record.event == "lift_freeze" and record.outcome == "ok":
+                frozen = False
+            elif record.event in SELF_SERVICE and record.outcome in MOVED:
+                assert not frozen, f"{record.event} went through a freeze"
 
     @invariant()
     def address_changes_only_after_every_proof(self) -> None:
