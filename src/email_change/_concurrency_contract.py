@@ -308,3 +308,55 @@ class ServiceConcurrencyContract:
         assert proc is not None
         assert proc.state not in FINAL_STATES
         assert len(proc.link_sends) == len(links)
+
+    def test_a_dispute_freezes_racing_starts_and_racing_lifts_lift_it_once(
+        self, store: ProcedureStore
+    ) -> None:
+        from email_change._support import Agent, build_support
+
+        race = _race_world(store, Policy())
+        service = race.service
+        pid = service.start(_INSURED).procedure_id
+        service.submit_code(_INSURED, pid, race.code())
+        service.submit_serial(_INSURED, pid, _SERIAL)
+        new = "jeanne.nouvelle@exemple.fr"
+        service.submit_new_address(
+            _INSURED,
+            pid,
+            AddressForm(
+                new_address=new,
+                confirmation=new,
+                general_information=False,
+                studies_and_research=False,
+                wording_version="v1",
+                channel=Channel.WEBSITE,
+            ),
+        )
+        service.relay.run_once(limit=10_000)
+        notice = next(m for m in race.mailer.outbox if "/annuler?token=" in _plain(m))
+        token = _plain(notice).split("/annuler?token=", 1)[1].split()[0]
+        race.clock.advance(minutes=1)  # past every cooldown: only the freeze refuses a start
+
+        def dispute_or_start(n: int) -> object:
+            if n == 0:
+                return race.call(lambda: service.revert(token))
+            return race.call(lambda: service.start(_INSURED))
+
+        _rounds(race, self.THREADS, 1, dispute_or_start, timedelta(minutes=1))
+        assert race.crashes == []
+        # The dispute went through; every start met the registration or the freeze.
+        assert race.answers["ok"] == 1
+        assert set(race.answers) <= {"ok", "procedure.awaiting_confirmation", "insured.frozen"}
+        assert race.open_id() is None
+        support, agent = build_support(service), Agent(id="agent-race", roles=["support"])
+        race.answers.clear()
+        _rounds(
+            race,
+            self.THREADS,
+            1,
+            lambda _n: race.call(lambda: support.lift_freeze(agent, "identité vérifiée", _INSURED)),
+            timedelta(minutes=1),
+        )
+        assert race.crashes == []
+        assert race.answers == Counter({"ok": 1, "procedure.wrong_state": self.THREADS - 1})
+        assert race.ledger(LedgerKind.UNFROZEN) == 1
