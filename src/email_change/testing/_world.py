@@ -1,0 +1,411 @@
+"""A ready world for a host's tests: the service on fakes, a clock the test moves, a mailbox.
+
+:func:`world` is the one call; :class:`Mailbox` finds an insured's last code and links by the
+kind of mail (the :data:`~email_change.MAIL_KIND_HEADER` every mail carries, and the outbox item
+it was rendered from), never by a subject or a sentence in one language.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+
+from email_change._bootstrap import build_service
+from email_change._crypto import Keyring
+from email_change._machine import AddressForm
+from email_change._messages import MAIL_KIND_HEADER, MailSettings, Messages
+from email_change._policy import Policy
+from email_change._ports import ProcedureStore, RandomSource
+from email_change._records import MailEffect, MailKind
+from email_change._relay import Backoff
+from email_change._service import EmailChangeService
+from email_change._values import VITALE2_PREFIX, Card, CardModel, CardStatus, Channel
+from email_change.adapters import memory
+
+if TYPE_CHECKING:
+    from email_change.adapters.sql import SQLStorage
+
+__all__ = ["INSUREDS", "START", "TEST_KEY", "Insured", "Mailbox", "World", "world"]
+
+#: When every world's clock starts.
+START = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+#: The master key of a world's keyring (key id ``"k1"``): a test key, never a production one.
+TEST_KEY = b"test master key of 32 bytes!!!!!"
+_CONFIRM_URL = "https://ameli.example/confirmer"
+_REVERT_URL = "https://ameli.example/annuler"
+
+
+@attrs.frozen(kw_only=True)
+class Insured:
+    """An account of the world's directory and its cards in the world's registry."""
+
+    #: The id the service is called with.
+    id: str
+    #: The current address, where the security code is mailed.
+    address: str
+    #: An address the insured may move to (step 3).
+    new_address: str
+    #: The insured's cards (the serial of each is hidden from its repr).
+    cards: tuple[Card, ...]
+
+    @property
+    def serial(self) -> str | None:
+        """What the insured types at step 2 for their usable card, or ``None`` if they have
+        none (an app card only: the step is refused with ``CardNotUsable``)."""
+        for card in self.cards:
+            if card.usable:
+                printed = card.model is CardModel.WITH_PHOTO and len(card.serial) == 21
+                return card.serial[len(VITALE2_PREFIX) :] if printed else card.serial
+        return None
+
+
+def _card(serial: str, model: CardModel, status: CardStatus = CardStatus.ACTIVE) -> Card:
+    return Card(serial=serial, model=model, status=status)
+
+
+#: The default accounts: one card of each model in the registry, and an opposed card.
+#:
+#: - ``insured-1``: a photo card (serial ``12345678901``) and an opposed card without photo;
+#: - ``insured-2``: the app card only, which cannot prove identity at step 2;
+#: - ``insured-3``: a card without photo (serial ``87654321``).
+INSUREDS: tuple[Insured, ...] = (
+    Insured(
+        id="insured-1",
+        address="jeanne.martin@exemple.fr",
+        new_address="jeanne@nouveau.fr",
+        cards=(
+            _card("12345678901", CardModel.WITH_PHOTO),
+            _card("99999999", CardModel.WITHOUT_PHOTO, CardStatus.OPPOSED),
+        ),
+    ),
+    Insured(
+        id="insured-2",
+        address="paul@exemple.fr",
+        new_address="paul@nouveau.fr",
+        cards=(_card("0", CardModel.APP),),
+    ),
+    Insured(
+        id="insured-3",
+        address="lea.dupont@exemple.fr",
+        new_address="lea@nouveau.fr",
+        cards=(_card("87654321", CardModel.WITHOUT_PHOTO),),
+    ),
+)
+
+
+class Mailbox:
+    """What the world's mailer delivered, read by insured and by kind of mail.
+
+    A mail belongs to the insured whose procedure owed it (its ``Message-ID`` names the outbox
+    item, the item names the procedure). The code and the links are read by the mail's kind,
+    in the mail's own language: the catalogue's sentence around ``{code}``, the configured
+    ``confirm_url`` and ``revert_url``.
+    """
+
+    def __init__(
+        self,
+        mailer: memory.InMemoryMailer,
+        store: ProcedureStore,
+        messages: Messages,
+        mail_settings: MailSettings,
+    ) -> None:
+        self._mailer = mailer
+        self._store = store
+        self._messages = messages
+        self._settings = mail_settings
+        self._owners: dict[str, str | None] = {}
+
+    def mails(self, insured_id: str, kind: MailKind | None = None) -> list[EmailMessage]:
+        """The insured's delivered mails, oldest first; only those of ``kind`` when given."""
+        return [
+            m
+            for m in list(self._mailer.outbox)
+            if (kind is None or m[MAIL_KIND_HEADER] == kind) and self._owner(m) == insured_id
+        ]
+
+    def last(self, insured_id: str, kind: MailKind) -> EmailMessage:
+        """The insured's newest mail of ``kind``; ``LookupError`` if there is none."""
+        found = self.mails(insured_id, kind)
+        if not found:
+            raise LookupError(f"no {kind.value} mail for {insured_id}")
+        return found[-1]
+
+    def code(self, insured_id: str) -> str:
+        """The code of the insured's newest security-code mail (dead or alive)."""
+        return self.code_in(self.last(insured_id, MailKind.SECURITY_CODE))
+
+    def confirmation_link(self, insured_id: str) -> str:
+        """The link of the insured's newest confirmation mail (sent to the new address)."""
+        return self.link_in(self.last(insured_id, MailKind.CONFIRM_ADDRESS))
+
+    def confirmation_token(self, insured_id: str) -> str:
+        """The token of :meth:`confirmation_link`, what ``service.confirm`` takes."""
+        return token_of(self.confirmation_link(insured_id))
+
+    def revert_link(self, insured_id: str) -> str:
+        """The link of the insured's newest notice to the previous address."""
+        return self.link_in(self.last(insured_id, MailKind.PREVIOUS_ADDRESS_NOTICE))
+
+    def revert_token(self, insured_id: str) -> str:
+        """The token of :meth:`revert_link`, what ``service.revert`` takes."""
+        return token_of(self.revert_link(insured_id))
+
+    def code_in(self, message: EmailMessage) -> str:
+        """The code a security-code mail carries."""
+        self._expect(message, MailKind.SECURITY_CODE)
+        locale = str(message.get("Content-Language") or "fr")
+        template = self._messages.template(locale, "mail", MailKind.SECURITY_CODE.value, "text")
+        # The words just before the code on its line: "Votre code de sécurité est : {code}".
+        before = re.split(r"\}|\n", template.split("{code}", 1)[0])[-1]
+        found = re.search(re.escape(before) + r"([0-9]+)", plain_text_of(message))
+        if found is None:
+            raise LookupError("no code in the security-code mail")
+        return found.group(1)
+
+    def link_in(self, message: EmailMessage) -> str:
+        """The link a confirmation mail or a notice to the previous address carries."""
+        kind = message[MAIL_KIND_HEADER]
+        if kind == MailKind.CONFIRM_ADDRESS:
+            url = self._settings.confirm_url
+        elif kind == MailKind.PREVIOUS_ADDRESS_NOTICE:
+            url = self._settings.revert_url
+        else:
+            raise LookupError(f"a {kind} mail carries no link")
+        found = re.search(re.escape(url) + r"\?\S+", plain_text_of(message))
+        if found is None:
+            raise LookupError(f"no link in the {kind} mail")
+        return found.group(0)
+
+    def secret_in(self, message: EmailMessage) -> str | None:
+        """The secret a mail carries (its code, or its link's token), or ``None``."""
+        kind = message[MAIL_KIND_HEADER]
+        if kind == MailKind.SECURITY_CODE:
+            return self.code_in(message)
+        if kind in (MailKind.CONFIRM_ADDRESS, MailKind.PREVIOUS_ADDRESS_NOTICE):
+            return token_of(self.link_in(message)).split(".", 1)[-1]
+        return None
+
+    def _expect(self, message: EmailMessage, kind: MailKind) -> None:
+        if message[MAIL_KIND_HEADER] != kind:
+            raise LookupError(f"not a {kind.value} mail")
+
+    def _owner(self, message: EmailMessage) -> str | None:
+        message_id = str(message.get("Message-ID") or "")
+        if message_id not in self._owners:
+            self._owners[message_id] = self._insured_of(message_id)
+        return self._owners[message_id]
+
+    def _insured_of(self, message_id: str) -> str | None:
+        item_id = message_id.strip("<>").rpartition("@")[0]
+        items = self._store.outbox_items([item_id]) if item_id else []
+        if not items or not isinstance(items[0].effect, MailEffect):
+            return None
+        proc = self._store.load(items[0].effect.procedure_id)
+        return None if proc is None else proc.insured_id
+
+
+def plain_text_of(message: EmailMessage) -> str:
+    """The text part of a mail."""
+    body = message.get_body(("plain",))
+    if body is None:
+        raise LookupError("the mail has no text part")
+    return str(body.get_content())
+
+
+def token_of(link: str) -> str:
+    """The ``token`` parameter of a link."""
+    return parse_qs(urlsplit(link).query)["token"][0]
+
+
+@attrs.define(kw_only=True)
+class World:
+    """A service ready to drive, and every fake it runs on, for a test to look at or move.
+
+    Build one with :func:`world`. ``store`` is the one given, a SQLite file's, or an in-memory
+    store; the directory, registry, mailer and audit sink are always the in-memory fakes.
+    """
+
+    service: EmailChangeService
+    clock: memory.FakeClock
+    mailer: memory.InMemoryMailer
+    mailbox: Mailbox
+    directory: memory.InMemoryAccountDirectory
+    registry: memory.InMemoryVitaleRegistry
+    store: ProcedureStore
+    audit: memory.InMemoryAuditSink
+    policy: Policy
+    keyring: Keyring
+    mail_settings: MailSettings
+    messages: Messages
+    insureds: tuple[Insured, ...]
+    #: The SQLite storage when the world was built on a file (closed by :meth:`close`).
+    storage: SQLStorage | None = None
+
+    def insured(self, insured_id: str | None = None) -> Insured:
+        """The account ``insured_id`` (default: the first one, who has a photo card)."""
+        if insured_id is None:
+            return self.insureds[0]
+        for insured in self.insureds:
+            if insured.id == insured_id:
+                return insured
+        raise LookupError(f"no insured {insured_id!r} in this world")
+
+    def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
+        """Move the clock forward (``advance(minutes=15)``); returns the new time."""
+        return self.clock.advance(delta, **kwargs)
+
+    def form(
+        self,
+        insured_id: str | None = None,
+        *,
+        new_address: str | None = None,
+        confirmation: str | None = None,
+        general_information: bool | None = False,
+        studies_and_research: bool | None = True,
+        channel: Channel = Channel.WEBSITE,
+        wording_version: str = "v2026-01",
+    ) -> AddressForm:
+        """A step-3 form: the insured's :attr:`Insured.new_address` typed twice, both consents
+        chosen; every field can be changed."""
+        address = new_address or self.insured(insured_id).new_address
+        return AddressForm(
+            new_address=address,
+            confirmation=address if confirmation is None else confirmation,
+            general_information=general_information,
+            studies_and_research=studies_and_research,
+            wording_version=wording_version,
+            channel=channel,
+        )
+
+    def register(self, insured_id: str | None = None) -> str:
+        """Take the insured through steps 1 to 3 (awaiting confirmation); the procedure id."""
+        insured = self.insured(insured_id)
+        if insured.serial is None:
+            raise LookupError(f"{insured.id} has no usable card")
+        pid = self.service.start(insured.id).procedure_id
+        self.service.submit_code(insured.id, pid, self.mailbox.code(insured.id))
+        self.service.submit_serial(insured.id, pid, insured.serial)
+        self.service.submit_new_address(insured.id, pid, self.form(insured.id))
+        return pid
+
+    def close(self) -> None:
+        """Close the SQLite storage, if any."""
+        if self.storage is not None:
+            self.storage.close()
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def world(
+    *,
+    policy: Policy | None = None,
+    seed: int | None = 7,
+    sqlite: str | Path | None = None,
+    store: ProcedureStore | None = None,
+    insureds: Sequence[Insured] = INSUREDS,
+    keyring: Keyring | None = None,
+    mail_settings: MailSettings | None = None,
+    messages: Messages | None = None,
+    backoff: Backoff | None = None,
+    start: datetime = START,
+) -> World:
+    """A service on fakes, ready to drive, with everything a test looks at or moves.
+
+    - the procedure store: in memory, or a SQLite file at ``sqlite`` (created and migrated), or
+      the ``store`` given (a host's own);
+    - a :class:`~email_change.adapters.memory.FakeClock` at ``start`` that only the test moves;
+    - codes and tokens from a seeded generator (``seed=None``: the system's CSPRNG, which threads
+      may share);
+    - an account directory and a card registry holding ``insureds`` (:data:`INSUREDS`: one card
+      of each model);
+    - a :class:`Mailbox` over an in-memory mailer.
+
+    >>> w = world()
+    >>> jeanne = w.insured()
+    >>> pid = w.service.start(jeanne.id).procedure_id
+    >>> print(w.service.submit_code(jeanne.id, pid, w.mailbox.code(jeanne.id)).state)
+    code_verified
+    >>> _ = w.advance(minutes=31)
+    >>> w.service.submit_serial(jeanne.id, pid, jeanne.serial)
+    Traceback (most recent call last):
+    ...
+    email_change._errors.ProcedureExpired: procedure.expired
+    """
+    if sqlite is not None and store is not None:
+        raise TypeError("give a sqlite path or a store, not both")
+    storage: SQLStorage | None = None
+    if sqlite is not None:
+        from email_change.adapters.sql import open_sqlite
+
+        storage = open_sqlite(sqlite)
+        store = storage.store
+    store = memory.InMemoryProcedureStore() if store is None else store
+    accounts = tuple(insureds)
+    clock = memory.FakeClock(start)
+    mailer = memory.InMemoryMailer()
+    directory = memory.InMemoryAccountDirectory({i.id: i.address for i in accounts})
+    registry = memory.InMemoryVitaleRegistry({i.id: list(i.cards) for i in accounts})
+    audit = memory.InMemoryAuditSink()
+    keyring = keyring or Keyring(keys={"k1": TEST_KEY}, current="k1")
+    mail_settings = mail_settings or MailSettings(confirm_url=_CONFIRM_URL, revert_url=_REVERT_URL)
+    messages = messages or Messages()
+    policy = policy or Policy()
+    rng: RandomSource
+    if seed is None:
+        from email_change.adapters.system import SecretsRandom
+
+        rng = SecretsRandom()
+    else:
+        rng = memory.SeededRandom(seed)
+    try:
+        service = build_service(
+            store=store,
+            mailer=mailer,
+            directory=directory,
+            registry=registry,
+            audit=audit,
+            keyring=keyring,
+            mail_settings=mail_settings,
+            clock=clock,
+            rng=rng,
+            policy=policy,
+            messages=messages,
+            backoff=backoff,
+        )
+    except BaseException:
+        if storage is not None:
+            storage.close()
+        raise
+    return World(
+        service=service,
+        clock=clock,
+        mailer=mailer,
+        mailbox=Mailbox(mailer, store, messages, mail_settings),
+        directory=directory,
+        registry=registry,
+        store=store,
+        audit=audit,
+        policy=policy,
+        keyring=keyring,
+        mail_settings=mail_settings,
+        messages=messages,
+        insureds=accounts,
+        storage=storage,
+    )

@@ -1,0 +1,126 @@
+"""``email_change.testing.world``: the one-call world and its mailbox, by insured and by kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import email_change as ec
+from email_change._machine import CODE, LINK, REVERT
+from email_change._messages import is_addressed_to
+from email_change.adapters import memory
+from email_change.adapters.sql import SQLProcedureStore
+from email_change.adapters.system import SecretsRandom
+from email_change.testing import INSUREDS, START, World, world
+
+
+def _live_code_matches(w: World, pid: str, code: str) -> bool:
+    proc = w.store.load(pid)
+    assert proc is not None and proc.code is not None
+    return w.keyring.verify(CODE, pid, code, proc.code.digest)
+
+
+def test_the_default_world_holds_one_card_of_each_model_and_its_insureds() -> None:
+    w = world()
+    models = {card.model for i in w.insureds for card in w.registry.cards_of(i.id)}
+    assert models == set(ec.CardModel)
+    for insured in INSUREDS:
+        assert str(w.directory.current_address(insured.id)) == insured.address
+        assert tuple(w.registry.cards_of(insured.id)) == insured.cards
+    assert w.clock.now() == START
+    assert isinstance(w.store, memory.InMemoryProcedureStore)
+    assert [i.serial for i in w.insureds] == ["12345678901", None, "87654321"]
+    assert w.insured("insured-3").id == "insured-3"
+    with pytest.raises(LookupError):
+        w.insured("nobody")
+
+
+def test_the_mailbox_gives_each_insured_their_own_last_code() -> None:
+    w = world()
+    jeanne, lea = w.insured("insured-1"), w.insured("insured-3")
+    first = w.service.start(jeanne.id).procedure_id
+    other = w.service.start(lea.id).procedure_id
+    assert _live_code_matches(w, first, w.mailbox.code(jeanne.id))
+    assert _live_code_matches(w, other, w.mailbox.code(lea.id))
+    w.advance(w.policy.resend_cooldown)
+    old = w.mailbox.code(jeanne.id)
+    w.service.resend_code(jeanne.id, first)
+    assert len(w.mailbox.mails(jeanne.id, ec.MailKind.SECURITY_CODE)) == 2
+    assert _live_code_matches(w, first, w.mailbox.code(jeanne.id))
+    assert not _live_code_matches(w, first, old) or old == w.mailbox.code(jeanne.id)
+    with pytest.raises(LookupError, match="no security_code mail"):
+        w.mailbox.code("insured-2")
+
+
+def test_the_links_are_found_by_kind_and_work() -> None:
+    w = world()
+    jeanne = w.insured()
+    pid = w.register()
+    proc = w.store.load(pid)
+    assert proc is not None and proc.link is not None and proc.revert_digest is not None
+    token = w.mailbox.confirmation_token(jeanne.id)
+    assert w.mailbox.confirmation_link(jeanne.id).startswith(w.mail_settings.confirm_url + "?")
+    assert w.keyring.verify(LINK, pid, token.split(".", 1)[1], proc.link.digest)
+    revert = w.mailbox.revert_token(jeanne.id)
+    assert w.mailbox.revert_link(jeanne.id).startswith(w.mail_settings.revert_url + "?")
+    assert w.keyring.verify(REVERT, pid, revert.split(".", 1)[1], proc.revert_digest)
+    # The confirmation went to the new address, the notice to the current one.
+    confirm_mail = w.mailbox.last(jeanne.id, ec.MailKind.CONFIRM_ADDRESS)
+    assert is_addressed_to(confirm_mail, jeanne.new_address)
+    assert print_state(w.service.confirm(token)) == "confirmed"
+    with pytest.raises(LookupError):
+        w.mailbox.link_in(w.mailbox.last(jeanne.id, ec.MailKind.SECURITY_CODE))
+    with pytest.raises(LookupError):
+        w.mailbox.code_in(confirm_mail)
+
+
+def print_state(view: ec.ProcedureView) -> str:
+    return str(view.state)
+
+
+def test_the_mailbox_reads_any_language_and_any_wording(tmp_path: Path) -> None:
+    """Not by subject, not by a French sentence: a host's own wording and English both work."""
+    (tmp_path / "fr.toml").write_text(
+        '[mail.security_code]\nsubject = "Votre code"\n'
+        'text = "Bonjour,\\nCode à saisir :: {code}\\nAide : 3646\\n{help}"\n',
+        "utf-8",
+    )
+    w = world(messages=ec.Messages(extra_dir=tmp_path))
+    pid = w.service.start("insured-1").procedure_id
+    code = w.mailbox.code("insured-1")
+    assert _live_code_matches(w, pid, code)
+    english = world()
+    pid = english.service.start("insured-3", locale="en").procedure_id
+    assert _live_code_matches(english, pid, english.mailbox.code("insured-3"))
+
+
+def test_a_world_on_a_sqlite_file(tmp_path: Path) -> None:
+    with world(sqlite=tmp_path / "kit.sqlite3") as w:
+        assert isinstance(w.store, SQLProcedureStore)
+        pid = w.register("insured-3")
+        assert print_state(w.service.confirm(w.mailbox.confirmation_token("insured-3"))) == (
+            "confirmed"
+        )
+        assert str(w.directory.current_address("insured-3")) == "lea@nouveau.fr"
+        assert w.store.load(pid) is not None
+    assert (tmp_path / "kit.sqlite3").exists()
+
+
+def test_a_world_on_a_given_store_and_with_the_system_random() -> None:
+    store = memory.InMemoryProcedureStore()
+    w = world(store=store, seed=None)
+    assert w.store is store
+    assert isinstance(w.service._rng, SecretsRandom)
+    w.register()
+    with pytest.raises(TypeError, match="not both"):
+        world(store=store, sqlite="x.sqlite3")
+
+
+def test_the_form_helper_fills_in_every_field() -> None:
+    w = world()
+    form = w.form("insured-3", general_information=None)
+    assert form.new_address == form.confirmation == "lea@nouveau.fr"
+    assert form.general_information is None and form.studies_and_research is True
+    with pytest.raises(LookupError, match="no usable card"):
+        w.register("insured-2")
