@@ -69,6 +69,7 @@ from email_change.testing._world import (
     Insured,
     Mailbox,
     World,
+    fresh_insureds,
     world,
 )
 
@@ -85,6 +86,7 @@ __all__ = [
     "VitaleRegistryContract",
     "World",
     "commit_in_transaction",
+    "fresh_insureds",
     "full_procedure",
     "ledger_of",
     "mail_item",

@@ -8,6 +8,7 @@ it was rendered from), never by a subject or a sentence in one language.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -33,7 +34,16 @@ from email_change.adapters import memory
 if TYPE_CHECKING:
     from email_change.adapters.sql import SQLStorage
 
-__all__ = ["INSUREDS", "START", "TEST_KEY", "Insured", "Mailbox", "World", "world"]
+__all__ = [
+    "INSUREDS",
+    "START",
+    "TEST_KEY",
+    "Insured",
+    "Mailbox",
+    "World",
+    "fresh_insureds",
+    "world",
+]
 
 #: When every world's clock starts.
 START = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
@@ -99,6 +109,17 @@ INSUREDS: tuple[Insured, ...] = (
         cards=(_card("87654321", CardModel.WITHOUT_PHOTO),),
     ),
 )
+
+
+def fresh_insureds(insureds: Sequence[Insured] = INSUREDS) -> tuple[Insured, ...]:
+    """``insureds`` under ids of their own, for worlds that share one store (a database kept
+    between tests): no run sees another's procedures or budgets.
+
+    >>> [i.id.startswith("insured-1-") for i in fresh_insureds()][0]
+    True
+    """
+    tag = uuid.uuid4().hex[:12]
+    return tuple(attrs.evolve(i, id=f"{i.id}-{tag}") for i in insureds)
 
 
 class Mailbox:
