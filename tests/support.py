@@ -33,6 +33,8 @@ class World:
     store: memory.InMemoryProcedureStore
     audit: memory.InMemoryAuditSink
     policy: ec.Policy
+    #: The kit's world these come from (``restarted`` builds the same deployment anew).
+    kit: testing.World
 
     def mails(self, to: str, kind: ec.MailKind | None = None) -> list[EmailMessage]:
         """Mails to ``to``, oldest first; only those of ``kind`` (by its header) when given."""
@@ -75,6 +77,7 @@ def make_world(policy: ec.Policy | None = None, *, seed: int = 7) -> World:
         policy=policy, seed=seed, keyring=ec.Keyring(keys={"k1": KEY}, current="k1")
     )
     assert isinstance(kit.store, memory.InMemoryProcedureStore)
+    assert isinstance(kit.registry, memory.InMemoryVitaleRegistry)
     return World(
         kit.service,
         kit.clock,
@@ -84,6 +87,7 @@ def make_world(policy: ec.Policy | None = None, *, seed: int = 7) -> World:
         kit.store,
         kit.audit,
         kit.policy,
+        kit,
     )
 
 

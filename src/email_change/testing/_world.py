@@ -24,7 +24,7 @@ from email_change._crypto import Keyring
 from email_change._machine import AddressForm
 from email_change._messages import MAIL_KIND_HEADER, MailSettings, Messages
 from email_change._policy import Policy
-from email_change._ports import ProcedureStore, RandomSource
+from email_change._ports import ProcedureStore, RandomSource, VitaleRegistry
 from email_change._records import MailEffect, MailKind
 from email_change._relay import Backoff
 from email_change._service import EmailChangeService
@@ -259,7 +259,7 @@ class World:
     mailer: memory.InMemoryMailer
     mailbox: Mailbox
     directory: memory.InMemoryAccountDirectory
-    registry: memory.InMemoryVitaleRegistry
+    registry: VitaleRegistry
     store: ProcedureStore
     audit: memory.InMemoryAuditSink
     policy: Policy
@@ -269,6 +269,52 @@ class World:
     insureds: tuple[Insured, ...]
     #: The SQLite storage when the world was built on a file (closed by :meth:`close`).
     storage: SQLStorage | None = None
+
+    def restarted(
+        self,
+        *,
+        store: ProcedureStore | None = None,
+        mail_settings: MailSettings | None = None,
+        policy: Policy | None = None,
+        keyring: Keyring | None = None,
+        seed: int | None = 7,
+        rng: RandomSource | None = None,
+        messages: Messages | None = None,
+        backoff: Backoff | None = None,
+    ) -> World:
+        """The same deployment restarted: a new service on the same store, directory, registry,
+        mailer, audit sink and clock, with another policy, keyring, generator or catalogues
+        (those not given are kept, but ``seed``); or moved to another ``store`` or
+        ``mail_settings``."""
+        store = store or self.store
+        mail_settings = mail_settings or self.mail_settings
+        messages = messages or self.messages
+        policy = policy or self.policy
+        keyring = keyring or self.keyring
+        service = build_service(
+            store=store,
+            mailer=self.mailer,
+            directory=self.directory,
+            registry=self.registry,
+            audit=self.audit,
+            keyring=keyring,
+            mail_settings=mail_settings,
+            clock=self.clock,
+            rng=rng or _rng(seed),
+            policy=policy,
+            messages=messages,
+            backoff=backoff,
+        )
+        return attrs.evolve(
+            self,
+            service=service,
+            store=store,
+            policy=policy,
+            keyring=keyring,
+            mail_settings=mail_settings,
+            messages=messages,
+            mailbox=Mailbox(self.mailer, store, messages, mail_settings),
+        )
 
     def insured(self, insured_id: str | None = None) -> Insured:
         """The account ``insured_id`` (default: the first one, who has a photo card)."""
@@ -334,12 +380,23 @@ class World:
         self.close()
 
 
+def _rng(seed: int | None) -> RandomSource:
+    if seed is None:
+        from email_change.adapters.system import SecretsRandom
+
+        return SecretsRandom()
+    return memory.SeededRandom(seed)
+
+
 def world(
     *,
     policy: Policy | None = None,
     seed: int | None = 7,
     sqlite: str | Path | None = None,
     store: ProcedureStore | None = None,
+    registry: VitaleRegistry | None = None,
+    mailer: memory.InMemoryMailer | None = None,
+    rng: RandomSource | None = None,
     insureds: Sequence[Insured] = INSUREDS,
     keyring: Keyring | None = None,
     mail_settings: MailSettings | None = None,
@@ -357,6 +414,10 @@ def world(
     - an account directory and a card registry holding ``insureds`` (:data:`INSUREDS`: one card
       of each model);
     - a :class:`Mailbox` over an in-memory mailer.
+
+    ``registry`` (your own, holding the cards of ``insureds``), ``mailer`` (an
+    :class:`~email_change.adapters.memory.InMemoryMailer` of yours) and ``rng`` (instead of
+    ``seed``) replace the world's own.
 
     >>> w = world()
     >>> jeanne = w.insured()
@@ -380,21 +441,16 @@ def world(
     store = memory.InMemoryProcedureStore() if store is None else store
     accounts = tuple(insureds)
     clock = memory.FakeClock(start)
-    mailer = memory.InMemoryMailer()
+    mailer = memory.InMemoryMailer() if mailer is None else mailer
     directory = memory.InMemoryAccountDirectory({i.id: i.address for i in accounts})
-    registry = memory.InMemoryVitaleRegistry({i.id: list(i.cards) for i in accounts})
+    if registry is None:
+        registry = memory.InMemoryVitaleRegistry({i.id: list(i.cards) for i in accounts})
     audit = memory.InMemoryAuditSink()
     keyring = keyring or Keyring(keys={"k1": TEST_KEY}, current="k1")
     mail_settings = mail_settings or MailSettings(confirm_url=_CONFIRM_URL, revert_url=_REVERT_URL)
     messages = messages or Messages()
     policy = policy or Policy()
-    rng: RandomSource
-    if seed is None:
-        from email_change.adapters.system import SecretsRandom
-
-        rng = SecretsRandom()
-    else:
-        rng = memory.SeededRandom(seed)
+    rng = rng or _rng(seed)
     try:
         service = build_service(
             store=store,
