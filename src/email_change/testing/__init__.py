@@ -1,7 +1,7 @@
 """The test kit for hosts: a ready world, Hypothesis strategies, a journey machine, contracts.
 
-Needs pytest (and Hypothesis for :mod:`~email_change.testing.strategies` and
-:mod:`~email_change.testing.journeys`); the core never imports this package. See
+The world needs nothing more than the library; the contract suites need pytest, the strategies
+and the journey machine Hypothesis. The core never imports this package. See
 ``docs/testing.md`` ("Testing your integration").
 
 **A world in one call.** :func:`world` builds the service over in-memory fakes (or a SQLite
@@ -50,18 +50,8 @@ those) and three readers, which read back, by your own means, what the directory
 would pass, so the suite does not run without them.
 """
 
-from email_change.testing._contracts import (
-    T0,
-    AccountDirectoryContract,
-    ProcedureStoreContract,
-    ServiceConcurrencyContract,
-    VitaleRegistryContract,
-    commit_in_transaction,
-    full_procedure,
-    ledger_of,
-    mail_item,
-    make_procedure,
-)
+from typing import TYPE_CHECKING, Any
+
 from email_change.testing._world import (
     INSUREDS,
     START,
@@ -71,6 +61,37 @@ from email_change.testing._world import (
     World,
     fresh_insureds,
     world,
+)
+
+if TYPE_CHECKING:
+    from email_change.testing._contracts import (
+        T0,
+        AccountDirectoryContract,
+        ProcedureStoreContract,
+        ServiceConcurrencyContract,
+        VitaleRegistryContract,
+        commit_in_transaction,
+        full_procedure,
+        ledger_of,
+        mail_item,
+        make_procedure,
+    )
+
+#: The contract suites need pytest: they are imported on first use, so that the world and the
+#: strategies work where pytest is not installed (the demo, a fuzzer).
+_CONTRACTS = frozenset(
+    {
+        "T0",
+        "AccountDirectoryContract",
+        "ProcedureStoreContract",
+        "ServiceConcurrencyContract",
+        "VitaleRegistryContract",
+        "commit_in_transaction",
+        "full_procedure",
+        "ledger_of",
+        "mail_item",
+        "make_procedure",
+    }
 )
 
 __all__ = [
@@ -93,3 +114,11 @@ __all__ = [
     "make_procedure",
     "world",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CONTRACTS:
+        from email_change.testing import _contracts
+
+        return getattr(_contracts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

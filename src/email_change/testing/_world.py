@@ -394,6 +394,7 @@ def world(
     seed: int | None = 7,
     sqlite: str | Path | None = None,
     store: ProcedureStore | None = None,
+    directory: memory.InMemoryAccountDirectory | None = None,
     registry: VitaleRegistry | None = None,
     mailer: memory.InMemoryMailer | None = None,
     rng: RandomSource | None = None,
@@ -415,6 +416,7 @@ def world(
       of each model);
     - a :class:`Mailbox` over an in-memory mailer.
 
+    ``directory`` (an in-memory one of yours, holding the accounts of ``insureds``),
     ``registry`` (your own, holding the cards of ``insureds``), ``mailer`` (an
     :class:`~email_change.adapters.memory.InMemoryMailer` of yours) and ``rng`` (instead of
     ``seed``) replace the world's own.
@@ -442,7 +444,8 @@ def world(
     accounts = tuple(insureds)
     clock = memory.FakeClock(start)
     mailer = memory.InMemoryMailer() if mailer is None else mailer
-    directory = memory.InMemoryAccountDirectory({i.id: i.address for i in accounts})
+    if directory is None:
+        directory = memory.InMemoryAccountDirectory({i.id: i.address for i in accounts})
     if registry is None:
         registry = memory.InMemoryVitaleRegistry({i.id: list(i.cards) for i in accounts})
     audit = memory.InMemoryAuditSink()

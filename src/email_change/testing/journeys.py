@@ -45,7 +45,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import attrs
@@ -61,10 +61,10 @@ from email_change._errors import (
     WrongSerial,
 )
 from email_change._machine import AddressForm
-from email_change._records import LedgerKind, MailKind, Procedure
+from email_change._ports import ProcedureStore
+from email_change._records import LedgerEntry, LedgerKind, MailKind, Procedure
 from email_change._service import EmailChangeService
 from email_change.testing import strategies as ecst
-from email_change.testing._contracts import ledger_of
 from email_change.testing._leaks import leaked, numbers_in
 from email_change.testing._world import Insured, World, plain_text_of, token_of, world
 
@@ -247,7 +247,7 @@ class Journeys(RuleBasedStateMachine):
         return (
             tuple(w.store.load(pid) for pid in sorted(self.pids)),
             open_proc,
-            tuple(ledger_of(w.store, insured, w.clock.now() - timedelta(days=3660))),
+            tuple(_ledger(w.store, insured, w.clock.now() - timedelta(days=3660))),
             str(w.directory.current_address(insured)),
             str(w.directory.pending_address(insured)),
             len(w.mailer.outbox),
@@ -518,7 +518,7 @@ class Journeys(RuleBasedStateMachine):
             if proc.code is not None:
                 assert proc.code.wrong_tries < policy.wrong_tries_per_code
         since = self.world.clock.now() - timedelta(days=3660)
-        entries = ledger_of(self.world.store, self.insured.id, since)
+        entries = _ledger(self.world.store, self.insured.id, since)
         for kinds, budget in (
             (
                 (LedgerKind.WRONG_CODE, LedgerKind.WRONG_SERIAL),
@@ -585,6 +585,12 @@ class Journeys(RuleBasedStateMachine):
             for n, message in enumerate(mails):
                 if n not in mine:
                     assert not leaked(secret, plain_text_of(message)), "a secret in another mail"
+
+
+def _ledger(store: ProcedureStore, insured_id: str, since: datetime) -> list[LedgerEntry]:
+    """The insured's ledger, read through the port as the service reads it."""
+    with store.transaction(insured_id) as tx:
+        return list(tx.ledger_since(since))
 
 
 def _fixed_numbers(world: World) -> frozenset[str]:
