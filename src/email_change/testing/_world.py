@@ -274,6 +274,7 @@ class World:
         self,
         *,
         store: ProcedureStore | None = None,
+        registry: VitaleRegistry | None = None,
         mail_settings: MailSettings | None = None,
         policy: Policy | None = None,
         keyring: Keyring | None = None,
@@ -284,9 +285,10 @@ class World:
     ) -> World:
         """The same deployment restarted: a new service on the same store, directory, registry,
         mailer, audit sink and clock, with another policy, keyring, generator or catalogues
-        (those not given are kept, but ``seed``); or moved to another ``store`` or
-        ``mail_settings``."""
+        (those not given are kept, but ``seed``); or moved to another ``store``, ``registry``
+        or ``mail_settings``."""
         store = store or self.store
+        registry = registry or self.registry
         mail_settings = mail_settings or self.mail_settings
         messages = messages or self.messages
         policy = policy or self.policy
@@ -295,7 +297,7 @@ class World:
             store=store,
             mailer=self.mailer,
             directory=self.directory,
-            registry=self.registry,
+            registry=registry,
             audit=self.audit,
             keyring=keyring,
             mail_settings=mail_settings,
@@ -309,6 +311,7 @@ class World:
             self,
             service=service,
             store=store,
+            registry=registry,
             policy=policy,
             keyring=keyring,
             mail_settings=mail_settings,
