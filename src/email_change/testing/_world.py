@@ -400,6 +400,7 @@ def world(
     directory: memory.InMemoryAccountDirectory | None = None,
     registry: VitaleRegistry | None = None,
     mailer: memory.InMemoryMailer | None = None,
+    clock: memory.FakeClock | None = None,
     rng: RandomSource | None = None,
     insureds: Sequence[Insured] = INSUREDS,
     keyring: Keyring | None = None,
@@ -421,8 +422,9 @@ def world(
 
     ``directory`` (an in-memory one of yours, holding the accounts of ``insureds``),
     ``registry`` (your own, holding the cards of ``insureds``), ``mailer`` (an
-    :class:`~email_change.adapters.memory.InMemoryMailer` of yours) and ``rng`` (instead of
-    ``seed``) replace the world's own.
+    :class:`~email_change.adapters.memory.InMemoryMailer` of yours), ``clock`` (a fake clock
+    shared with something else, instead of ``start``) and ``rng`` (instead of ``seed``) replace
+    the world's own.
 
     >>> w = world()
     >>> jeanne = w.insured()
@@ -445,7 +447,7 @@ def world(
         store = storage.store
     store = memory.InMemoryProcedureStore() if store is None else store
     accounts = tuple(insureds)
-    clock = memory.FakeClock(start)
+    clock = memory.FakeClock(start) if clock is None else clock
     mailer = memory.InMemoryMailer() if mailer is None else mailer
     if directory is None:
         directory = memory.InMemoryAccountDirectory({i.id: i.address for i in accounts})
