@@ -38,7 +38,7 @@ class InMemoryJourneys(Journeys):
 
 
 TestInMemoryJourneys = InMemoryJourneys.TestCase
-TestInMemoryJourneys.settings = journey_settings(max_examples=150, steps=40)
+TestInMemoryJourneys.settings = journey_settings(max_examples=100, steps=40)
 
 
 class SQLiteJourneys(Journeys):
