@@ -52,12 +52,12 @@ would pass, so the suite does not run without them.
 
 from typing import TYPE_CHECKING, Any
 
+from email_change.testing._mailbox import Mailbox
 from email_change.testing._world import (
     INSUREDS,
     START,
     TEST_KEY,
     Insured,
-    Mailbox,
     World,
     fresh_insureds,
     world,

@@ -46,27 +46,18 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Protocol
 
-import attrs
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from email_change._errors import (
-    EmailChangeError,
-    ProcedureExpired,
-    ProcedureLocked,
-    WrongCode,
-    WrongSerial,
-)
-from email_change._machine import AddressForm
 from email_change._ports import ProcedureStore
 from email_change._records import LedgerEntry, LedgerKind, MailKind, Procedure
-from email_change._service import EmailChangeService
 from email_change.testing import strategies as ecst
+from email_change.testing._drivers import COUNTED_REFUSALS, Driver, Outcome, ServiceDriver
 from email_change.testing._leaks import leaked, numbers_in
-from email_change.testing._world import Insured, World, plain_text_of, token_of, world
+from email_change.testing._mailbox import plain_text_of, token_of
+from email_change.testing._world import Insured, World, world
 
 __all__ = [
     "COUNTED_REFUSALS",
@@ -77,88 +68,12 @@ __all__ = [
     "journey_settings",
 ]
 
-#: Codes of the refusals that are committed before being raised (a counted try, a lock, a lazy
-#: expiry): every other refusal changes nothing.
-COUNTED_REFUSALS = frozenset(
-    e.code for e in (WrongCode, WrongSerial, ProcedureLocked, ProcedureExpired)
-)
 _HOSTILE = st.one_of(
     st.text(max_size=30),
     st.sampled_from(
         ["\u0661\u0662\u0663\u0664", "\uff11\uff12\uff13\uff14", "0" * 5000, "12\x0034"]
     ),
 )
-
-
-@attrs.frozen(kw_only=True)
-class Outcome:
-    """What one call through a :class:`Driver` answered."""
-
-    #: Whether the step was accepted.
-    ok: bool
-    #: The refusal's stable code (``EmailChangeError.code``, the API's ``code``), when refused.
-    error: str | None = None
-    #: The procedure the answer is about, when the answer names one.
-    procedure_id: str | None = None
-    #: Everything the caller was shown (messages, bodies): checked for secrets.
-    texts: tuple[str, ...] = ()
-
-
-class Driver(Protocol):
-    """The steps of the procedure as your frontend offers them, one :class:`Outcome` each."""
-
-    def start(self, insured_id: str) -> Outcome: ...
-    def resend_code(self, insured_id: str, procedure_id: str) -> Outcome: ...
-    def submit_code(self, insured_id: str, procedure_id: str, code: str) -> Outcome: ...
-    def submit_serial(self, insured_id: str, procedure_id: str, serial: str) -> Outcome: ...
-    def submit_new_address(
-        self, insured_id: str, procedure_id: str, form: AddressForm
-    ) -> Outcome: ...
-    def resend_confirmation(self, insured_id: str) -> Outcome: ...
-    def cancel(self, insured_id: str, procedure_id: str) -> Outcome: ...
-    def confirm(self, token: str) -> Outcome: ...
-    def revert(self, token: str) -> Outcome: ...
-
-
-class ServiceDriver:
-    """The :class:`Driver` that calls the service itself."""
-
-    def __init__(self, service: EmailChangeService) -> None:
-        self.service = service
-
-    def _call(self, step: Callable[[], object]) -> Outcome:
-        try:
-            view = step()
-        except EmailChangeError as error:
-            return Outcome(ok=False, error=error.code, texts=(str(error), repr(error)))
-        return Outcome(ok=True, procedure_id=getattr(view, "procedure_id", None))
-
-    def start(self, insured_id: str) -> Outcome:
-        return self._call(lambda: self.service.start(insured_id))
-
-    def resend_code(self, insured_id: str, procedure_id: str) -> Outcome:
-        return self._call(lambda: self.service.resend_code(insured_id, procedure_id))
-
-    def submit_code(self, insured_id: str, procedure_id: str, code: str) -> Outcome:
-        return self._call(lambda: self.service.submit_code(insured_id, procedure_id, code))
-
-    def submit_serial(self, insured_id: str, procedure_id: str, serial: str) -> Outcome:
-        return self._call(lambda: self.service.submit_serial(insured_id, procedure_id, serial))
-
-    def submit_new_address(self, insured_id: str, procedure_id: str, form: AddressForm) -> Outcome:
-        return self._call(lambda: self.service.submit_new_address(insured_id, procedure_id, form))
-
-    def resend_confirmation(self, insured_id: str) -> Outcome:
-        return self._call(lambda: self.service.resend_confirmation(insured_id))
-
-    def cancel(self, insured_id: str, procedure_id: str) -> Outcome:
-        return self._call(lambda: self.service.cancel(insured_id, procedure_id))
-
-    def confirm(self, token: str) -> Outcome:
-        return self._call(lambda: self.service.confirm(token))
-
-    def revert(self, token: str) -> Outcome:
-        return self._call(lambda: self.service.revert(token))
 
 
 def journey_settings(*, max_examples: int = 50, steps: int = 40) -> settings:
