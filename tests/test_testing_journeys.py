@@ -71,3 +71,21 @@ def test_a_broken_wiring_is_caught(driver: type[ServiceDriver], message: str) ->
 
 def test_a_wiring_that_keeps_the_rules_passes() -> None:
     run_state_machine_as_test(Journeys, settings=journey_settings(max_examples=20, steps=30))
+
+
+class WrongHost(ServiceDriver):
+    """A frontend that refuses every request (say, a host name it does not serve)."""
+
+    def start(self, insured_id: str) -> Outcome:
+        return Outcome(ok=False, error="request.host")
+
+
+def test_a_wiring_that_cannot_start_is_refused_not_passed() -> None:
+    """Nothing would break an invariant if nothing ever happened: the machine says so instead."""
+
+    class Idle(Journeys):
+        def make_driver(self, world: World) -> Driver:
+            return WrongHost(world.service)
+
+    with pytest.raises(AssertionError, match="could not start a procedure: request.host"):
+        run_state_machine_as_test(Idle, settings=FIND)

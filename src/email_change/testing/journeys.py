@@ -143,8 +143,9 @@ class Journeys(RuleBasedStateMachine):
         self.logger.setLevel(logging.DEBUG)
         # Every journey opens with the insured tapping the pen: the rules then have a procedure.
         # A wiring that cannot even start would pass every invariant: refuse it here.
-        self.start()
-        assert self.pid is not None, "the driver could not start a procedure"
+        first = self._do(lambda: self.driver.start(self.insured.id))
+        assert first.ok, f"the driver could not start a procedure: {first.error}"
+        self.pid = first.procedure_id
 
     def teardown(self) -> None:
         if hasattr(self, "world"):
