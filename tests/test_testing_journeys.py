@@ -77,6 +77,7 @@ class WrongHost(ServiceDriver):
     """A frontend that refuses every request (say, a host name it does not serve)."""
 
     def start(self, insured_id: str) -> Outcome:
+        assert insured_id
         return Outcome(ok=False, error="request.host")
 
 
@@ -87,5 +88,5 @@ def test_a_wiring_that_cannot_start_is_refused_not_passed() -> None:
         def make_driver(self, world: World) -> Driver:
             return WrongHost(world.service)
 
-    with pytest.raises(AssertionError, match="could not start a procedure: request.host"):
+    with pytest.raises(AssertionError, match=r"could not start a procedure: request\.host"):
         run_state_machine_as_test(Idle, settings=FIND)
