@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
 import email_change as ec
+from email_change import testing
 from email_change._machine import CODE, LINK, REVERT
 from email_change._messages import is_addressed_to
 from email_change.adapters import memory
-from email_change.adapters.sql import SQLProcedureStore
+from email_change.adapters.sql import SQLiteDatabase, SQLProcedureStore
 from email_change.adapters.system import SecretsRandom
 from email_change.testing import INSUREDS, START, World, world
+from email_change.testing._mailbox import plain_text_of
 
 
 def _live_code_matches(w: World, pid: str, code: str) -> bool:
@@ -173,3 +176,45 @@ def test_the_world_and_the_strategies_need_no_pytest() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.splitlines()[1] == "contracts need pytest"
+
+
+def test_the_mailbox_refuses_what_is_not_a_mail_of_the_procedure() -> None:
+    """A forged or foreign mail is nobody's, and a mail without its secret says so."""
+    w = world()
+    w.service.start("insured-1")
+    real = w.mailbox.last("insured-1", ec.MailKind.SECURITY_CODE)
+    forged = EmailMessage()
+    forged[ec.MAIL_KIND_HEADER] = ec.MailKind.SECURITY_CODE.value
+    forged["Message-ID"] = "<not-an-item@exemple.fr>"
+    forged.set_content("Bonjour, pas de code ici.")
+    w.mailer.send(forged)
+    assert w.mailbox.mails("insured-1") == [real]
+    with pytest.raises(LookupError, match="no code"):
+        w.mailbox.code_in(forged)
+    forged.replace_header(ec.MAIL_KIND_HEADER, ec.MailKind.CONFIRM_ADDRESS.value)
+    with pytest.raises(LookupError, match="no link"):
+        w.mailbox.link_in(forged)
+    forged.replace_header(ec.MAIL_KIND_HEADER, ec.MailKind.REGISTRATION_CANCELLED.value)
+    assert w.mailbox.secret_in(forged) is None
+    html_only = EmailMessage()
+    html_only.set_content("<p>code</p>", subtype="html")
+    with pytest.raises(LookupError, match="no text part"):
+        plain_text_of(html_only)
+
+
+def test_a_world_that_cannot_be_built_closes_its_sqlite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[object] = []
+    real_close = SQLiteDatabase.close
+
+    def close(db: SQLiteDatabase) -> None:
+        closed.append(db)
+        real_close(db)
+
+    monkeypatch.setattr(SQLiteDatabase, "close", close)
+    with pytest.raises(TypeError, match="policy"):
+        world(sqlite=tmp_path / "x.sqlite3", policy="strict")  # type: ignore[arg-type]
+    assert len(closed) == 1
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        _ = testing.Nothing
