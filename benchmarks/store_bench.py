@@ -38,18 +38,13 @@ from email_change import (
     CardStatus,
     Channel,
     Keyring,
-    MailSettings,
-    build_service,
 )
 from email_change.adapters.memory import (
-    FakeClock,
-    InMemoryAccountDirectory,
-    InMemoryAuditSink,
     InMemoryMailer,
 )
 from email_change.adapters.sql import SQLStorage, open_postgres, open_sqlite
 from email_change.adapters.system import SecretsRandom
-from email_change.testing import make_procedure
+from email_change.testing import Insured, make_procedure, world
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 SERIAL = "12345678"
@@ -79,21 +74,19 @@ def complete(storage: SQLStorage, insured: list[str]) -> float:
         (i, Card(serial=SERIAL, model=CardModel.WITHOUT_PHOTO, status=CardStatus.ACTIVE))
         for i in insured
     )
-    mailer, rng = InMemoryMailer(), RecordingRandom()
-    service = build_service(
+    rng = RecordingRandom()
+    kit = world(
         store=storage.store,
-        mailer=mailer,
-        directory=InMemoryAccountDirectory({i: f"{i}@exemple.fr" for i in insured}),
         registry=storage.registry,
-        audit=InMemoryAuditSink(),
-        keyring=Keyring(keys={"k1": b"k" * 32}, current="k1"),
-        mail_settings=MailSettings(
-            confirm_url="https://ameli.example/confirmer",
-            revert_url="https://ameli.example/annuler",
-        ),
-        clock=FakeClock(T0),
         rng=rng,
+        insureds=[
+            Insured(id=i, address=f"{i}@exemple.fr", new_address=f"new.{i}@exemple.org", cards=())
+            for i in insured
+        ],
+        keyring=Keyring(keys={"k1": b"k" * 32}, current="k1"),
+        start=T0,
     )
+    mailer, service = kit.mailer, kit.service
     started = time.perf_counter()
     for who in insured:
         view = service.start(who)

@@ -1,4 +1,4 @@
-"""A benchmark world: the in-memory adapters wired as ``tests/support.py`` wires them, with many
+"""A benchmark world: ``email_change.testing.world`` with many
 insured (one procedure each, so the per-insured budgets never interfere), and the helpers that
 read a code or a link out of the insured's mailbox (harness work, never timed)."""
 
@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 
 import email_change as ec
+from email_change import testing
 from email_change.adapters import memory
 
 KEY = b"benchmark master key of 32 bytes"
@@ -65,20 +66,14 @@ class World:
     messages: ec.Messages
     policy: ec.Policy
 
+    #: The kit's world these come from.
+    kit: testing.World
+
     def service(self) -> ec.EmailChangeService:
-        return ec.build_service(
-            store=self.store,
-            mailer=self.mailer,
-            directory=self.directory,
-            registry=self.registry,
-            audit=self.audit,
-            keyring=self.keyring,
-            mail_settings=self.settings,
-            clock=self.clock,
-            rng=self.rng,
-            policy=self.policy,
-            messages=self.messages,
-        )
+        """The library's service on these adapters (on the SQL ones once they are swapped in)."""
+        if self.store is self.kit.store and self.registry is self.kit.registry:
+            return self.kit.service
+        return self.kit.restarted(store=self.store, registry=self.registry, rng=self.rng).service
 
     def code(self, n: int) -> str:
         match = _CODE.search(_plain(self.mailer.outbox[-1]))
@@ -110,23 +105,37 @@ def make_world(
     """A fresh world whose insured ``first .. first + insured_count - 1`` each have an address
     and an active card."""
     numbers = range(first, first + insured_count)
-    directory = memory.InMemoryAccountDirectory({insured(n): current_address(n) for n in numbers})
-    registry = memory.InMemoryVitaleRegistry({insured(n): [CARD] for n in numbers})
-    return World(
-        clock=memory.FakeClock(START),
-        rng=memory.SeededRandom(seed),
+    rng = memory.SeededRandom(seed)
+    kit = testing.world(
+        insureds=[
+            testing.Insured(
+                id=insured(n), address=current_address(n), new_address=new_address(n), cards=(CARD,)
+            )
+            for n in numbers
+        ],
         mailer=RecentMailer(),
-        directory=directory,
-        registry=registry,
-        store=memory.InMemoryProcedureStore(),
-        audit=memory.InMemoryAuditSink(),
+        rng=rng,
         keyring=ec.Keyring(keys={"k1": KEY}, current="k1"),
-        settings=ec.MailSettings(
-            confirm_url="https://ameli.example/confirmer",
-            revert_url="https://ameli.example/annuler",
-        ),
         messages=messages or ec.Messages(),
-        policy=ec.Policy(),
+        start=START,
+    )
+    mailer, registry, store = kit.mailer, kit.registry, kit.store
+    assert isinstance(mailer, RecentMailer)  # noqa: S101 - the one given above
+    assert isinstance(registry, memory.InMemoryVitaleRegistry)  # noqa: S101
+    assert isinstance(store, memory.InMemoryProcedureStore)  # noqa: S101
+    return World(
+        clock=kit.clock,
+        rng=rng,
+        mailer=mailer,
+        directory=kit.directory,
+        registry=registry,
+        store=store,
+        audit=kit.audit,
+        keyring=kit.keyring,
+        settings=kit.mail_settings,
+        messages=kit.messages,
+        policy=kit.policy,
+        kit=kit,
     )
 
 

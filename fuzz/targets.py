@@ -8,18 +8,16 @@ test suite drives them with Hypothesis (``tests/test_fuzz_targets.py``).
 
 from __future__ import annotations
 
-import re
 import string
-from datetime import UTC, datetime
 from functools import cache
 
 import email_change as ec
+from email_change import testing
 from email_change._values import parse_address, parse_code, parse_serial
 from email_change.adapters import memory
 
 _DIGITS = frozenset(string.digits)
 _SPACES = " \t\u00a0\u202f\u2009-"
-_INSURED = "insured-1"
 
 
 def check_code(text: str) -> None:
@@ -66,42 +64,11 @@ class _LinkWorld:
     """One procedure awaiting confirmation, for the link targets."""
 
     def __init__(self) -> None:
-        self.mailer = memory.InMemoryMailer()
-        self.store = memory.InMemoryProcedureStore()
-        card = ec.Card(
-            serial="12345678", model=ec.CardModel.WITHOUT_PHOTO, status=ec.CardStatus.ACTIVE
-        )
-        self.service = ec.build_service(
-            store=self.store,
-            mailer=self.mailer,
-            directory=memory.InMemoryAccountDirectory({_INSURED: "jeanne@exemple.fr"}),
-            registry=memory.InMemoryVitaleRegistry({_INSURED: [card]}),
-            audit=memory.InMemoryAuditSink(),
-            keyring=ec.Keyring(keys={"k1": b"f" * 32}, current="k1"),
-            mail_settings=ec.MailSettings(
-                confirm_url="https://ameli.example/confirmer",
-                revert_url="https://ameli.example/annuler",
-            ),
-            clock=memory.FakeClock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC)),
-            rng=memory.SeededRandom(1),
-        )
-        pid = self.service.start(_INSURED).procedure_id
-        body = self.mailer.outbox[-1].get_body(("plain",))
-        assert body is not None
-        found = re.search(r"est : (\d+)", str(body.get_content()))
-        assert found is not None
-        self.service.submit_code(_INSURED, pid, found.group(1))
-        self.service.submit_serial(_INSURED, pid, "12345678")
-        form = ec.AddressForm(
-            new_address="jeanne@nouveau.fr",
-            confirmation="jeanne@nouveau.fr",
-            general_information=False,
-            studies_and_research=False,
-            wording_version="fuzz-1",
-            channel=ec.Channel.WEBSITE,
-        )
-        self.service.submit_new_address(_INSURED, pid, form)
-        self.pid = pid
+        kit = testing.world(seed=1, keyring=ec.Keyring(keys={"k1": b"f" * 32}, current="k1"))
+        store = kit.store
+        assert isinstance(store, memory.InMemoryProcedureStore)
+        self.store, self.service = store, kit.service
+        self.pid = kit.register("insured-3")
 
 
 @cache

@@ -18,21 +18,17 @@ from email_change import (
     Channel,
     EmailChangeService,
     Keyring,
-    MailSettings,
     Policy,
     Procedure,
     ProcedureStore,
     VitaleRegistry,
-    build_service,
 )
 from email_change._machine import CODE
 from email_change.adapters.memory import (
     FakeClock,
-    InMemoryAccountDirectory,
-    InMemoryAuditSink,
     InMemoryMailer,
 )
-from email_change.adapters.system import SecretsRandom
+from email_change.testing import Insured, world
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 KEYS = {"k1": b"k" * 32}
@@ -60,23 +56,20 @@ def service_on(
     insured: tuple[str, ...] = (INSURED,),
 ) -> tuple[EmailChangeService, InMemoryMailer, FakeClock]:
     """A real service on these stores. SecretsRandom: the seeded fake is not thread-safe."""
-    mailer = InMemoryMailer()
-    clock = clock or FakeClock(T0)
-    service = build_service(
+    kit = world(
         store=store,
-        mailer=mailer,
-        directory=InMemoryAccountDirectory({i: f"{i}@exemple.fr" for i in insured}),
         registry=registry,
-        audit=InMemoryAuditSink(),
+        insureds=[
+            Insured(id=i, address=f"{i}@exemple.fr", new_address=f"{i}@nouveau.fr", cards=())
+            for i in insured
+        ],
         keyring=keyring(),
-        mail_settings=MailSettings(
-            confirm_url="https://ameli.example/confirmer",
-            revert_url="https://ameli.example/annuler",
-        ),
-        clock=clock,
-        rng=SecretsRandom(),
         policy=policy,
+        clock=clock,
+        start=T0,
+        seed=None,
     )
+    service, mailer, clock = kit.service, kit.mailer, kit.clock
     return service, mailer, clock
 
 

@@ -1,15 +1,16 @@
-"""A test world: the service on in-memory adapters, plus helpers that read the insured's mailbox."""
+"""A test world: ``email_change.testing.world`` on in-memory adapters, plus helpers that read a
+mailbox by address."""
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
 import email_change as ec
+from email_change import testing
 from email_change.adapters import memory
 
 INSURED = "insured-1"
@@ -32,6 +33,8 @@ class World:
     store: memory.InMemoryProcedureStore
     audit: memory.InMemoryAuditSink
     policy: ec.Policy
+    #: The kit's world these come from (``restarted`` builds the same deployment anew).
+    kit: testing.World
 
     @property
     def support(self) -> ec.SupportService:
@@ -75,41 +78,22 @@ def plain(message: EmailMessage) -> str:
 
 
 def make_world(policy: ec.Policy | None = None, *, seed: int = 7) -> World:
-    policy = policy or ec.Policy()
-    clock = memory.FakeClock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
-    mailer = memory.InMemoryMailer()
-    directory = memory.InMemoryAccountDirectory({INSURED: CURRENT, OTHER: "paul@exemple.fr"})
-    registry = memory.InMemoryVitaleRegistry(
-        {
-            INSURED: [
-                ec.Card(serial=SERIAL, model=ec.CardModel.WITH_PHOTO, status=ec.CardStatus.ACTIVE),
-                ec.Card(
-                    serial="99999999",
-                    model=ec.CardModel.WITHOUT_PHOTO,
-                    status=ec.CardStatus.OPPOSED,
-                ),
-            ],
-            OTHER: [ec.Card(serial="0", model=ec.CardModel.APP, status=ec.CardStatus.ACTIVE)],
-        }
+    kit = testing.world(
+        policy=policy, seed=seed, keyring=ec.Keyring(keys={"k1": KEY}, current="k1")
     )
-    store = memory.InMemoryProcedureStore()
-    audit = memory.InMemoryAuditSink()
-    service = ec.build_service(
-        store=store,
-        mailer=mailer,
-        directory=directory,
-        registry=registry,
-        audit=audit,
-        keyring=ec.Keyring(keys={"k1": KEY}, current="k1"),
-        mail_settings=ec.MailSettings(
-            confirm_url="https://ameli.example/confirmer",
-            revert_url="https://ameli.example/annuler",
-        ),
-        clock=clock,
-        rng=memory.SeededRandom(seed),
-        policy=policy,
+    assert isinstance(kit.store, memory.InMemoryProcedureStore)
+    assert isinstance(kit.registry, memory.InMemoryVitaleRegistry)
+    return World(
+        kit.service,
+        kit.clock,
+        kit.mailer,
+        kit.directory,
+        kit.registry,
+        kit.store,
+        kit.audit,
+        kit.policy,
+        kit,
     )
-    return World(service, clock, mailer, directory, registry, store, audit, policy)
 
 
 def form(

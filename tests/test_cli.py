@@ -18,7 +18,7 @@ import attrs
 import pytest
 
 import email_change as ec
-from email_change import _cli
+from email_change import _cli, testing
 from email_change._cli import main
 from email_change.adapters import memory
 from tests.smtp_server import free_port
@@ -165,23 +165,23 @@ def test_relay_once_on_the_in_memory_store(
 
 def pending_world(monkeypatch: pytest.MonkeyPatch) -> memory.InMemoryProcedureStore:
     """A store holding one undelivered code mail, sealed with the keys the CLI reads."""
-    store = memory.InMemoryProcedureStore()
-    directory = memory.InMemoryAccountDirectory({"insured-1": "jeanne@exemple.fr"})
-    mailer = memory.InMemoryMailer()
-    mailer.fail_next = 1
-    service = ec.build_service(
-        store=store,
-        mailer=mailer,
-        directory=directory,
-        registry=memory.InMemoryVitaleRegistry(),
-        audit=memory.InMemoryAuditSink(),
+    kit = testing.world(
+        insureds=[
+            testing.Insured(
+                id="insured-1", address="jeanne@exemple.fr", new_address="j@nouveau.fr", cards=()
+            )
+        ],
         keyring=ec.Keyring(keys={"k1": KEY}, current="k1"),
         mail_settings=ec.MailSettings(
             confirm_url="https://ameli.example/c", revert_url="https://ameli.example/r"
         ),
         # A minute ago: the item is due, and young enough to be retried rather than given up.
-        clock=memory.FakeClock(datetime.now(UTC) - timedelta(minutes=1)),
+        start=datetime.now(UTC) - timedelta(minutes=1),
+        seed=None,
     )
+    store, directory, service = kit.store, kit.directory, kit.service
+    assert isinstance(store, memory.InMemoryProcedureStore)
+    kit.mailer.fail_next = 1
     service.start("insured-1")
     backend = _cli.Backend(
         store=store, directory=directory, registry=memory.InMemoryVitaleRegistry(), durable=False

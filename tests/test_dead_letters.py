@@ -232,18 +232,14 @@ def test_the_command_line_lists_dead_letters(
     with open_sqlite(path) as storage:
         world = make_world()
         world.mailer.refused.add(CURRENT)
-        service = ec.build_service(
+        service = world.kit.restarted(
             store=storage.store,
-            mailer=world.mailer,
-            directory=world.directory,
-            registry=world.registry,
-            audit=world.audit,
             keyring=ec.Keyring(keys={"k1": key}, current="k1"),
             mail_settings=ec.MailSettings(
                 confirm_url="https://ameli.example/c", revert_url="https://ameli.example/r"
             ),
-            clock=world.clock,
-        )
+            seed=None,
+        ).service
         pid = service.start(INSURED).procedure_id
     urls = ["--confirm-url", "https://ameli.example/c", "--revert-url", "https://ameli.example/r"]
     assert _cli.main(["relay", "--dead-letters", "--sqlite", str(path), *urls]) == 0

@@ -14,25 +14,16 @@ from tests.support import INSURED, NEW, SERIAL, World, form, make_world
 OLD_KEY, NEW_KEY = b"o" * 32, b"n" * 32
 
 
-def _parts(world: World, *, seed: int) -> dict[str, object]:
-    """Everything but the keyring: the same adapters before and after a rotation."""
-    return {
-        "store": world.store,
-        "mailer": world.mailer,
-        "directory": world.directory,
-        "registry": world.registry,
-        "audit": world.audit,
-        "clock": world.clock,
-        "rng": memory.SeededRandom(seed),
-        "mail_settings": ec.MailSettings(
-            confirm_url="https://ameli.example/confirmer",
-            revert_url="https://ameli.example/annuler",
-        ),
-    }
+def _parts(world: World, *, seed: int) -> tuple[World, memory.SeededRandom]:
+    """Everything but the keyring: the same adapters (and generator) before and after."""
+    return world, memory.SeededRandom(seed)
 
 
-def _rebuild(world_service_parts: dict[str, object], keyring: ec.Keyring) -> ec.EmailChangeService:
-    return ec.build_service(keyring=keyring, **world_service_parts)  # type: ignore[arg-type]
+def _rebuild(
+    parts: tuple[World, memory.SeededRandom], keyring: ec.Keyring
+) -> ec.EmailChangeService:
+    world, rng = parts
+    return world.kit.restarted(keyring=keyring, rng=rng).service
 
 
 def test_codes_links_and_pending_mails_survive_a_rotation() -> None:

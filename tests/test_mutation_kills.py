@@ -301,21 +301,9 @@ def test_codes_are_drawn_from_the_whole_code_space() -> None:
     for length in (4, 6):
         rng = Recording()
         world = make_world(ec.Policy(code_length=length))
-        service = ec.build_service(
-            store=world.store,
-            mailer=world.mailer,
-            directory=world.directory,
-            registry=world.registry,
-            audit=world.audit,
-            keyring=ec.Keyring(keys={"k1": b"k" * 32}, current="k1"),
-            mail_settings=ec.MailSettings(
-                confirm_url="https://ameli.example/confirmer",
-                revert_url="https://ameli.example/annuler",
-            ),
-            clock=world.clock,
-            rng=rng,
-            policy=world.policy,
-        )
+        service = world.kit.restarted(
+            keyring=ec.Keyring(keys={"k1": b"k" * 32}, current="k1"), rng=rng
+        ).service
         service.start(INSURED)
         assert rng.bounds == [10**length]
 

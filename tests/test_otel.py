@@ -476,19 +476,9 @@ def test_counts_hold_when_requests_race(store_kind: str, tmp_path: Any) -> None:
     if store_kind == "sqlite":
         storage = open_sqlite(tmp_path / "db.sqlite3")
         world.store = storage.store  # type: ignore[assignment]
-        world.service = ec.build_service(
-            store=storage.store,
-            mailer=world.mailer,
-            directory=world.directory,
-            registry=world.registry,
-            audit=world.audit,
-            keyring=ec.Keyring(keys={"k1": b"k" * 32}, current="k1"),
-            mail_settings=ec.MailSettings(
-                confirm_url="https://a.example/c", revert_url="https://a.example/r"
-            ),
-            clock=world.clock,
-            policy=policy,
-        )
+        world.service = world.kit.restarted(
+            store=storage.store, keyring=ec.Keyring(keys={"k1": b"k" * 32}, current="k1"), seed=None
+        ).service
     telemetry = instrumented(world)
     pid = world.service.start(INSURED).procedure_id
     wrong = world.wrong_code()

@@ -10,29 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import email_change as ec
-from email_change.adapters import memory
 from tests import paths
 from tests.driver import perform
-from tests.support import INSURED, KEY, World, make_world
+from tests.support import INSURED, World, make_world
 
 
 def _under(world: World, policy: ec.Policy) -> ec.EmailChangeService:
     """The same deployment, restarted with another policy."""
-    return ec.build_service(
-        store=world.store,
-        mailer=world.mailer,
-        directory=world.directory,
-        registry=world.registry,
-        audit=world.audit,
-        keyring=ec.Keyring(keys={"k1": KEY}, current="k1"),
-        mail_settings=ec.MailSettings(
-            confirm_url="https://ameli.example/confirmer",
-            revert_url="https://ameli.example/annuler",
-        ),
-        clock=world.clock,
-        rng=memory.SeededRandom(99),
-        policy=policy,
-    )
+    return world.kit.restarted(policy=policy, seed=99).service
 
 
 def test_a_longer_code_lifetime_keeps_the_procedure_usable() -> None:

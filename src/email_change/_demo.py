@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-from email_change._bootstrap import build_service
 from email_change._crypto import Keyring
 from email_change._errors import EmailChangeError
 from email_change._machine import AddressForm, ProcedureState
@@ -86,25 +85,20 @@ class DemoWorld:
         self.audit_at_start = self.audit_records()
 
     def _in_memory(self, card: Card) -> None:
-        self.clock = memory.FakeClock(datetime(2026, 11, 26, 9, 0, tzinfo=UTC))
-        self.mailer = memory.InMemoryMailer()
-        self._directory = memory.InMemoryAccountDirectory({INSURED: CURRENT})
-        audit = memory.InMemoryAuditSink()
-        self.audit_records: Callable[[], int] = lambda: len(audit.records)
-        self.service: EmailChangeService = build_service(
-            store=memory.InMemoryProcedureStore(),
-            mailer=self.mailer,
-            directory=self._directory,
-            registry=memory.InMemoryVitaleRegistry({INSURED: [card]}),
-            audit=audit,
+        from email_change.testing import Insured, world
+
+        kit = world(
+            seed=2026,
             # A fixed demo key: real deployments load theirs from a secret store.
             keyring=Keyring(
                 keys={"demo-2026": b"demo key, never use in production"}, current="demo-2026"
             ),
             mail_settings=MAIL_SETTINGS,
-            clock=self.clock,
-            rng=memory.SeededRandom(2026),
+            insureds=(Insured(id=INSURED, address=CURRENT, new_address=NEW, cards=(card,)),),
         )
+        self.clock, self.mailer, self._directory = kit.clock, kit.mailer, kit.directory
+        self.audit_records: Callable[[], int] = lambda: len(kit.audit.records)
+        self.service: EmailChangeService = kit.service
 
     def _on_folder(self, folder: Path, card: Card) -> None:
         from email_change.adapters.embedded import open_embedded

@@ -16,10 +16,10 @@ from email_change import (
     EmailChangeService,
     Keyring,
     MailSettings,
-    build_service,
 )
 from email_change.adapters import memory
 from email_change.adapters.asgi import WebSettings, create_app, session_insured
+from email_change.testing import Insured, world
 
 INSURED = "insured-1"
 OTHER = "insured-2"
@@ -70,34 +70,36 @@ def wire(
     directory: type[memory.InMemoryAccountDirectory] = memory.InMemoryAccountDirectory,
     https_only: bool = False,
 ) -> Wired:
-    clock = memory.FakeClock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
-    mailer = memory.InMemoryMailer()
-    accounts = directory({INSURED: "jeanne@exemple.fr", OTHER: "paul@exemple.fr"})
-    registry = memory.InMemoryVitaleRegistry(
-        {INSURED: [Card(serial=SERIAL, model=CardModel.WITH_PHOTO, status=CardStatus.ACTIVE)]}
+    insureds = (
+        Insured(
+            id=INSURED,
+            address="jeanne@exemple.fr",
+            new_address="jeanne.nouvelle@exemple.fr",
+            cards=(Card(serial=SERIAL, model=CardModel.WITH_PHOTO, status=CardStatus.ACTIVE),),
+        ),
+        Insured(id=OTHER, address="paul@exemple.fr", new_address="paul@nouveau.fr", cards=()),
     )
     mail_settings = MailSettings(
         confirm_url=f"{BASE}/email/confirmer", revert_url=f"{BASE}/email/annuler-modification"
     )
-    store = memory.InMemoryProcedureStore()
-    service = build_service(
-        store=store,
-        mailer=mailer,
-        directory=accounts,
-        registry=registry,
-        audit=memory.InMemoryAuditSink(),
+    kit = world(
+        insureds=insureds,
+        directory=directory({i.id: i.address for i in insureds}),
         keyring=Keyring(keys={"k1": b"k" * 32}, current="k1"),
         mail_settings=mail_settings,
-        clock=clock,
-        rng=memory.SeededRandom(7),
+        start=datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+        seed=7,
     )
+    mailer, store, registry = kit.mailer, kit.store, kit.registry
+    assert isinstance(store, memory.InMemoryProcedureStore)
+    assert isinstance(registry, memory.InMemoryVitaleRegistry)
     settings = WebSettings(
         mail_settings=mail_settings,
         secret_key="test-secret-key-" * 4,
         https_only=https_only,
         demo_mailbox=(lambda: list(mailer.outbox)) if demo else None,
     )
-    return Wired(service, mailer, registry, accounts, clock, settings, store)
+    return Wired(kit.service, mailer, registry, kit.directory, kit.clock, settings, store)
 
 
 def web_app(wired: Wired) -> Starlette:

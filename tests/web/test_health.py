@@ -9,9 +9,10 @@ import attrs
 import pytest
 from starlette.testclient import TestClient
 
-from email_change import Keyring, MailSettings, build_service
+from email_change import Keyring, MailSettings
 from email_change.adapters import memory
 from email_change.adapters.asgi import WebSettings, create_app
+from email_change.testing import world
 from tests.web.asgi_support import INSURED, Wired, wire
 
 
@@ -94,15 +95,13 @@ def test_ready_fails_when_the_store_does_not_answer(
 ) -> None:
     store = store_class()
     settings = MailSettings(confirm_url="https://a.example/c", revert_url="https://a.example/r")
-    service = build_service(
+    service = world(
         store=store,
-        mailer=memory.InMemoryMailer(),
-        directory=memory.InMemoryAccountDirectory(),
-        registry=memory.InMemoryVitaleRegistry(),
-        audit=memory.InMemoryAuditSink(),
+        insureds=(),
         keyring=Keyring(keys={"k": b"k" * 32}, current="k"),
         mail_settings=settings,
-    )
+        seed=None,
+    ).service
     app = create_app(service, settings=WebSettings(mail_settings=settings, secret_key="s" * 48))
     with TestClient(app, base_url="https://a.example") as client:
         ready = client.get("/health/ready").json()

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import email_change as ec
-from email_change import _serve
+from email_change import _serve, testing
 from email_change._cli import main
 from email_change.adapters import memory
 from email_change.adapters.serving import (
@@ -277,21 +277,19 @@ def test_the_app_serve_builds_over_https_is_https_only(tmp_path: Path) -> None:
 
 
 def _pending_service() -> tuple[ec.EmailChangeService, memory.InMemoryMailer]:
-    clock = memory.FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
-    mailer = memory.InMemoryMailer()
-    mailer.fail_next = 1
-    service = ec.build_service(
-        store=memory.InMemoryProcedureStore(),
-        mailer=mailer,
-        directory=memory.InMemoryAccountDirectory({"i-1": "jeanne@exemple.fr"}),
-        registry=memory.InMemoryVitaleRegistry(),
-        audit=memory.InMemoryAuditSink(),
+    kit = testing.world(
+        insureds=[
+            testing.Insured(id="i-1", address="jeanne@exemple.fr", new_address="j@n.fr", cards=())
+        ],
         keyring=ec.Keyring(keys={"k": b"k" * 32}, current="k"),
         mail_settings=ec.MailSettings(
             confirm_url="http://testserver/c", revert_url="http://testserver/r"
         ),
-        clock=clock,
+        start=datetime(2026, 1, 1, tzinfo=UTC),
+        seed=None,
     )
+    service, mailer, clock = kit.service, kit.mailer, kit.clock
+    mailer.fail_next = 1
     service.start("i-1")  # the mail failed once: owed, and due again in 5 seconds
     clock.advance(seconds=5)
     assert mailer.outbox == []

@@ -1,31 +1,6 @@
-"""Contract tests for the storage ports, importable by hosts that write their own adapter.
+"""The contract suites for the storage ports (see :mod:`email_change.testing`).
 
-The same tests run against the in-memory store, SQLite and PostgreSQL in this project's suite. To
-check your own :class:`~email_change.ProcedureStore`, subclass :class:`ProcedureStoreContract` in
-a pytest module and provide a ``store`` fixture that returns a fresh, empty store per test::
-
-    import pytest
-    from email_change.testing import ProcedureStoreContract
-
-    class TestMyStore(ProcedureStoreContract):
-        @pytest.fixture
-        def store(self, tmp_path):
-            return MyStore(tmp_path / "db")
-
-For a :class:`~email_change.VitaleRegistry`, subclass :class:`VitaleRegistryContract` and provide
-``registry_with`` (a function: cards per insured -> a registry holding exactly those) and
-``take_down`` (a function that makes that registry unreachable).
-
-For an :class:`~email_change.AccountDirectory`, subclass :class:`AccountDirectoryContract` and
-provide ``directory_with`` (accounts as ``{insured_id: address}`` -> a directory holding exactly
-those) and three readers, which read back, by your own means, what the directory holds:
-``pending_of(directory, insured_id)`` (the registered address awaiting confirmation, or ``None``),
-``consents_of(directory, insured_id)`` (the insured's consent records) and
-``sessions_ended_of(directory, insured_id)`` (when the insured's sessions were last ended, or
-``None``). The port itself has no such readers; without them a directory that drops every change
-would pass, so the suite does not run without them.
-
-Needs pytest (it is a test suite); the core does not import this module.
+The same tests run against the in-memory store, SQLite and PostgreSQL in this project's suite.
 """
 
 from __future__ import annotations
