@@ -380,6 +380,20 @@ def throughput(runs: int = 5, count: int = 30) -> dict[str, Any]:
     return out
 
 
+def ab_child(count: int, synchronous: str = "NORMAL") -> dict[str, float]:
+    """µs per complete procedure on a fresh embedded default (``ab --child embedded``)."""
+    with tempfile.TemporaryDirectory(prefix="email_change_bench_") as tmp:
+        env = open_env(Path(tmp), synchronous)
+        try:
+            seed(env, 0, count + 1)
+            service = env.service(SETTINGS)
+            journey(env, service, count, "confirmed")  # first-use caches
+            spent = sum(journey(env, service, n, "confirmed") for n in range(count))
+        finally:
+            env.close()
+    return {"complete": spent / count * 1e6}
+
+
 # --- stored bytes between requests ------------------------------------------------------------
 
 
