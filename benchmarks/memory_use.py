@@ -129,7 +129,10 @@ def render(mem: dict[str, Any]) -> list[str]:
     rows = [
         ("in-memory store, everything it holds for one open procedure", "store_per_procedure"),
         ("the decoded `Procedure` record", "decoded_record"),
-        ("one live machine bound to a copy (during a request only)", "live_machine_with_record"),
+        (
+            "one machine bound to a copy (one per thread, re-bound per request)",
+            "live_machine_with_record",
+        ),
     ]
     for label, key in rows:
         lines.append(f"| {label} | {a[key]:,.0f} | {b[key]:,.0f} |")
