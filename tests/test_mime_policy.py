@@ -101,3 +101,14 @@ def test_no_address_is_kept_by_the_policy() -> None:
     kept = MAIL_POLICY.header_factory._kept  # type: ignore[attr-defined]
     assert kept  # it does keep the constant headers
     assert not any("garde.moi.pas" in value for _, value in kept)
+
+
+def test_constant_headers_fold_once_per_policy_and_per_mail_headers_every_time() -> None:
+    item, secret = _item(MailKind.SECURITY_CODE, "en", ADDRESSES[0])
+    message = MESSAGES.render(item, secret, SETTINGS)
+    for policy in (email.policy.SMTP, email.policy.SMTPUTF8):
+        message.as_bytes(policy=policy)
+    subject, to = message["Subject"], message["To"]
+    assert len(vars(subject)["_folds"]) >= 2  # SMTP and SMTPUTF8, kept
+    assert "_folds" not in vars(to)  # an address is folded every time, never kept
+    assert MESSAGES.render(item, secret, SETTINGS)["Subject"] is subject
