@@ -246,3 +246,24 @@ def test_what_a_request_sets_on_the_machine_is_gone_at_the_next() -> None:
         assert again is machine
         assert "_new_address" not in vars(again)
         assert again._new_address is None  # the class default
+
+
+def test_without_the_layout_every_request_gets_a_new_machine(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def changed(_machine: object, _model: object) -> None:
+        raise EngineLayoutChanged("re-check")
+
+    monkeypatch.setattr(_reuse, "_check_layout", changed)
+    monkeypatch.setattr(_reuse, "_layout_ok", None)
+    monkeypatch.setattr(_reuse, "_slot", _reuse._Slot())
+    seen = []
+    for state in ("code_sent", "code_verified"):
+        model = make_procedure(state=state)
+        with bound_machine(model) as machine:
+            assert machine.model is model
+            assert machine.current_state_value == state
+            seen.append(machine)
+    assert seen[0] is not seen[1]
+    assert _reuse._slot.machine is None
+    assert "one machine per request" in caplog.text

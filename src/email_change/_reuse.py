@@ -8,8 +8,9 @@ machine once and, for each request, points it at the request's copy of the recor
 fresh engine (an empty queue, a free lock, ``running`` again after a final state).
 
 This is the one module that relies on python-statemachine's internals beyond its public API,
-and only on these (checked when a thread builds its machine, and by ``tests/test_machine_reuse.py``,
-which fails loudly if an upgrade changes any of them):
+and only on these (checked once per process, falling back to a new machine per request with a
+warning if they are missing, and by ``tests/test_machine_reuse.py``, which fails loudly if an
+upgrade changes any of them):
 
 * the instance keeps its model in ``model`` and its :class:`Configuration` reads the state field
   from ``_config._model`` (cached until ``_config._invalidate()``);
@@ -26,6 +27,7 @@ while a relay pass delivers) gets a machine of its own, built as before.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +36,8 @@ from email_change._machine import EmailChangeMachine
 from email_change._records import Procedure
 
 __all__ = ["EngineLayoutChanged", "bound_machine"]
+
+log = logging.getLogger("email_change.machine")
 
 
 class EngineLayoutChanged(RuntimeError):
@@ -83,14 +87,34 @@ def _new_engine(machine: EmailChangeMachine) -> None:
     internals._engine.start()  # a no-op when the model holds a state
 
 
+#: Whether this python-statemachine has the layout re-binding needs (``None``: not checked yet).
+_layout_ok: bool | None = None
+
+
+def _layout_checked(machine: EmailChangeMachine, model: Procedure) -> bool:
+    global _layout_ok  # noqa: PLW0603 - one fact per process, decided on first use
+    if _layout_ok is None:
+        try:
+            _check_layout(machine, model)
+        except EngineLayoutChanged:
+            # Still correct, only slower: every request builds its own machine, as before.
+            log.warning("python-statemachine changed: one machine per request from now on")
+            _layout_ok = False
+        else:
+            _layout_ok = True
+    return _layout_ok
+
+
 @contextlib.contextmanager
 def bound_machine(model: Procedure) -> Iterator[EmailChangeMachine]:
     """This thread's machine, bound to ``model`` (restored in ``model.state``) for one request.
 
-    On leaving the block the machine lets go of ``model``, whatever happened in it.
+    On leaving the block the machine lets go of ``model``, whatever happened in it. If the
+    installed python-statemachine lacks what re-binding relies on, every request gets a new
+    machine instead (logged once).
     """
     slot = _slot
-    if slot.busy:  # nested in a request on this thread: never share the busy machine
+    if slot.busy or _layout_ok is False:  # nested in a request on this thread, or no re-binding
         yield _build(model)
         return
     slot.busy = True
@@ -98,14 +122,15 @@ def bound_machine(model: Procedure) -> Iterator[EmailChangeMachine]:
         machine = slot.machine
         if machine is None:
             machine = _build(model)
-            _check_layout(machine, model)
-            slot.machine, slot.fresh = machine, frozenset(vars(machine))
+            if _layout_checked(machine, model):
+                slot.machine, slot.fresh = machine, frozenset(vars(machine))
         else:
             _rebind(machine, model, slot.fresh)
             _new_engine(machine)
         try:
             yield machine
         finally:
-            _rebind(machine, None, slot.fresh)
+            if slot.machine is machine:
+                _rebind(machine, None, slot.fresh)
     finally:
         slot.busy = False
