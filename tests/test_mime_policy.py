@@ -112,3 +112,17 @@ def test_constant_headers_fold_once_per_policy_and_per_mail_headers_every_time()
     assert len(vars(subject)["_folds"]) >= 2  # SMTP and SMTPUTF8, kept
     assert "_folds" not in vars(to)  # an address is folded every time, never kept
     assert MESSAGES.render(item, secret, SETTINGS)["Subject"] is subject
+
+
+def test_full_caches_still_write_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from email_change import _mime
+
+    item, secret = _item(MailKind.CONFIRM_ADDRESS, "fr", ADDRESSES[1])
+    expected = _wire(MESSAGES.render(item, secret, SETTINGS))
+    monkeypatch.setattr(MAIL_POLICY.header_factory, "_kept", {})
+    monkeypatch.setattr(_mime, "_MAX_KEPT", 1)  # every new constant header empties the cache
+    monkeypatch.setattr(_mime, "_MAX_POLICIES", 0)  # no fold is kept
+    for _ in range(2):
+        assert _wire(MESSAGES.render(item, secret, SETTINGS)) == expected
+    kept = MAIL_POLICY.header_factory._kept  # type: ignore[attr-defined]
+    assert len(kept) == 1

@@ -96,3 +96,32 @@ def test_a_relay_pass_marks_every_item_in_one_transaction(tmp_path: Path) -> Non
         assert not list(storage.store.due_outbox(clock.now(), 10))
     finally:
         storage.close()
+
+
+class _PlainStore:
+    """A host's store without the optional batch write: only the ProcedureStore methods."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.updates = 0
+
+    def update_outbox(self, item: Any) -> None:
+        self.updates += 1
+        self._inner.update_outbox(item)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "update_outbox_items":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def test_a_store_without_the_batch_write_is_marked_item_by_item() -> None:
+    from email_change import OutboxBatchWriter
+    from email_change.adapters.memory import InMemoryProcedureStore, InMemoryVitaleRegistry
+
+    store = _PlainStore(InMemoryProcedureStore())
+    assert not isinstance(store, OutboxBatchWriter)
+    service, mailer, _clock = service_on(store, InMemoryVitaleRegistry({INSURED: [card()]}))
+    complete_procedure(service, store, mailer, INSURED)
+    assert store.updates == 7  # 1 + 5 + 1 items, each its own update_outbox
+    assert len(mailer.outbox) == 3
