@@ -57,6 +57,11 @@ _CHILDREN = {
         "import json; from benchmarks.micro import address_step;"
         "address_step(20); print(json.dumps(address_step({batch})))"
     ),
+    # Complete procedures on the embedded default (SQLite NORMAL, SQL directory, file outbox).
+    "embedded": (
+        "import json; from benchmarks.embedded import ab_child;"
+        " print(json.dumps(ab_child({batch})))"
+    ),
 }
 
 

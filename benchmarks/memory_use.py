@@ -129,7 +129,10 @@ def render(mem: dict[str, Any]) -> list[str]:
     rows = [
         ("in-memory store, everything it holds for one open procedure", "store_per_procedure"),
         ("the decoded `Procedure` record", "decoded_record"),
-        ("one live machine bound to a copy (during a request only)", "live_machine_with_record"),
+        (
+            "one machine bound to a copy (one per thread, re-bound per request)",
+            "live_machine_with_record",
+        ),
     ]
     for label, key in rows:
         lines.append(f"| {label} | {a[key]:,.0f} | {b[key]:,.0f} |")
@@ -144,5 +147,64 @@ def render(mem: dict[str, Any]) -> list[str]:
             f"| stored JSON: outbox ({ja['outbox_items']} / {jb['outbox_items']} items) | "
             f"{ja['outbox_bytes']:,} | {jb['outbox_bytes']:,} |"
         ),
+    ]
+    return lines
+
+
+def request_peaks(count: int = 20) -> dict[str, Any]:
+    """Peak traced memory of one request, per step: the most a request allocates above what
+    was allocated when it began (in-memory adapters; first-use caches built beforehand by a
+    whole procedure; the median over ``count`` procedures, and the largest seen)."""
+    from benchmarks.run import STEPS, _procedure
+
+    world = make_world(count + 1)
+    service = world.service()
+    _procedure(world, service, count, dict.fromkeys(STEPS, 0))
+    peaks: dict[str, list[int]] = {step: [] for step in STEPS}
+
+    def traced(step: str, call: Callable[[], Any]) -> Any:
+        gc.collect()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        result = call()
+        peaks[step].append(tracemalloc.get_traced_memory()[1] - base)
+        return result
+
+    tracemalloc.start()
+    try:
+        for n in range(count):
+            who = insured(n)
+            pid = traced("start", lambda: service.start(who)).procedure_id  # noqa: B023
+            code = world.code(n)
+            traced("submit_code", lambda: service.submit_code(who, pid, code))  # noqa: B023
+            traced("submit_serial", lambda: service.submit_serial(who, pid, SERIAL))  # noqa: B023
+            form = address_form(n)
+            traced("submit_new_address", lambda: service.submit_new_address(who, pid, form))  # noqa: B023
+            token = world.token(world.mailer.outbox[-2]["To"])
+            traced("confirm", lambda: service.confirm(token))  # noqa: B023
+    finally:
+        tracemalloc.stop()
+    return {
+        "procedures": count,
+        "unit": "bytes",
+        **{step: {"median": statistics.median(v), "max": max(v)} for step, v in peaks.items()},
+    }
+
+
+def render_peaks(peaks: dict[str, Any]) -> list[str]:
+    """Markdown lines for the per-request peaks."""
+    lines = [
+        (
+            f"Peak traced memory of one request (tracemalloc peak above the memory in use when "
+            f"the request began; in-memory adapters; median and largest over "
+            f"{peaks['procedures']} procedures):"
+        ),
+        "",
+        "| request | median | largest |",
+        "|---|---:|---:|",
+    ]
+    steps = ("start", "submit_code", "submit_serial", "submit_new_address", "confirm")
+    lines += [
+        f"| `{st}` | {peaks[st]['median']:,.0f} B | {peaks[st]['max']:,.0f} B |" for st in steps
     ]
     return lines

@@ -135,26 +135,29 @@ def pg_two_processes(dsn: str, schema: str, count: int) -> float:
 
 def seed_expirable(storage: SQLStorage, rows: int) -> None:
     """Insert ``rows`` abandoned procedures with one set-based statement."""
-    template = make_procedure("x", "x", deadline=T0).to_dict()
+    # A code sent at T0 and never typed: due once the code-stage lifetime has run from T0.
+    template = make_procedure("x", "x").to_dict()
     d = storage.db.dialect
-    deadline = d.time(T0)
+    anchor = d.time(T0)
     if d.name == "sqlite":
         sql = (
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
-            " INSERT INTO procedures (id, insured_id, state, version, deadline, updated_at,"
-            " ended_at, record) SELECT 'bulk-' || i, 'bulk-insured-' || i, 'code_sent', 1, ?, ?,"
+            " INSERT INTO procedures (id, insured_id, state, version, expiry_anchor, codes_sent,"
+            " updated_at, ended_at, record) SELECT 'bulk-' || i, 'bulk-insured-' || i,"
+            " 'code_sent', 1, ?, 1, ?,"
             " NULL, json_set(?, '$.id', 'bulk-' || i, '$.insured_id', 'bulk-insured-' || i)"
             " FROM n"
         )
-        params: tuple[Any, ...] = (rows, deadline, deadline, d.json(template))
+        params: tuple[Any, ...] = (rows, anchor, anchor, d.json(template))
     else:
         sql = (
-            "INSERT INTO procedures (id, insured_id, state, version, deadline, updated_at,"
-            " ended_at, record) SELECT 'bulk-' || i, 'bulk-insured-' || i, 'code_sent', 1, ?, ?,"
+            "INSERT INTO procedures (id, insured_id, state, version, expiry_anchor, codes_sent,"
+            " updated_at, ended_at, record) SELECT 'bulk-' || i, 'bulk-insured-' || i,"
+            " 'code_sent', 1, ?, 1, ?,"
             " NULL, ?::jsonb || jsonb_build_object('id', 'bulk-' || i,"
             " 'insured_id', 'bulk-insured-' || i) FROM generate_series(1, ?) AS i"
         )
-        params = (deadline, deadline, d.json(template), rows)
+        params = (anchor, anchor, d.json(template), rows)
     with storage.db.transaction() as tx:
         tx.execute(sql, params)
 

@@ -113,6 +113,7 @@ PORT_METHODS: dict[str, tuple[str, ...]] = {
         "dead_outbox",
         "outbox_items",
         "update_outbox",
+        "update_outbox_items",
         "procedures_due",
     ),
     "mailer": ("send",),

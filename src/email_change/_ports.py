@@ -37,6 +37,7 @@ __all__ = [
     "Mailer",
     "Observer",
     "OutboxBacklogReader",
+    "OutboxBatchWriter",
     "ProcedureHistoryReader",
     "ProcedureStore",
     "RandomSource",
@@ -260,6 +261,20 @@ class OutboxBacklogReader(Protocol):
 
     def outbox_backlog(self, now: datetime) -> OutboxBacklog:
         """The items neither delivered nor dead, counted at ``now`` (one cheap read)."""
+        ...
+
+
+@runtime_checkable
+class OutboxBatchWriter(Protocol):
+    """Optional, beside a :class:`ProcedureStore`: a whole relay pass recorded in one write.
+
+    The relay marks what a pass delivered, retried or gave up on with one call at the end of the
+    pass instead of one ``update_outbox`` (one transaction) per item. The shipped stores have
+    it; a host's store without it gets one ``update_outbox`` per item, as before.
+    """
+
+    def update_outbox_items(self, items: Sequence[OutboxItem]) -> None:
+        """``update_outbox`` for each of ``items``, in order, in one transaction: all or none."""
         ...
 
 

@@ -3,7 +3,9 @@
 Effects are written in the same transaction as the transition that owes them, so a crash or a
 down SMTP server loses nothing: the relay finds them again. Each delivery is idempotent on the
 receiving side (stable Message-ID per outbox item, idempotent directory calls), so a retry after
-a crash between "sent" and "marked sent" is recognisable as the same message.
+a crash between "sent" and "marked sent" is recognisable as the same message. What a pass did is
+marked in one write at its end when the store has
+:class:`~email_change.OutboxBatchWriter` (one transaction per pass, not per item).
 
 An item that can never be delivered ends as a *dead letter*, visibly: a permanent refusal
 (:class:`~email_change.DeliveryRefused` from the mailer, a sealed secret tampered with) at
@@ -34,6 +36,7 @@ from email_change._ports import (
     Mailer,
     Observer,
     OutboxBacklogReader,
+    OutboxBatchWriter,
     ProcedureStore,
 )
 from email_change._records import (
@@ -184,9 +187,15 @@ class OutboxRelay:
     def _deliver_all(self, items: Sequence[OutboxItem]) -> RelayReport:
         counts = {"delivered": 0, "failed": 0, "dead": 0}
         buried: list[OutboxItem] = []
-        for item in items:
-            outcome = self._deliver_one(item, buried)
-            counts[outcome] += 1
+        marks = _Marks(self._store)  # per pass: passes may run in several threads at once
+        try:
+            for item in items:
+                outcome = self._deliver_one(item, buried, marks)
+                counts[outcome] += 1
+        finally:
+            # What the pass did, in one write when the store can (OutboxBatchWriter). A crash
+            # before it delivers the pass again: each delivery is idempotent (see the top).
+            marks.flush()
         # Listeners run once the pass is over: what they owe in turn (a withdrawn registration's
         # mail) goes out after the mails of this pass, in the order they were owed.
         for dead in buried:
@@ -200,13 +209,15 @@ class OutboxRelay:
             except Exception:
                 log.exception("dead-letter listener failed for outbox item %s", dead.id)
 
-    def _deliver_one(self, item: OutboxItem, buried: list[OutboxItem]) -> str:
+    def _deliver_one(self, item: OutboxItem, buried: list[OutboxItem], marks: _Marks) -> str:
         attempt = DeliveryAttempt(kind=_kind(item.effect), number=item.attempts + 1)
         with self._observers.delivery(attempt):
-            outcome = attempt.outcome = self._attempt(item, buried, attempt)
+            outcome = attempt.outcome = self._attempt(item, buried, attempt, marks)
         return outcome
 
-    def _attempt(self, item: OutboxItem, buried: list[OutboxItem], attempt: DeliveryAttempt) -> str:
+    def _attempt(
+        self, item: OutboxItem, buried: list[OutboxItem], attempt: DeliveryAttempt, marks: _Marks
+    ) -> str:
         try:
             self._apply(item)
         except Exception as exc:  # noqa: BLE001 - any adapter failure is retried or given up on
@@ -219,9 +230,9 @@ class OutboxRelay:
                 now - item.created_at >= self._backoff.give_up_after
             )
             if isinstance(exc, DeliveryRefused) or stale:
-                buried.append(self._bury(item, attempts=attempts, error=error, now=now))
+                buried.append(self._bury(item, marks, attempts=attempts, error=error, now=now))
                 return "dead"
-            self._store.update_outbox(
+            marks.add(
                 attrs.evolve(
                     item,
                     attempts=attempts,
@@ -231,7 +242,7 @@ class OutboxRelay:
             )
             log.warning("outbox item %s not delivered (attempt %d): %s", item.id, attempts, error)
             return "failed"
-        self._store.update_outbox(
+        marks.add(
             attrs.evolve(
                 item,
                 effect=_without_secret(item),  # the secret is not kept once sent
@@ -242,11 +253,13 @@ class OutboxRelay:
         )
         return "delivered"
 
-    def _bury(self, item: OutboxItem, *, attempts: int, error: str, now: datetime) -> OutboxItem:
+    def _bury(
+        self, item: OutboxItem, marks: _Marks, *, attempts: int, error: str, now: datetime
+    ) -> OutboxItem:
         dead = attrs.evolve(
             item, effect=_without_secret(item), attempts=attempts, last_error=error, dead_at=now
         )
-        self._store.update_outbox(dead)
+        marks.add(dead)
         effect = item.effect
         kind = _kind(effect)
         log.error(
@@ -311,6 +324,27 @@ class OutboxRelay:
             case AccountAction.RESTORE_ADDRESS:
                 assert effect.address is not None  # noqa: S101 - set by the machine
                 directory.restore_address(insured, effect.address, at=at)
+
+
+class _Marks:
+    """The outbox updates of one relay pass: kept for one write at the end of the pass when the
+    store has :class:`~email_change.OutboxBatchWriter`, written one by one otherwise."""
+
+    def __init__(self, store: ProcedureStore) -> None:
+        self._store = store
+        self._batch = store if isinstance(store, OutboxBatchWriter) else None
+        self._items: list[OutboxItem] = []
+
+    def add(self, item: OutboxItem) -> None:
+        if self._batch is None:
+            self._store.update_outbox(item)
+        else:
+            self._items.append(item)
+
+    def flush(self) -> None:
+        if self._batch is not None and self._items:
+            items, self._items = self._items, []
+            self._batch.update_outbox_items(items)
 
 
 def _kind(effect: MailEffect | AccountEffect) -> str:

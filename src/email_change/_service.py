@@ -45,7 +45,6 @@ from email_change._errors import (
 )
 from email_change._machine import (
     AddressForm,
-    EmailChangeMachine,
     ExpiryCutoff,
     Outcome,
     ProcedureState,
@@ -78,6 +77,7 @@ from email_change._records import (
     Procedure,
 )
 from email_change._relay import OutboxRelay
+from email_change._reuse import bound_machine
 from email_change._values import (
     Card,
     Channel,
@@ -518,9 +518,9 @@ class EmailChangeService:
         history = () if event == "expire" else tuple(tx.ledger_since(LEDGER_START))
         step = Step(now=now, policy=policy, keyring=self._keyring, rng=self._rng, history=history)
         draft = proc.copy()
-        machine = EmailChangeMachine(model=draft, state_field="state")
         try:
-            machine.send(event, step=step, **inputs)
+            with bound_machine(draft) as machine:
+                machine.send(event, step=step, **inputs)
         except TransitionNotAllowed:
             raise EventNotAllowed(event=event, state=proc.state) from None
         draft.version = proc.version + 1

@@ -427,6 +427,12 @@ class InMemoryProcedureStore:
                     return
             self._outbox[item.id] = raw
 
+    def update_outbox_items(self, items: Sequence[OutboxItem]) -> None:
+        # Nothing here to share between items (no transaction, no fsync): each is recorded as
+        # ``update_outbox`` records it, so a subclass that changes one changes both.
+        for item in items:
+            self.update_outbox(item)
+
     # for tests
 
     def snapshot(self) -> tuple[dict[str, str], tuple[str, ...], dict[str, str]]:

@@ -27,6 +27,7 @@ from email_change._policy import Policy
 from email_change._ports import (
     AccountDirectory,
     OutboxBacklogReader,
+    OutboxBatchWriter,
     ProcedureHistoryReader,
     ProcedureStore,
     VitaleRegistry,
@@ -457,6 +458,28 @@ class ProcedureStoreContract:
         store.update_outbox(attrs.evolve(items[0], attempts=4, next_attempt_at=T0))
         assert list(store.outbox_items(["d1"])) == [first]
         assert list(store.due_outbox(later + timedelta(days=2), 10)) == []
+
+    def test_outbox_items_update_a_pass_at_once(self, store: ProcedureStore) -> None:
+        """Only for a store that has the optional ``update_outbox_items`` write."""
+        if not isinstance(store, OutboxBatchWriter):
+            pytest.skip("this store has no update_outbox_items (optional)")
+        items = tuple(mail_item(f"m{n}", created=T0 + timedelta(seconds=n)) for n in range(4))
+        commit_in_transaction(
+            store, Commit(procedure=make_procedure(), expected_version=None, outbox=items)
+        )
+        later = T0 + timedelta(minutes=1)
+        done = attrs.evolve(items[0], attempts=1, done_at=later)
+        dead = attrs.evolve(items[1], attempts=1, last_error="DeliveryRefused", dead_at=later)
+        retry = attrs.evolve(
+            items[2], attempts=1, next_attempt_at=later, last_error="ConnectionError"
+        )
+        store.update_outbox_items([])
+        store.update_outbox_items([done, dead, retry])
+        assert list(store.outbox_items(["m0", "m1", "m2", "m3"])) == [done, dead, retry, items[3]]
+        # The rule of update_outbox holds for each item: delivered and dead items stay so.
+        store.update_outbox_items([attrs.evolve(items[0], attempts=2), attrs.evolve(items[1])])
+        assert list(store.outbox_items(["m0", "m1"])) == [done, dead]
+        assert [i.id for i in store.due_outbox(later, 10)] == ["m2", "m3"]
 
     def test_outbox_backlog_counts_what_is_owed(self, store: ProcedureStore) -> None:
         """Only for a store that has the optional ``outbox_backlog`` read."""

@@ -93,7 +93,7 @@ _SELF_SERVICE = frozenset(
         "resend_confirmation",
     }
 )
-_MOVED = frozenset({"ok", "code.wrong", "serial.wrong", "procedure.locked"})
+_MOVED = frozenset({"ok", "code.wrong", "serial.wrong"})
 _AGENT = Agent(id="agent-journeys", roles=("support",))
 
 
@@ -482,13 +482,19 @@ class Journeys(RuleBasedStateMachine):
         if not hasattr(self, "world"):
             return
         frozen = False
+        locked: set[str | None] = set()  # a refusal of a procedure already locked moves nothing
         for record in self.world.audit.records:  # in the order the calls committed
             if record.event == "revert" and record.outcome == "ok":
                 frozen = True
             elif record.event == "lift_freeze" and record.outcome == "ok":
                 frozen = False
-            elif record.event in _SELF_SERVICE and record.outcome in _MOVED:
-                assert not frozen, f"{record.event} went through a freeze"
+            elif record.event in _SELF_SERVICE:
+                moved = record.outcome in _MOVED or (
+                    record.outcome == "procedure.locked" and record.procedure_id not in locked
+                )
+                assert not (frozen and moved), f"{record.event} went through a freeze"
+            if record.outcome == "procedure.locked":
+                locked.add(record.procedure_id)
 
     @invariant()
     def address_changes_only_after_every_proof(self) -> None:

@@ -266,14 +266,19 @@ class SQLProcedureStore:
         )
 
     def update_outbox(self, item: OutboxItem) -> None:
+        self.update_outbox_items([item])
+
+    def update_outbox_items(self, items: Sequence[OutboxItem]) -> None:
         # A delivered or dead item stays so: a slower relay reporting a failure on the same item
         # must not make it due again (its mail would go out twice).
-        row = self._outbox_row(item)
+        rows = [(*self._outbox_row(item)[3:], item.id) for item in items]
+        if not rows:
+            return
         with unavailable_as(self.dependency), self.db.transaction() as tx:
-            tx.execute(
+            tx.executemany(
                 "UPDATE outbox SET next_attempt_at = ?, done_at = ?, dead_at = ?, attempts = ?,"
                 " item = ? WHERE id = ? AND done_at IS NULL AND dead_at IS NULL",
-                (*row[3:], item.id),
+                rows,
             )
 
 
