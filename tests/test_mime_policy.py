@@ -28,8 +28,12 @@ AT = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 PARAMS = {
     MailKind.SECURITY_CODE: ({"minutes": "15"}, "0421"),
     MailKind.CONFIRM_ADDRESS: ({"hours": "24"}, "p1.c2VjcmV0LXNlY3JldC1zZWNyZXQ"),
-    MailKind.PREVIOUS_ADDRESS_NOTICE: ({"new_address": "j***@n******.fr"}, "p1.bm90aWNl"),
+    MailKind.PREVIOUS_ADDRESS_NOTICE: (
+        {"new_address": "j***@n******.fr", "days": "7"},
+        "p1.bm90aWNl",
+    ),
     MailKind.REGISTRATION_CANCELLED: ({"new_address": "j***@n******.fr"}, None),
+    MailKind.CHANGE_DISPUTED: ({"new_address": "j***@n******.fr"}, None),
 }
 ADDRESSES = ("Jeanne.Martin@exemple.fr", "jeanne@exämple.fr", "jéanne@exemple.fr")
 MESSAGES = ec.Messages()

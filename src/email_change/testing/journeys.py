@@ -502,9 +502,11 @@ class Journeys(RuleBasedStateMachine):
             return
         current = str(self.world.directory.current_address(self.insured.id))
         if current != self.initial_address:
+            # The address in force is the newest confirmed change's (earlier ones were superseded,
+            # disputed ones are no longer confirmed).
             confirmed = [p for p in self._procedures() if p.state == "confirmed"]
-            assert len(confirmed) == 1
-            proc = confirmed[0]
+            assert confirmed, "changed without a confirmed procedure"
+            proc = max(confirmed, key=lambda p: p.registered_at or p.created_at)
             assert proc.code_verified_at, "changed without the code"
             assert proc.identity_verified_at, "changed without the serial"
             assert proc.registered_at, "changed without registration"
