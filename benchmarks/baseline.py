@@ -526,13 +526,12 @@ class HandWrittenService:
                 assert effect.sealed is not None  # noqa: S101 - every mail of this flow has one
                 secret = self.keyring.open(effect.sealed, associated=item.id)
                 self.mailer.send(self.messages.render(item, secret, self.settings))
-                effect = attrs.evolve(effect, sealed=None)
             else:
                 self._apply(effect, item.created_at)
             self.store.update_outbox(
                 attrs.evolve(
                     item,
-                    effect=effect,
+                    effect=effect.settled(),
                     attempts=item.attempts + 1,
                     done_at=self.clock.now(),
                     last_error=None,
