@@ -358,7 +358,7 @@ _REQUIRED = object()
 
 
 def _default_of(field: attrs.Attribute[Any]) -> Any:
-    default = field.default
+    default: Any = field.default
     if default is attrs.NOTHING or not field.init:
         return _REQUIRED
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]

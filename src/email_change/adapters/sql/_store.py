@@ -194,7 +194,7 @@ class SQLProcedureStore:
         if not ids:
             return []
         marks = ", ".join("?" for _ in ids)
-        rows = self._query(f"{_ITEM} WHERE id IN ({marks})", tuple(ids))  # noqa: S608 - only placeholders
+        rows = self._query(f"{_ITEM} WHERE id IN ({marks})", tuple(ids))
         by_id = {item.id: item for item in (self._item(r) for r in rows)}
         return [by_id[i] for i in ids if i in by_id]
 
