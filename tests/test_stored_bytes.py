@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from benchmarks.embedded import RESTING, stored_bytes
 
 #: The target of the performance work: at most 2 KiB per in-flight procedure.
