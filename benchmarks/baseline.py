@@ -439,6 +439,7 @@ class HandWrittenService:
                 proc.current_address,
                 f"{proc.id}.{secret}",
                 new_address=ec.mask_address(new) or "",
+                days=str(self.policy.dispute_window.days),
             )
         return "awaiting_confirmation"
 
@@ -464,8 +465,7 @@ class HandWrittenService:
             ),
         )
         proc.link = None
-        proc.revert_digest = None
-        proc.ended_at = d.now
+        proc.ended_at = d.now  # the revert digest stays: a confirmed change can be disputed
         return "confirmed"
 
     def _expire(
