@@ -542,13 +542,13 @@ def main() -> None:
         write_doc(render(json.loads(RESULTS.read_text("utf-8"))))
         return
     if args.stored_bytes_only:
-        results = json.loads(RESULTS.read_text("utf-8"))
-        results["embedded"]["stored_bytes"] = {
+        kept = json.loads(RESULTS.read_text("utf-8"))
+        kept["embedded"]["stored_bytes"] = {
             **embedded.stored_bytes(20),
             "measured_at": _environment().get("commit"),
         }
-        RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "utf-8")
-        write_doc(render(results))
+        RESULTS.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        write_doc(render(kept))
         return
     runs, batch = (5, 10) if args.quick else (args.runs, args.batch)
     check_equivalence()
