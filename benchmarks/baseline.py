@@ -439,6 +439,7 @@ class HandWrittenService:
                 proc.current_address,
                 f"{proc.id}.{secret}",
                 new_address=ec.mask_address(new) or "",
+                days=str(self.policy.dispute_window.days),
             )
         return "awaiting_confirmation"
 
@@ -464,8 +465,7 @@ class HandWrittenService:
             ),
         )
         proc.link = None
-        proc.revert_digest = None
-        proc.ended_at = d.now
+        proc.ended_at = d.now  # the revert digest stays: a confirmed change can be disputed
         return "confirmed"
 
     def _expire(
@@ -526,13 +526,12 @@ class HandWrittenService:
                 assert effect.sealed is not None  # noqa: S101 - every mail of this flow has one
                 secret = self.keyring.open(effect.sealed, associated=item.id)
                 self.mailer.send(self.messages.render(item, secret, self.settings))
-                effect = attrs.evolve(effect, sealed=None)
             else:
                 self._apply(effect, item.created_at)
             self.store.update_outbox(
                 attrs.evolve(
                     item,
-                    effect=effect,
+                    effect=effect.settled(),
                     attempts=item.attempts + 1,
                     done_at=self.clock.now(),
                     last_error=None,

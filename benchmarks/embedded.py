@@ -439,27 +439,32 @@ def ab_child(count: int, synchronous: str = "NORMAL") -> dict[str, float]:
 # --- stored bytes between requests ------------------------------------------------------------
 
 
-def _table_bytes(conn: sqlite3.Connection) -> dict[str, int]:
-    """Content bytes of every row of every table (each value as stored: text and blobs by their
-    bytes, numbers by their text form); indexes and page overhead excluded."""
+def row_bytes(conn: sqlite3.Connection, table: str, where: str = "1 = 1") -> list[int]:
+    """Content bytes of each row of ``table`` matching ``where`` (each value as stored: text and
+    blobs by their bytes, numbers by their text form); indexes and page overhead excluded."""
+    columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+    total = " + ".join(f"coalesce(length(CAST({c} AS BLOB)), 0)" for c in columns)
+    return [int(v) for (v,) in conn.execute(f"SELECT {total} FROM {table} WHERE {where}")]  # noqa: S608 - names from the schema
+
+
+def table_bytes(conn: sqlite3.Connection) -> dict[str, int]:
+    """Content bytes of every table (see :func:`row_bytes`)."""
     tables = [
         r[0]
         for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         )
     ]
-    out = {}
-    for table in tables:
-        columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
-        total = " + ".join(f"coalesce(length(CAST({c} AS BLOB)), 0)" for c in columns)
-        (value,) = conn.execute(f"SELECT coalesce(sum({total}), 0) FROM {table}").fetchone()  # noqa: S608 - names from the schema
-        out[table] = int(value)
-    return out
+    return {table: sum(row_bytes(conn, table)) for table in tables}
+
+
+_SETTLED = "done_at IS NOT NULL OR dead_at IS NOT NULL"
 
 
 def stored_bytes(count: int = 20) -> dict[str, Any]:
     """Bytes the SQLite file holds per procedure resting in each state, every table counted,
-    over ``count`` procedures (the seeded accounts and cards subtracted)."""
+    over ``count`` procedures (the seeded accounts and cards subtracted); and the largest row of
+    a delivered outbox item (all its columns)."""
     out: dict[str, Any] = {"procedures": count, "unit": "bytes per procedure"}
     with tempfile.TemporaryDirectory(prefix="email_change_bench_") as tmp:
         for state in RESTING:
@@ -469,18 +474,21 @@ def stored_bytes(count: int = 20) -> dict[str, Any]:
                 seed(env, 0, count)
                 path = folder / "email_change.sqlite3"
                 with contextlib.closing(sqlite3.connect(path)) as conn:
-                    before = _table_bytes(conn)
+                    before = table_bytes(conn)
                 service = env.service(SETTINGS)
                 for n in range(count):
                     journey(env, service, n, state)
                 with contextlib.closing(sqlite3.connect(path)) as conn:
-                    after = _table_bytes(conn)
+                    after = table_bytes(conn)
+                    settled = row_bytes(conn, "outbox", _SETTLED)
             finally:
                 env.close()
             per_table = {t: (after[t] - before.get(t, 0)) / count for t in after}
             out[state] = {
                 "total": sum(per_table.values()),
                 "tables": {t: round(v) for t, v in per_table.items() if v},
+                "settled_outbox_items": len(settled) / count,
+                "settled_outbox_row_max": max(settled, default=0),
             }
     return out
 

@@ -77,9 +77,14 @@ def plain(message: EmailMessage) -> str:
     return str(body.get_content())
 
 
-def make_world(policy: ec.Policy | None = None, *, seed: int = 7) -> World:
+def make_world(
+    policy: ec.Policy | None = None,
+    *,
+    seed: int = 7,
+    store: memory.InMemoryProcedureStore | None = None,
+) -> World:
     kit = testing.world(
-        policy=policy, seed=seed, keyring=ec.Keyring(keys={"k1": KEY}, current="k1")
+        policy=policy, seed=seed, store=store, keyring=ec.Keyring(keys={"k1": KEY}, current="k1")
     )
     assert isinstance(kit.store, memory.InMemoryProcedureStore)
     assert isinstance(kit.registry, memory.InMemoryVitaleRegistry)

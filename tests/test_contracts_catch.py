@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import attrs
 import pytest
 
-from email_change import AccountDirectory, ConsentRecord, EmailAddress
+from email_change import AccountDirectory, ConsentRecord, EmailAddress, OutboxItem
 from email_change.adapters.memory import InMemoryAccountDirectory, InMemoryProcedureStore
 from email_change.testing import AccountDirectoryContract, ProcedureStoreContract
 
@@ -167,3 +168,22 @@ def test_the_store_contract_fails_a_store_that_loses_data_on_a_refusal() -> None
     with pytest.raises(AssertionError):
         suite.test_a_refused_commit_writes_nothing(_RollsBackTooMuch())
     suite.test_a_refused_commit_writes_nothing(InMemoryProcedureStore())
+
+
+class _KeepsThePayload(InMemoryProcedureStore):
+    """Records a delivery's status and times but keeps the effect first stored: the mail's
+    address, parameters and sealed secret outlive its delivery."""
+
+    def update_outbox(self, item: OutboxItem) -> None:
+        [stored] = self.outbox_items([item.id]) or [item]
+        super().update_outbox(attrs.evolve(item, effect=stored.effect))
+
+
+def test_the_store_contract_fails_a_store_that_keeps_a_delivered_payload() -> None:
+    suite = ProcedureStoreContract()
+    with pytest.raises(AssertionError):
+        suite.test_outbox_due_update_and_items(_KeepsThePayload())
+    with pytest.raises(AssertionError):
+        suite.test_dead_letters_leave_the_queue_and_are_listed(_KeepsThePayload())
+    suite.test_outbox_due_update_and_items(InMemoryProcedureStore())
+    suite.test_dead_letters_leave_the_queue_and_are_listed(InMemoryProcedureStore())

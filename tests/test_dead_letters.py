@@ -56,6 +56,8 @@ def _assert_withdrawn(world: World, pid: str) -> None:
     assert isinstance(dead.effect, ec.MailEffect)
     assert dead.effect.kind is ec.MailKind.CONFIRM_ADDRESS
     assert dead.effect.sealed is None  # the link's secret is not kept for a mail that died
+    # Nor its address or parameters: a dead letter keeps what names it (id, kind, procedure).
+    assert dead.effect == ec.MailEffect(kind=ec.MailKind.CONFIRM_ADDRESS, procedure_id=pid)
 
 
 def test_a_confirmation_refused_for_good_withdraws_the_registration() -> None:

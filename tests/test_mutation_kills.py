@@ -28,7 +28,25 @@ from email_change._records import (
     encode,
 )
 from email_change.adapters import memory
-from tests.support import INSURED, NEW, SERIAL, World, form, make_world, to_registered
+from tests import support
+from tests.support import INSURED, NEW, SERIAL, World, form, to_registered
+
+
+class _OwingStore(memory.InMemoryProcedureStore):
+    """Remembers each outbox item as its commit owed it: the relay keeps only the settled form
+    of what it delivered, and these tests check what the machine owed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owed: dict[str, OutboxItem] = {}
+
+    def check(self, commit: ec.Commit) -> None:
+        super().check(commit)  # a refused commit raises here, before it is remembered
+        self.owed.update((i.id, i) for i in commit.outbox if i.id not in self.owed)
+
+
+def make_world(policy: ec.Policy | None = None) -> World:
+    return support.make_world(policy, store=_OwingStore())
 
 
 def _proc(world: World, pid: str) -> Procedure:
@@ -38,8 +56,12 @@ def _proc(world: World, pid: str) -> Procedure:
 
 
 def _outbox(world: World, pid: str) -> list[OutboxItem]:
-    ids = sorted(world.store.snapshot()[2])
-    return [i for i in world.store.outbox_items(ids) if i.effect.procedure_id == pid]
+    """The items owed for ``pid``, as committed (before the relay settled them)."""
+    store = world.store
+    assert isinstance(store, _OwingStore)
+    ids = sorted(store.snapshot()[2])
+    assert set(ids) == set(store.owed)
+    return [store.owed[i] for i in ids if store.owed[i].effect.procedure_id == pid]
 
 
 # --- effects ------------------------------------------------------------------------------------
@@ -50,10 +72,13 @@ def test_every_effect_has_a_128_bit_hex_id_and_is_due_at_once() -> None:
     pid = to_registered(world)
     items = _outbox(world, pid)
     assert len(items) == 6  # code, register, consents, sessions, link, notice
-    for item in items:
+    settled = world.store.outbox_items([i.id for i in items])
+    for item, now in zip(items, settled, strict=True):
         assert re.fullmatch(r"[0-9a-f]{32}", item.id)
         assert item.next_attempt_at == item.created_at
-        assert item.done_at == item.created_at  # delivered at once, first attempt
+        assert item.done_at is None and item.attempts == 0  # owed, not yet delivered
+        assert now.done_at == item.created_at and now.attempts == 1  # delivered at once
+        assert now.effect == item.effect.settled()
 
 
 # --- step 3: the form ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from email_change import (
     ServiceUnavailable,
 )
 from email_change._machine import Step
+from email_change._records import encode
 from email_change.adapters import memory
 from email_change.adapters.sql import (
     MIGRATIONS,
@@ -517,6 +518,35 @@ def test_a_completed_procedure_delivers_and_drops_its_sealed_secrets(
     items = sql_storage.store.outbox_items([item_id for item_id, _done in rows])
     assert len(items) == len(rows)
     assert all(getattr(i.effect, "sealed", None) is None for i in items)
+    # Settled: only what names each item is left (no address, mail parameters or consents).
+    assert all(i.effect == i.effect.settled() for i in items)
+
+
+def test_an_unsealed_outbox_row_keeps_out_of_its_json_what_its_columns_hold(
+    sql_storage: SQLStorage,
+) -> None:
+    sql_storage.registry.upsert([(INSURED, card())])
+    service, mailer, _clock = service_on(sql_storage.store, sql_storage.registry)
+    proc_id = complete_procedure(service, sql_storage.store, mailer, INSURED)
+    d = sql_storage.db.dialect
+    rows = sql_storage.db.query(
+        "SELECT id, item FROM outbox WHERE procedure_id = ? ORDER BY id", (proc_id,)
+    )
+    ids = [item_id for item_id, _raw in rows]
+    items = sql_storage.store.outbox_items(ids)
+    assert [i.id for i in items] == ids
+    for (item_id, raw), item in zip(rows, items, strict=True):
+        data = d.from_json(raw)
+        if "$sealed" in data:
+            continue  # encryption at rest: the sealed payload authenticates the whole item
+        # The effect's name, nothing the columns hold (id, procedure, times, attempts).
+        assert set(data) == {"effect"}, data
+        assert set(data["effect"]) <= {"$type", "kind", "action", "insured_id"}, data
+        # A row written whole, as before, reads the same.
+        full = d.json(encode(item))
+        with sql_storage.db.transaction() as tx:
+            tx.execute("UPDATE outbox SET item = ? WHERE id = ?", (full, item_id))
+        assert sql_storage.store.outbox_items([item_id]) == [item]
 
 
 # --- the card registry ---------------------------------------------------------------------------

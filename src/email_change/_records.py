@@ -180,14 +180,24 @@ class MailKind(enum.StrEnum):
 
 @attrs.frozen(kw_only=True)
 class MailEffect:
-    """A mail owed: rendered only when delivered, its secret sealed until then."""
+    """A mail owed: rendered only when delivered, its secret sealed until then.
+
+    Once the mail is delivered or given up on, only its kind and procedure are kept
+    (:meth:`settled`): no address, no parameters, no sealed secret.
+    """
 
     kind: MailKind
-    to: str
-    locale: str
+    #: The recipient ("" once settled).
+    to: str = ""
+    #: The mail's language ("" once settled).
+    locale: str = ""
     procedure_id: str
     params: Mapping[str, str] = attrs.field(factory=dict)
     sealed: SealedSecret | None = attrs.field(default=None, repr=False)
+
+    def settled(self) -> MailEffect:
+        """What is kept of this mail once delivered or dead: its kind and procedure."""
+        return MailEffect(kind=self.kind, procedure_id=self.procedure_id)
 
 
 class AccountAction(enum.StrEnum):
@@ -212,13 +222,24 @@ class AccountEffect:
     address: EmailAddress | None = None
     consents: tuple[ConsentRecord, ...] = ()
 
+    def settled(self) -> AccountEffect:
+        """What is kept of this change once applied or dead: its action, insured and procedure
+        (the address and consents are the directory's to keep from then on)."""
+        return AccountEffect(
+            action=self.action, insured_id=self.insured_id, procedure_id=self.procedure_id
+        )
+
 
 Effect = MailEffect | AccountEffect
 
 
 @attrs.frozen(kw_only=True)
 class OutboxItem:
-    """An effect stored with the commit that owes it, delivered later by the relay."""
+    """An effect stored with the commit that owes it, delivered later by the relay.
+
+    A delivered or dead item keeps only its id (the mail's ``Message-ID``), its effect's
+    :meth:`~MailEffect.settled` form, its times, attempts and last error.
+    """
 
     id: str
     effect: Effect
@@ -328,9 +349,26 @@ _DT = "$dt"
 _B = "$b64"
 
 
-#: Field names of each record class, looked up once per class rather than once per value.
-_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+#: Each record class's fields and their defaults, looked up once per class rather than once per
+#: value. A field left at its default is not written (the decoder fills it in): a record stores
+#: what it holds, not what it lacks, and records written before this rule read the same.
+_FIELD_NAMES: dict[type[Any], tuple[tuple[str, Any], ...]] = {}
 _PLAIN = (str, int, bool, float, type(None))
+_REQUIRED = object()
+
+
+def _default_of(field: attrs.Attribute[Any]) -> Any:
+    default: Any = field.default
+    if default is attrs.NOTHING or not field.init:
+        return _REQUIRED
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return _REQUIRED if default.takes_self else default.factory()
+    return default
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    # Same type and equal: ``False`` is not left out where the default is ``0``, nor the reverse.
+    return default is not _REQUIRED and type(value) is type(default) and value == default
 
 
 def _encode(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value, read as a table
@@ -339,11 +377,13 @@ def _encode(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value,
         return value
     names = _FIELD_NAMES.get(cls)
     if names is None and _TYPES.get(cls.__name__) is cls:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in attrs.fields(cls))
+        names = _FIELD_NAMES[cls] = tuple((f.name, _default_of(f)) for f in attrs.fields(cls))
     if names is not None:
         out = {"$type": cls.__name__}
-        for name in names:
-            out[name] = _encode(getattr(value, name))
+        for name, default in names:
+            field_value = getattr(value, name)
+            if not _is_default(field_value, default):
+                out[name] = _encode(field_value)
         return out
     if isinstance(value, enum.Enum):
         return value.value

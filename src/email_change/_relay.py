@@ -11,7 +11,8 @@ An item that can never be delivered ends as a *dead letter*, visibly: a permanen
 (:class:`~email_change.DeliveryRefused` from the mailer, a sealed secret tampered with) at
 once; a mail still failing :attr:`Backoff.give_up_after` after it was owed (an account change
 is never given up for a temporary failure: it is retried until the directory takes it).
-The item leaves the queue (``dead_at`` set, its sealed secret dropped), an audit record says so
+The item leaves the queue (``dead_at`` set; as for a delivered item, only its settled form is
+kept: no sealed secret, address or mail parameters), an audit record says so
 (``outbox.dead``), and every dead-letter listener is called: the service's own listener cancels
 a registration whose confirmation mail died, so nobody stays locked out of their account.
 """
@@ -245,7 +246,7 @@ class OutboxRelay:
         marks.add(
             attrs.evolve(
                 item,
-                effect=_without_secret(item),  # the secret is not kept once sent
+                effect=item.effect.settled(),  # no secret, address or payload kept once sent
                 attempts=item.attempts + 1,
                 done_at=self._clock.now(),
                 last_error=None,
@@ -257,7 +258,7 @@ class OutboxRelay:
         self, item: OutboxItem, marks: _Marks, *, attempts: int, error: str, now: datetime
     ) -> OutboxItem:
         dead = attrs.evolve(
-            item, effect=_without_secret(item), attempts=attempts, last_error=error, dead_at=now
+            item, effect=item.effect.settled(), attempts=attempts, last_error=error, dead_at=now
         )
         marks.add(dead)
         effect = item.effect
@@ -349,8 +350,3 @@ class _Marks:
 
 def _kind(effect: MailEffect | AccountEffect) -> str:
     return effect.kind.value if isinstance(effect, MailEffect) else effect.action.value
-
-
-def _without_secret(item: OutboxItem) -> MailEffect | AccountEffect:
-    effect = item.effect
-    return attrs.evolve(effect, sealed=None) if isinstance(effect, MailEffect) else effect

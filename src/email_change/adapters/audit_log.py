@@ -13,14 +13,17 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+import attrs
+
 from email_change._records import AuditRecord, encode
 
 __all__ = ["JsonLinesAuditSink", "LoggingAuditSink"]
 
 
 def _line(record: AuditRecord) -> str:
-    data = encode(record)
-    data.pop("$type", None)
+    # Every field, those at their default included: the line's shape is what a log pipeline
+    # parses, whatever the record codec leaves out of stored records.
+    data = {f.name: encode(getattr(record, f.name)) for f in attrs.fields(AuditRecord)}
     return json.dumps(
         {k: (v["$dt"] if isinstance(v, dict) and "$dt" in v else v) for k, v in data.items()},
         ensure_ascii=False,

@@ -427,14 +427,10 @@ class ProcedureStoreContract:
         )
         store.update_outbox(retry)
         assert [i.id for i in store.due_outbox(later, 10)] == ["o2", "o3"]
-        # Delivered: never due again, still readable, its sealed secret dropped.
+        # Delivered: never due again, still readable, in its settled form (the relay drops the
+        # sealed secret, the address and the parameters): what was stored before is replaced.
         assert isinstance(items[0].effect, MailEffect)
-        done = attrs.evolve(
-            items[0],
-            effect=attrs.evolve(items[0].effect, sealed=None),
-            attempts=1,
-            done_at=later,
-        )
+        done = attrs.evolve(items[0], effect=items[0].effect.settled(), attempts=1, done_at=later)
         store.update_outbox(done)
         assert [i.id for i in store.due_outbox(T0 + timedelta(hours=1), 10)] == ["o1", "o3"]
         assert list(store.outbox_items(["o1", "o2"])) == [retry, done]
@@ -445,9 +441,19 @@ class ProcedureStoreContract:
         commit_in_transaction(store, Commit(procedure=proc, expected_version=None, outbox=items))
         later = T0 + timedelta(hours=1)
         assert list(store.dead_outbox(10)) == []
-        first = attrs.evolve(items[0], attempts=3, last_error="DeliveryRefused", dead_at=later)
+        first = attrs.evolve(
+            items[0],
+            effect=items[0].effect.settled(),
+            attempts=3,
+            last_error="DeliveryRefused",
+            dead_at=later,
+        )
         second = attrs.evolve(
-            items[1], attempts=1, last_error="DeliveryRefused", dead_at=later + timedelta(1)
+            items[1],
+            effect=items[1].effect.settled(),
+            attempts=1,
+            last_error="DeliveryRefused",
+            dead_at=later + timedelta(1),
         )
         store.update_outbox(first)
         store.update_outbox(second)
@@ -468,8 +474,14 @@ class ProcedureStoreContract:
             store, Commit(procedure=make_procedure(), expected_version=None, outbox=items)
         )
         later = T0 + timedelta(minutes=1)
-        done = attrs.evolve(items[0], attempts=1, done_at=later)
-        dead = attrs.evolve(items[1], attempts=1, last_error="DeliveryRefused", dead_at=later)
+        done = attrs.evolve(items[0], effect=items[0].effect.settled(), attempts=1, done_at=later)
+        dead = attrs.evolve(
+            items[1],
+            effect=items[1].effect.settled(),
+            attempts=1,
+            last_error="DeliveryRefused",
+            dead_at=later,
+        )
         retry = attrs.evolve(
             items[2], attempts=1, next_attempt_at=later, last_error="ConnectionError"
         )

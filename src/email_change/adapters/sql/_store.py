@@ -51,6 +51,13 @@ _INSERT_PROCEDURE = (
     "INSERT INTO procedures (id, insured_id, state, version, expiry_anchor, codes_sent,"
     " updated_at, ended_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# What an outbox item is loaded from: its columns, and the JSON of the rest (see ``_outbox_row``).
+_ITEM = (
+    "SELECT id, procedure_id, created_at, next_attempt_at, done_at, dead_at, attempts, item"
+    " FROM outbox"
+)
+#: The fields of an outbox item its columns hold, left out of its unsealed JSON.
+_ITEM_COLUMNS = ("id", "created_at", "next_attempt_at", "done_at", "dead_at", "attempts")
 _UPDATE_PROCEDURE = (
     "UPDATE procedures SET state = ?, version = ?, expiry_anchor = ?, codes_sent = ?,"
     " updated_at = ?, ended_at = ?, record = ? WHERE id = ? AND insured_id = ? AND version = ?"
@@ -151,7 +158,7 @@ class SQLProcedureStore:
 
     def due_outbox(self, now: datetime, limit: int) -> Sequence[OutboxItem]:
         rows = self._query(
-            "SELECT id, item FROM outbox WHERE done_at IS NULL AND dead_at IS NULL"
+            f"{_ITEM} WHERE done_at IS NULL AND dead_at IS NULL"
             " AND next_attempt_at <= ? ORDER BY created_at, id LIMIT ?",
             (self._d.time(now), limit),
         )
@@ -178,8 +185,7 @@ class SQLProcedureStore:
 
     def dead_outbox(self, limit: int) -> Sequence[OutboxItem]:
         rows = self._query(
-            "SELECT id, item FROM outbox WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, id DESC"
-            " LIMIT ?",
+            f"{_ITEM} WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, id DESC LIMIT ?",
             (limit,),
         )
         return [self._item(r) for r in rows]
@@ -188,7 +194,7 @@ class SQLProcedureStore:
         if not ids:
             return []
         marks = ", ".join("?" for _ in ids)
-        rows = self._query(f"SELECT id, item FROM outbox WHERE id IN ({marks})", tuple(ids))  # noqa: S608 - only placeholders
+        rows = self._query(f"{_ITEM} WHERE id IN ({marks})", tuple(ids))
         by_id = {item.id: item for item in (self._item(r) for r in rows)}
         return [by_id[i] for i in ids if i in by_id]
 
@@ -201,11 +207,25 @@ class SQLProcedureStore:
         return [self._procedure(r) for r in rows]
 
     def _item(self, row: Sequence[Any]) -> OutboxItem:
-        item_id, raw = row
-        item = decode(self._box.open(self._d.from_json(raw), associated=f"outbox/{item_id}"))
-        if not isinstance(item, OutboxItem):
-            raise TypeError("not an outbox item")
-        return item
+        item_id, procedure_id, created_at, next_attempt_at, done_at, dead_at, attempts, raw = row
+        data = self._box.open(self._d.from_json(raw), associated=f"outbox/{item_id}")
+        if "$type" in data:
+            # Sealed, or written before the columns were left out of the JSON: all in the JSON.
+            item = decode(data)
+            if not isinstance(item, OutboxItem):
+                raise TypeError("not an outbox item")
+            return item
+        d = self._d
+        return OutboxItem(
+            id=item_id,
+            effect=decode({**data["effect"], "procedure_id": procedure_id}),
+            created_at=d.from_time(created_at),
+            attempts=attempts,
+            next_attempt_at=d.from_time(next_attempt_at),
+            done_at=None if done_at is None else d.from_time(done_at),
+            last_error=data.get("last_error"),
+            dead_at=None if dead_at is None else d.from_time(dead_at),
+        )
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -225,6 +245,14 @@ class SQLProcedureStore:
 
     def _outbox_row(self, item: OutboxItem) -> tuple[Any, ...]:
         d = self._d
+        data = encode(item)
+        if isinstance(self._box, PlainRecords):
+            # What the columns hold is not written twice: the JSON keeps the effect (its
+            # procedure is a column too) and the last error. A sealed payload keeps everything,
+            # so that it authenticates the whole item.
+            for name in (*_ITEM_COLUMNS, "$type"):
+                data.pop(name, None)
+            data["effect"].pop("procedure_id")
         return (
             item.id,
             item.effect.procedure_id,
@@ -233,7 +261,7 @@ class SQLProcedureStore:
             d.time(item.done_at),
             d.time(item.dead_at),
             item.attempts,
-            d.json(self._box.seal(encode(item), associated=f"outbox/{item.id}")),
+            d.json(self._box.seal(data, associated=f"outbox/{item.id}")),
         )
 
     def _write(self, tx: Transaction, commit: Commit) -> None:
