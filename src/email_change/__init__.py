@@ -65,7 +65,7 @@ from email_change._machine import (
 )
 from email_change._messages import MAIL_KIND_HEADER, MailSettings, Messages
 from email_change._observe import DeliveryAttempt, EventReport
-from email_change._policy import Policy
+from email_change._policy import AUTHENTICATION_CLOCK_LEEWAY, Policy
 from email_change._ports import (
     AccountDirectory,
     AuditSink,
@@ -124,6 +124,7 @@ from email_change._values import (
 from email_change._views import NextStep, ProcedureView
 
 __all__ = [
+    "AUTHENTICATION_CLOCK_LEEWAY",
     "EXPIRABLE_STATES",
     "EXPIRY",
     "FINAL_STATES",
