@@ -19,6 +19,7 @@ from email_change import testing
 from email_change.adapters import memory
 from email_change.adapters.sql import SQLStorage
 from tests.support import CURRENT, INSURED, KEY, SERIAL, World, form
+from tests.test_support import _race
 
 P1 = "pirate@malveillant.example"
 P2 = "pirate2@malveillant.example"
@@ -249,3 +250,47 @@ def test_a_future_authentication_time_is_refused(world: World) -> None:
 
 def test_the_leeway_is_small() -> None:
     assert timedelta(0) < ec.AUTHENTICATION_CLOCK_LEEWAY <= timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("round_", range(4))
+def test_a_dispute_racing_the_chained_confirmation_always_goes_back(
+    world: World, round_: int
+) -> None:
+    """The dispute and the chained change's confirmation race: both are decided in the
+    insured's transaction, so whichever commits first, the owner ends with the old address,
+    the chained change is not the account's, and its notice cannot undo the dispute."""
+    _register(world, P1)
+    owner_notice = world.token(CURRENT)
+    world.service.confirm(world.token(P1))
+    world.clock.advance(minutes=round_ + 1)
+    _register(world, P2)
+    confirm_p2, attacker_notice = world.token(P2), world.token(P1)
+    outcomes = _race(
+        lambda: world.service.confirm(confirm_p2), lambda: world.service.revert(owner_notice)
+    )
+    assert outcomes[1] == "ok"
+    assert outcomes[0] in {"ok", "link.invalid", "procedure.conflict", "insured.frozen"}
+    _owner_has_it_back(world)
+    with pytest.raises(ec.InvalidLink):
+        world.service.revert(attacker_notice)
+    _owner_has_it_back(world)
+
+
+def test_a_registration_left_open_by_an_earlier_dispute_never_confirms(world: World) -> None:
+    """A dispute recorded before disputes ended the open procedure (its mark in the ledger, the
+    chained registration still awaiting): the chained link is dead all the same."""
+    first = _register(world, P1)
+    world.service.confirm(world.token(P1))
+    world.clock.advance(minutes=5)
+    _register(world, P2)
+    confirm_p2 = world.token(P2)
+    world.clock.advance(minutes=5)
+    marks = tuple(
+        ec.LedgerEntry(insured_id=INSURED, procedure_id=first, kind=kind, at=world.clock.now())
+        for kind in (ec.LedgerKind.FROZEN, ec.LedgerKind.UNFROZEN)
+    )
+    with world.store.transaction(INSURED) as tx:
+        tx.commit(ec.Commit(procedure=None, expected_version=None, ledger=marks))
+    with pytest.raises(ec.InvalidLink):
+        world.service.confirm(confirm_p2)
+    assert _address(world) == P1
