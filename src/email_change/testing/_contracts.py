@@ -300,14 +300,17 @@ class ProcedureStoreContract:
         commit_in_transaction(store, Commit(procedure=second, expected_version=None))
         reverted = _next(confirmed, state="reverted", ended_at=T0 + timedelta(minutes=1))
         voided = _next(second, state="cancelled", code=None, ended_at=T0 + timedelta(minutes=1))
-        with pytest.raises(ConcurrentUpdate), store.transaction("insured-1") as tx:
-            tx.commit(Commit(procedure=reverted, expected_version=confirmed.version))
-            tx.commit(Commit(procedure=voided, expected_version=second.version + 5))
+
+        def both(second_read: int) -> None:
+            with store.transaction("insured-1") as tx:
+                tx.commit(Commit(procedure=reverted, expected_version=confirmed.version))
+                tx.commit(Commit(procedure=voided, expected_version=second_read))
+
+        with pytest.raises(ConcurrentUpdate):
+            both(second.version + 5)  # the second is stale: the first is not written either
         assert store.load("p1") == confirmed
         assert store.open_procedure_of("insured-1") == second
-        with store.transaction("insured-1") as tx:
-            tx.commit(Commit(procedure=reverted, expected_version=confirmed.version))
-            tx.commit(Commit(procedure=voided, expected_version=second.version))
+        both(second.version)
         assert store.load("p1") == reverted
         assert store.load("p2") == voided
         assert store.open_procedure_of("insured-1") is None
