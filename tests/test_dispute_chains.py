@@ -294,3 +294,15 @@ def test_a_registration_left_open_by_an_earlier_dispute_never_confirms(world: Wo
     with pytest.raises(ec.InvalidLink):
         world.service.confirm(confirm_p2)
     assert _address(world) == P1
+
+
+def test_support_shows_no_dispute_window_for_a_change_a_dispute_went_back_past(
+    world: World,
+) -> None:
+    owner_notice, _ = _hijack_then_chain(world, confirm_second=True)
+    case = world.support.find(AGENT, REASON, INSURED)
+    assert [p.dispute_until is not None for p in case.procedures] == [True, True]
+    world.service.revert(owner_notice)
+    case = world.support.find(AGENT, REASON, INSURED)
+    by_state = {p.view.state: p.dispute_until for p in case.procedures}
+    assert by_state == {"confirmed": None, "reverted": None}
