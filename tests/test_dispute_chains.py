@@ -306,3 +306,19 @@ def test_support_shows_no_dispute_window_for_a_change_a_dispute_went_back_past(
     case = world.support.find(AGENT, REASON, INSURED)
     by_state = {p.view.state: p.dispute_until for p in case.procedures}
     assert by_state == {"confirmed": None, "reverted": None}
+
+
+def test_a_directory_that_cannot_answer_never_stops_a_dispute(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner_notice, attacker_notice = _hijack_then_chain(world, confirm_second=True)
+
+    def down(_insured_id: str) -> None:
+        raise ConnectionError("directory down")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(world.directory, "current_address", down)
+        assert world.service.revert(owner_notice).state == "reverted"
+    _owner_has_it_back(world)
+    with pytest.raises(ec.InvalidLink):
+        world.service.revert(attacker_notice)

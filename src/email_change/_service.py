@@ -428,10 +428,7 @@ class EmailChangeService:
                 raise InvalidLink()
             inputs: dict[str, Any] = {"secret": secret}
             if event == "revert":
-                # Asked before the insured is held: the address the dispute may remove.
-                inputs["in_force"] = self._call(
-                    "account_directory", self._directory.current_address, proc.insured_id
-                )
+                inputs["in_force"] = self._in_force(proc.insured_id)
             try:
                 return self._operate(call, proc.insured_id, procedure_id, **inputs)
             except EventNotAllowed:
@@ -577,6 +574,15 @@ class EmailChangeService:
         draft.version = proc.version + 1
         draft.updated_at = step.now
         return draft
+
+    def _in_force(self, insured_id: str) -> EmailAddress | None:
+        """The account's address, for a dispute to tell if it removes it. Asked before the
+        insured is held; a directory that cannot answer never stops a dispute."""
+        try:
+            address = self._call("account_directory", self._directory.current_address, insured_id)
+        except ServiceUnavailable:
+            return None
+        return address if isinstance(address, EmailAddress) else None
 
     def _refuse_if_frozen(self, call: _Call, insured_id: str) -> None:
         """:class:`InsuredFrozen` if the insured is frozen and ``call`` is a self-service event
