@@ -93,6 +93,7 @@ from email_change._values import (
 )
 
 __all__ = [
+    "ENDS_THE_OPEN_PROCEDURE",
     "EXPIRABLE_STATES",
     "EXPIRY",
     "FINAL_STATES",
@@ -790,6 +791,12 @@ FROZEN_EVENTS: frozenset[str] = frozenset(
 )
 
 
+#: Events that also end the insured's *other* open procedure, in the same transaction, and the
+#: event that ends it: a dispute goes back, never forward, so whatever was started after the
+#: disputed change goes with it.
+ENDS_THE_OPEN_PROCEDURE: Mapping[str, str] = {"revert": "void"}
+
+
 def accepts(state: ProcedureState, event: str) -> bool:
     """Whether the table has a transition for ``event`` from ``state`` (guards aside)."""
     return event in _ACCEPTS[state]
@@ -943,6 +950,9 @@ def _check_derived_facts() -> None:
     """Fail at import, loudly, if the table and the facts written beside it disagree."""
     if {ProcedureState(s.value) for s in EmailChangeMachine.states} != set(ProcedureState):
         raise RuntimeError("ProcedureState and the machine's states differ")
+    for ends in ENDS_THE_OPEN_PROCEDURE.values():
+        if not all(accepts(state, ends) for state in OPEN_STATES):
+            raise RuntimeError(f"{ends} must end every open procedure")
     if set(_ANCHORS) != EXPIRABLE_STATES:
         raise RuntimeError("EXPIRY must cover exactly the states the expire event leaves")
     for state in EXPIRABLE_STATES:

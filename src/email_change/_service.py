@@ -45,6 +45,7 @@ from email_change._errors import (
     ServiceUnavailable,
 )
 from email_change._machine import (
+    ENDS_THE_OPEN_PROCEDURE,
     FROZEN_EVENTS,
     AddressForm,
     ExpiryCutoff,
@@ -551,11 +552,12 @@ class EmailChangeService:
         commits = [_commit(proc, draft, step.outcome)]
         outcome = step.outcome
         voided: tuple[Procedure, Procedure] | None = None
-        if event == "revert":
+        ends = ENDS_THE_OPEN_PROCEDURE.get(event)
+        if ends is not None:
             other = tx.open_procedure()
             if other is not None and other.id != proc.id:
                 rest = Step(now=now, policy=policy, keyring=self._keyring, rng=self._rng)
-                ended = self._run(other, "void", rest)
+                ended = self._run(other, ends, rest)
                 commits.append(_commit(other, ended, rest.outcome))
                 outcome.outbox.extend(rest.outcome.outbox)
                 voided = (other, ended)
@@ -616,7 +618,7 @@ class EmailChangeService:
                     at=fired.now,
                     insured_id=other.insured_id,
                     procedure_id=other.id,
-                    event="void",
+                    event=ENDS_THE_OPEN_PROCEDURE[fired.call.event],
                     outcome="ok",
                     from_state=other.state,
                     to_state=ended.state,
