@@ -47,7 +47,7 @@ def _assert_owner_has_it_back(world: World, disputed_at: object) -> None:
 
 def _assert_attacker_cannot_retry(world: World, pid: str) -> None:
     before = world.snapshot()
-    with pytest.raises(ec.InvalidLink):  # the disputed link is dead
+    with pytest.raises(ec.InsuredFrozen):  # the disputed link is dead; the freeze answers first
         world.service.confirm(world.token(ATTACKER))
     with pytest.raises(ec.InsuredFrozen):  # and no new procedure starts
         world.service.start(INSURED)

@@ -31,6 +31,6 @@ def test_diagram_names_every_state_and_event() -> None:
     # Internal self-transitions (resend_code, resend_confirmation, counted wrong tries) are drawn as
     # state annotations, the others as arrows labelled with the event's name.
     events = {e for s in EmailChangeMachine.states for t in s.transitions for e in t.events}
-    assert len(events) == 11
+    assert len(events) == 12
     for event in events:
         assert event.id in text or event.name in text, event.id

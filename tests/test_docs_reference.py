@@ -248,8 +248,71 @@ def policy_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The reference HTTP API's own problem codes (beside the library's errors), with the status
+#: each is sent with and what it means; checked against the adapter's source below.
+HTTP_LAYER: dict[str, tuple[int, str]] = {
+    "request.invalid": (400, "malformed body"),
+    "request.host": (400, "a `Host` the app does not answer for"),
+    "auth.required": (401, "the login hook returned nothing"),
+    "agent.required": (401, "the support hook authenticated no agent"),
+    "csrf.cross_origin": (403, "a browser's cross-origin request"),
+    "csrf.token": (403, "a page form without its CSRF token"),
+    "http.not_found": (404, "no such route"),
+    "http.method_not_allowed": (405, ""),
+    "request.too_large": (413, ""),
+    "request.media_type": (415, "a body that is not `application/json`"),
+    "error": (500, "no detail; logged server-side"),
+}
+
+_ASGI = Path(__file__).parent.parent / "src" / "email_change" / "adapters" / "asgi"
+
+
+def _http_codes_in_source() -> set[tuple[int, str]]:
+    """Every (status, code) the reference HTTP adapter sends by name."""
+    found: set[tuple[int, str]] = set()
+    for module in _ASGI.glob("*.py"):
+        text = module.read_text(encoding="utf-8")
+        calls = re.findall(r"(?:ApiProblem|problem)\(\s*(\d{3}),\s*\"([a-z_.]+)\"", text)
+        mapped = re.findall(r"^\s+(\d{3}): \(\"([a-z_.]+)\"", text, flags=re.MULTILINE)
+        found.update((int(status), code) for status, code in (*calls, *mapped))
+    return found
+
+
+def http_statuses_page() -> str:
+    """The HTTP status of every problem code: the library's errors (their ``http_status``) and
+    the HTTP adapter's own codes."""
+    by_status: dict[int, list[str]] = {}
+    for cls in _error_classes():
+        by_status.setdefault(cls.http_status, []).append(f"`{cls.code}`")
+    for code, (status, note) in HTTP_LAYER.items():
+        by_status.setdefault(status, []).append(f"`{code}`" + (f" ({note})" if note else ""))
+    lines = [
+        _GENERATED.format(source="the error classes' http_status and the HTTP adapter's codes"),
+        "",
+        "| status | codes |",
+        "|---|---|",
+    ]
+    lines.extend(
+        f"| {status} | {_cell(', '.join(codes))} |" for status, codes in sorted(by_status.items())
+    )
+    return "\n".join(lines) + "\n"
+
+
+def test_every_http_code_of_the_adapter_is_in_the_status_table() -> None:
+    library = {(cls.http_status, cls.code) for cls in _error_classes()}
+    layer = {(status, code) for code, (status, _) in HTTP_LAYER.items()}
+    sent = _http_codes_in_source()
+    assert sent - library - layer == set(), "an HTTP code the status table does not list"
+    assert layer - sent == set(), "the status table lists an HTTP code nothing sends"
+
+
 @pytest.mark.parametrize(
-    ("name", "generate"), [("errors.md", errors_page), ("policy.md", policy_page)]
+    ("name", "generate"),
+    [
+        ("errors.md", errors_page),
+        ("policy.md", policy_page),
+        ("http-statuses.md", http_statuses_page),
+    ],
 )
 def test_generated_page_is_current(name: str, generate: Any) -> None:
     page = INCLUDES / name

@@ -317,7 +317,7 @@ def test_a_dispute_racing_the_confirmation_always_wins(round_: int) -> None:
     outcomes = _race(lambda: world.service.confirm(confirm), lambda: world.service.revert(notice))
     # Whichever commits first, the dispute ends it: before confirmation or after it.
     assert outcomes[1] == "ok"
-    assert outcomes[0] in {"ok", "link.invalid", "procedure.conflict"}
+    assert outcomes[0] in {"ok", "link.invalid", "procedure.conflict", "insured.frozen"}
     stored = world.store.load(pid)
     assert stored is not None and stored.state == "reverted"
     assert str(world.directory.current_address(INSURED)) == CURRENT

@@ -50,6 +50,7 @@ from email_change._machine import (
     EXPIRABLE_STATES,
     EXPIRY,
     FINAL_STATES,
+    FROZEN_EVENTS,
     OPEN_STATES,
     AddressForm,
     EmailChangeMachine,
@@ -65,7 +66,7 @@ from email_change._machine import (
 )
 from email_change._messages import MAIL_KIND_HEADER, MailSettings, Messages
 from email_change._observe import DeliveryAttempt, EventReport
-from email_change._policy import Policy
+from email_change._policy import AUTHENTICATION_CLOCK_LEEWAY, Policy
 from email_change._ports import (
     AccountDirectory,
     AuditSink,
@@ -124,9 +125,11 @@ from email_change._values import (
 from email_change._views import NextStep, ProcedureView
 
 __all__ = [
+    "AUTHENTICATION_CLOCK_LEEWAY",
     "EXPIRABLE_STATES",
     "EXPIRY",
     "FINAL_STATES",
+    "FROZEN_EVENTS",
     "MAIL_KIND_HEADER",
     "OPEN_STATES",
     "AccountAction",

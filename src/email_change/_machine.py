@@ -93,9 +93,11 @@ from email_change._values import (
 )
 
 __all__ = [
+    "ENDS_THE_OPEN_PROCEDURE",
     "EXPIRABLE_STATES",
     "EXPIRY",
     "FINAL_STATES",
+    "FROZEN_EVENTS",
     "OPEN_STATES",
     "AddressForm",
     "EmailChangeMachine",
@@ -109,6 +111,7 @@ __all__ = [
     "ending",
     "expiry_anchor",
     "expiry_cutoffs",
+    "is_frozen",
     "login_allowed",
     "refusal_in",
 ]
@@ -158,6 +161,12 @@ class Step:
     rng: RandomSource = attrs.field(repr=False)
     #: The insured's ledger entries inside the policy's rolling window.
     history: tuple[LedgerEntry, ...] = ()
+    #: When each change that a dispute mark of ``history`` undid was registered (``None``: that
+    #: procedure is no longer stored), read by the service in the same transaction.
+    disputed: Mapping[str, datetime | None] = attrs.field(factory=dict)
+    #: The account's address in force, as the directory gave it before the insured was held
+    #: (``revert`` only): the dispute tells it when it is not the disputed one.
+    in_force: EmailAddress | None = None
     outcome: Outcome = attrs.field(factory=Outcome)
 
     def count(self, *kinds: LedgerKind) -> list[datetime]:
@@ -184,12 +193,34 @@ class Step:
                 counted.append(entry.at)
         return sorted(counted)
 
+    def undone(self, proc: Procedure) -> bool:
+        """Whether a dispute undid a change registered before ``proc`` while ``proc`` was
+        already registered: a dispute goes back, never forward, so ``proc``'s links are dead,
+        also once the freeze is lifted."""
+        registered = proc.registered_at
+        if registered is None:
+            return False
+        for mark in self.history:
+            if mark.kind is not LedgerKind.FROZEN or mark.procedure_id == proc.id:
+                continue
+            before = self.disputed.get(mark.procedure_id)
+            # A purged disputed change ended longer ago than any link lives: treat it as older.
+            if (before is None or before < registered) and registered <= mark.at:
+                return True
+        return False
+
     @property
     def frozen(self) -> bool:
         """Whether the insured's self-service changes are frozen: the latest freeze entry of the
         ledger (whatever its age) is a dispute, not a support agent lifting it."""
-        marks = [e.kind for e in self.history if e.kind in FREEZE_MARKS]  # oldest first
-        return bool(marks) and marks[-1] is LedgerKind.FROZEN
+        return is_frozen(self.history)
+
+
+def is_frozen(history: Sequence[LedgerEntry]) -> bool:
+    """Whether the insured whose ledger is ``history`` (oldest first) is frozen: the latest
+    freeze mark, whatever its age, is a dispute, not a support agent lifting it."""
+    marks = [e.kind for e in history if e.kind in FREEZE_MARKS]
+    return bool(marks) and marks[-1] is LedgerKind.FROZEN
 
 
 _FAILURES = frozenset({LedgerKind.WRONG_CODE, LedgerKind.WRONG_SERIAL})
@@ -335,14 +366,23 @@ class EmailChangeMachine(StateChart[Procedure]):
         cancelled, validators="link_mail_is", on="withdraw_registration"
     )
     cancel = (
-        code_sent.to(cancelled, on="end")
-        | code_verified.to(cancelled, on="end")
-        | identity_verified.to(cancelled, on="end")
+        code_sent.to(cancelled, validators="not_frozen", on="end")
+        | code_verified.to(cancelled, validators="not_frozen", on="end")
+        | identity_verified.to(cancelled, validators="not_frozen", on="end")
     )
     expire = (
         code_sent.to(expired, cond="past_deadline", on="end")
         | code_verified.to(expired, cond="past_deadline", on="end")
         | identity_verified.to(expired, cond="past_deadline", on="end")
+    )
+    #: A dispute of an earlier change ends the insured's open procedure, in the same
+    #: transaction: whatever was started from the disputed address goes too (a pending
+    #: registration is withdrawn and its address told; the dispute clears it in the directory).
+    void = (
+        code_sent.to(cancelled, on="end")
+        | code_verified.to(cancelled, on="end")
+        | identity_verified.to(cancelled, on="end")
+        | awaiting_confirmation.to(cancelled, on="tell_disputed")
     )
 
     #: Set by ``address_form_valid`` for ``register_address`` in the same event.
@@ -455,6 +495,8 @@ class EmailChangeMachine(StateChart[Procedure]):
         link = self.proc.link
         if link is None or not step.keyring.verify(LINK, self.proc.id, secret, link.digest):
             raise InvalidLink()
+        if step.undone(self.proc):
+            raise InvalidLink()  # a dispute went back past it: it can never be the account's
         if step.now >= link.expires_at:
             raise LinkExpired()
 
@@ -477,6 +519,8 @@ class EmailChangeMachine(StateChart[Procedure]):
         digest = self.proc.revert_digest
         if digest is None or not step.keyring.verify(REVERT, self.proc.id, secret, digest):
             raise InvalidLink()
+        if step.undone(self.proc):
+            raise InvalidLink()  # an earlier change was disputed: never forward again
         registered_at = self.proc.registered_at
         assert registered_at is not None  # noqa: S101 - the digest is set at registration
         if step.now >= registered_at + step.policy.dispute_window:
@@ -672,6 +716,15 @@ class EmailChangeMachine(StateChart[Procedure]):
         self._undo_registration(
             step, AccountAction.RESTORE_ADDRESS, MailKind.CHANGE_DISPUTED, proc.new_address
         )
+        # A later change moved the account on (old -> X -> Y, the first change disputed): the
+        # address the dispute removes, Y, is told as well.
+        in_force = step.in_force
+        if in_force is not None and in_force.key not in {
+            proc.new_address.key,
+            proc.current_address.key,
+        }:
+            masked = mask_address(proc.new_address) or ""
+            self._mail(step, MailKind.CHANGE_DISPUTED, in_force, None, new_address=masked)
         self._owe(
             step,
             AccountEffect(
@@ -687,6 +740,13 @@ class EmailChangeMachine(StateChart[Procedure]):
             MailKind.REGISTRATION_CANCELLED,
             self.proc.current_address,
         )
+
+    def tell_disputed(self, step: Step) -> None:
+        """The pending registration a dispute ends: its address is told."""
+        proc = self.proc
+        assert proc.new_address is not None  # noqa: S101 - set at registration
+        masked = mask_address(proc.new_address) or ""
+        self._mail(step, MailKind.CHANGE_DISPUTED, proc.new_address, None, new_address=masked)
 
     def end(self, step: Step) -> None:
         """Cancel and expire: ending the procedure is all they do (see ``on_enter_state``)."""
@@ -717,6 +777,24 @@ OPEN_STATES: frozenset[ProcedureState] = frozenset(
 EXPIRABLE_STATES: frozenset[ProcedureState] = frozenset(
     v for v, events in _ACCEPTS.items() if "expire" in events
 )
+
+
+#: The self-service events a freeze refuses: those whose transitions check ``not_frozen``. While
+#: the insured is frozen they answer :class:`~email_change.InsuredFrozen` first, whatever the
+#: state of the procedure they name (or if there is none).
+FROZEN_EVENTS: frozenset[str] = frozenset(
+    str(e.id)
+    for s in EmailChangeMachine.states
+    for t in s.transitions
+    if "not_frozen" in [str(v) for v in t.validators]
+    for e in t.events
+)
+
+
+#: Events that also end the insured's *other* open procedure, in the same transaction, and the
+#: event that ends it: a dispute goes back, never forward, so whatever was started after the
+#: disputed change goes with it.
+ENDS_THE_OPEN_PROCEDURE: Mapping[str, str] = {"revert": "void"}
 
 
 def accepts(state: ProcedureState, event: str) -> bool:
@@ -872,6 +950,9 @@ def _check_derived_facts() -> None:
     """Fail at import, loudly, if the table and the facts written beside it disagree."""
     if {ProcedureState(s.value) for s in EmailChangeMachine.states} != set(ProcedureState):
         raise RuntimeError("ProcedureState and the machine's states differ")
+    for ends in ENDS_THE_OPEN_PROCEDURE.values():
+        if not all(accepts(state, ends) for state in OPEN_STATES):
+            raise RuntimeError(f"{ends} must end every open procedure")
     if set(_ANCHORS) != EXPIRABLE_STATES:
         raise RuntimeError("EXPIRY must cover exactly the states the expire event leaves")
     for state in EXPIRABLE_STATES:

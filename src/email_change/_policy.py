@@ -11,7 +11,12 @@ from datetime import timedelta
 
 import attrs
 
-__all__ = ["MAX_DURATION", "Policy"]
+__all__ = ["AUTHENTICATION_CLOCK_LEEWAY", "MAX_DURATION", "Policy"]
+
+#: How far after the service's clock an ``authenticated_at`` may lie and still be taken as
+#: fresh: the host's login server and this service rarely agree to the second. A later time is
+#: no proof of a fresh login (a forged or skewed one), so ``start`` refuses it as too old.
+AUTHENTICATION_CLOCK_LEEWAY = timedelta(minutes=2)
 
 
 #: The longest duration a policy takes: a year is more than any lifetime, window or cooldown of

@@ -163,6 +163,10 @@ class InsuredTransaction(Protocol):
         :class:`~email_change.ConcurrentUpdate` and write nothing: if the stored procedure's
         version is not ``commit.expected_version`` (bulk expiry may have moved it without the
         insured's lock), or, for a new procedure, if it exists or the insured has an open one.
+
+        One transaction may commit several procedures of its insured (a dispute commits the
+        disputed one and ends the open one): all are written when the transaction ends, or
+        none. Committing the same procedure twice in one transaction is a bug (``RuntimeError``).
         """
         ...
 

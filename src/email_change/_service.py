@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import attrs
@@ -36,6 +36,7 @@ from email_change._errors import (
     ConcurrentUpdate,
     EmailChangeError,
     EventNotAllowed,
+    InsuredFrozen,
     InvalidForm,
     InvalidLink,
     NoCurrentAddress,
@@ -44,6 +45,8 @@ from email_change._errors import (
     ServiceUnavailable,
 )
 from email_change._machine import (
+    ENDS_THE_OPEN_PROCEDURE,
+    FROZEN_EVENTS,
     AddressForm,
     ExpiryCutoff,
     Outcome,
@@ -52,11 +55,12 @@ from email_change._machine import (
     accepts,
     deadline_of,
     expiry_cutoffs,
+    is_frozen,
     login_allowed,
     refusal_in,
 )
 from email_change._observe import EventReport, Observers
-from email_change._policy import Policy
+from email_change._policy import AUTHENTICATION_CLOCK_LEEWAY, Policy
 from email_change._ports import (
     AccountDirectory,
     AuditSink,
@@ -71,6 +75,7 @@ from email_change._records import (
     AuditRecord,
     Commit,
     LedgerEntry,
+    LedgerKind,
     MailEffect,
     MailKind,
     OutboxItem,
@@ -81,6 +86,7 @@ from email_change._reuse import bound_machine
 from email_change._values import (
     Card,
     Channel,
+    EmailAddress,
     mask_address,
     parse_code,
     parse_serial,
@@ -188,7 +194,7 @@ class EmailChangeService:
             locale = arguments.locale(locale)
             authenticated = arguments.instant(authenticated_at, "authenticated_at")
             max_age = self.policy.max_authentication_age
-            if max_age and (authenticated is None or self._now() - authenticated > max_age):
+            if max_age and not _fresh(authenticated, self._now(), max_age):
                 raise AuthenticationTooOld()
             address = None
             for _ in range(MAX_REPLAYS):
@@ -291,6 +297,7 @@ class EmailChangeService:
             call.insured_id = insured = arguments.insured_id(insured_id)
             proc = self._store.open_procedure_of(insured)
             if proc is None:
+                self._refuse_if_frozen(call, insured)
                 raise EventNotAllowed(event=call.event, state="none")
             return self._operate(call, insured, call.saw(proc).id)
 
@@ -412,12 +419,19 @@ class EmailChangeService:
         with self._audited(call):
             procedure_id, secret = _split_token(token)
             proc = self._store.load(procedure_id)
-            # One answer for an unknown, used, superseded or ended link: nothing tells them apart.
-            if proc is None or not accepts(call.saw(proc).state, event):
+            if proc is None:
                 raise InvalidLink()
             call.insured_id = proc.insured_id
+            # One answer for an unknown, used, superseded or ended link: nothing tells them
+            # apart, except a freeze, which the insured's every self-service event answers first.
+            if not accepts(call.saw(proc).state, event):
+                self._refuse_if_frozen(call, proc.insured_id)
+                raise InvalidLink()
+            inputs: dict[str, Any] = {"secret": secret}
+            if event == "revert":
+                inputs["in_force"] = self._in_force(proc.insured_id)
             try:
-                return self._operate(call, proc.insured_id, procedure_id, secret=secret)
+                return self._operate(call, proc.insured_id, procedure_id, **inputs)
             except EventNotAllowed:
                 raise InvalidLink() from None
 
@@ -483,15 +497,14 @@ class EmailChangeService:
                         fired = self._fire(tx, expire, proc, "expire", now)
                         expired = True
                     else:
-                        refusal = refusal_in(proc.state)
-                        if refusal is not None:
-                            raise refusal()
+                        history = tuple(tx.ledger_since(LEDGER_START))
+                        _refuse_first(event, proc.state, history)
                         if late_inputs is not None and accepts(proc.state, event):
                             # The state moved since the look before the lock. Never ask a port
                             # while the insured is held (on PostgreSQL it would take a second
                             # pooled connection): answer as for any race; the caller retries.
                             raise _StateMoved()  # noqa: TRY301 - leaves the transaction
-                        fired = self._fire(tx, call, proc, event, now, **inputs)
+                        fired = self._fire(tx, call, proc, event, now, history=history, **inputs)
             except _StateMoved:
                 raise ConcurrentUpdate() from None
             except ConcurrentUpdate:
@@ -509,14 +522,51 @@ class EmailChangeService:
         proc: Procedure,
         event: str,
         now: datetime,
+        *,
+        history: tuple[LedgerEntry, ...] | None = None,
+        in_force: EmailAddress | None = None,
         **inputs: Any,
     ) -> _Fired:
-        """Run ``event`` on a copy of ``proc`` and commit it in ``tx`` (the insured is held)."""
+        """Run ``event`` on a copy of ``proc`` and commit it in ``tx`` (the insured is held).
+
+        A dispute (``revert``) also ends the insured's open procedure, if another one is open,
+        in the same transaction (the machine's ``void``): a dispute goes back, never forward.
+        """
         policy = self.policy
         # The whole ledger the store keeps: budgets look at the window, a freeze lasts until it
-        # is lifted, whatever its age.
-        history = () if event == "expire" else tuple(tx.ledger_since(LEDGER_START))
-        step = Step(now=now, policy=policy, keyring=self._keyring, rng=self._rng, history=history)
+        # is lifted, whatever its age, and a dispute mark kills the later changes' links.
+        if event == "expire":
+            history = ()
+        elif history is None:
+            history = tuple(tx.ledger_since(LEDGER_START))
+        step = Step(
+            now=now,
+            policy=policy,
+            keyring=self._keyring,
+            rng=self._rng,
+            history=history,
+            disputed=_disputed(tx, history),
+            in_force=in_force,
+        )
+        draft = self._run(proc, event, step, **inputs)
+        commits = [_commit(proc, draft, step.outcome)]
+        outcome = step.outcome
+        voided: tuple[Procedure, Procedure] | None = None
+        ends = ENDS_THE_OPEN_PROCEDURE.get(event)
+        if ends is not None:
+            other = tx.open_procedure()
+            if other is not None and other.id != proc.id:
+                rest = Step(now=now, policy=policy, keyring=self._keyring, rng=self._rng)
+                ended = self._run(other, ends, rest)
+                commits.append(_commit(other, ended, rest.outcome))
+                outcome.outbox.extend(rest.outcome.outbox)
+                voided = (other, ended)
+        for commit in commits:
+            tx.commit(commit)
+        return _Fired(call=call, before=proc, draft=draft, now=now, outcome=outcome, voided=voided)
+
+    def _run(self, proc: Procedure, event: str, step: Step, **inputs: Any) -> Procedure:
+        """``event`` on a copy of ``proc``: the copy, moved (the store is not touched)."""
         draft = proc.copy()
         try:
             with bound_machine(draft) as machine:
@@ -524,17 +574,27 @@ class EmailChangeService:
         except TransitionNotAllowed:
             raise EventNotAllowed(event=event, state=proc.state) from None
         draft.version = proc.version + 1
-        draft.updated_at = now
-        outcome = step.outcome
-        tx.commit(
-            Commit(
-                procedure=draft,
-                expected_version=None if proc.state is ProcedureState.NEW else proc.version,
-                ledger=tuple(outcome.ledger),
-                outbox=tuple(outcome.outbox),
-            )
-        )
-        return _Fired(call=call, before=proc, draft=draft, now=now, outcome=outcome)
+        draft.updated_at = step.now
+        return draft
+
+    def _in_force(self, insured_id: str) -> EmailAddress | None:
+        """The account's address, for a dispute to tell if it removes it. Asked before the
+        insured is held; a directory that cannot answer never stops a dispute."""
+        try:
+            address = self._call("account_directory", self._directory.current_address, insured_id)
+        except ServiceUnavailable:
+            return None
+        return address if isinstance(address, EmailAddress) else None
+
+    def _refuse_if_frozen(self, call: _Call, insured_id: str) -> None:
+        """:class:`InsuredFrozen` if the insured is frozen and ``call`` is a self-service event
+        a freeze refuses: it answers first, even with no procedure the event could move."""
+        if call.event not in FROZEN_EVENTS:
+            return
+        with self._store.transaction(insured_id) as tx:  # read only: nothing is committed
+            history = tuple(tx.ledger_since(LEDGER_START))
+        if is_frozen(history):
+            raise InsuredFrozen()
 
     def _report(self, fired: _Fired) -> ProcedureView:
         """After the commit, outside the insured's lock: audit, deliver, answer."""
@@ -551,6 +611,20 @@ class EmailChangeService:
                 detail={**_detail(draft), **fired.call.detail},
             )
         )
+        if fired.voided is not None:
+            other, ended = fired.voided
+            self._audit_record(
+                AuditRecord(
+                    at=fired.now,
+                    insured_id=other.insured_id,
+                    procedure_id=other.id,
+                    event=ENDS_THE_OPEN_PROCEDURE[fired.call.event],
+                    outcome="ok",
+                    from_state=other.state,
+                    to_state=ended.state,
+                    detail={**_detail(ended), "disputed": proc.id},
+                )
+            )
         self._observers.event(
             EventReport(
                 event=fired.call.event,
@@ -575,6 +649,46 @@ class EmailChangeService:
             self._audit.record(record)
         except Exception:
             log.exception("audit sink failed for %s %s", record.event, record.outcome)
+
+
+def _fresh(authenticated: datetime | None, now: datetime, max_age: timedelta) -> bool:
+    """Whether a login at ``authenticated`` is recent enough: not older than ``max_age``, and
+    not later than ``now`` beyond :data:`AUTHENTICATION_CLOCK_LEEWAY` (a time in the future is
+    no proof of a fresh login)."""
+    if authenticated is None:
+        return False
+    return now - max_age <= authenticated <= now + AUTHENTICATION_CLOCK_LEEWAY
+
+
+def _refuse_first(event: str, state: ProcedureState, history: tuple[LedgerEntry, ...]) -> None:
+    """The refusals that come before the machine is asked: a freeze, for every self-service
+    event whatever the state; then an ended procedure that says why it takes no more."""
+    if event in FROZEN_EVENTS and is_frozen(history):
+        raise InsuredFrozen()
+    refusal = refusal_in(state)
+    if refusal is not None:
+        raise refusal()
+
+
+def _commit(before: Procedure, draft: Procedure, outcome: Outcome) -> Commit:
+    return Commit(
+        procedure=draft,
+        expected_version=None if before.state is ProcedureState.NEW else before.version,
+        ledger=tuple(outcome.ledger),
+        outbox=tuple(outcome.outbox),
+    )
+
+
+def _disputed(
+    tx: InsuredTransaction, history: tuple[LedgerEntry, ...]
+) -> dict[str, datetime | None]:
+    """When each change the ledger's dispute marks undid was registered (``None``: purged)."""
+    disputed: dict[str, datetime | None] = {}
+    for mark in history:
+        if mark.kind is LedgerKind.FROZEN and mark.procedure_id not in disputed:
+            undone = tx.load(mark.procedure_id)
+            disputed[mark.procedure_id] = None if undone is None else undone.registered_at
+    return disputed
 
 
 def _cards(found: object) -> tuple[Card, ...]:
@@ -682,6 +796,8 @@ class _Fired:
     draft: Procedure
     now: datetime
     outcome: Outcome
+    #: The open procedure a dispute ended in the same transaction: as it was, as it is.
+    voided: tuple[Procedure, Procedure] | None = None
 
 
 def _detail(proc: Procedure) -> dict[str, str]:

@@ -134,6 +134,7 @@ class SupportService:
             if open_one is not None and all(p.id != open_one.id for p in stored):
                 stored.insert(0, open_one)
             records = () if self._trail is None else self._trail.records_of(insured, RECENT_RECORDS)
+            step = self._with_disputes(step, stored)
             engine._audit_record(self._record(call, "ok"))
             return SupportCase(
                 insured_id=insured,
@@ -141,7 +142,7 @@ class SupportService:
                 login_allowed=login_allowed(None if open_one is None else open_one.state),
                 failures=len(step.failures()),
                 failure_budget=engine.policy.failures_per_insured_per_window,
-                procedures=tuple(self._procedure(p) for p in stored),
+                procedures=tuple(self._procedure(p, step) for p in stored),
                 trail=tuple(records),
             )
 
@@ -257,10 +258,27 @@ class SupportService:
             detail=dict(call.detail),
         )
 
-    def _procedure(self, proc: Procedure) -> SupportProcedure:
+    def _with_disputes(self, step: Step, stored: list[Procedure]) -> Step:
+        """``step`` knowing when each change its dispute marks undid was registered."""
+        known = {p.id: p for p in stored}
+        disputed: dict[str, datetime | None] = {}
+        for mark in step.history:
+            if mark.kind is LedgerKind.FROZEN and mark.procedure_id not in disputed:
+                undone = known.get(mark.procedure_id) or self._service._store.load(
+                    mark.procedure_id
+                )
+                disputed[mark.procedure_id] = None if undone is None else undone.registered_at
+        return attrs.evolve(step, disputed=disputed)
+
+    def _procedure(self, proc: Procedure, step: Step) -> SupportProcedure:
         policy = self._service.policy
         dispute_until = None
-        if proc.revert_digest is not None and accepts(proc.state, "revert"):
+        # A change a dispute of an earlier one went back past can no longer be disputed.
+        if (
+            proc.revert_digest is not None
+            and accepts(proc.state, "revert")
+            and not step.undone(proc)
+        ):
             assert proc.registered_at is not None  # noqa: S101 - the digest is set at registration
             dispute_until = proc.registered_at + policy.dispute_window
         return SupportProcedure(

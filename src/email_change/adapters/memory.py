@@ -246,12 +246,14 @@ _STRIPES = 256
 
 
 class _Transaction:
-    """One insured, held by its lock; the commit is applied when the block exits cleanly."""
+    """One insured, held by its lock; the commits are applied when the block exits cleanly."""
 
     def __init__(self, store: InMemoryProcedureStore, insured_id: str) -> None:
         self._store = store
         self._insured_id = insured_id
-        self.pending: tuple[Commit, _Encoded] | None = None
+        #: Applied together, in order, when the block exits cleanly (a dispute commits the
+        #: disputed procedure and the open one it ends).
+        self.pending: list[tuple[Commit, _Encoded]] = []
 
     def load(self, procedure_id: str) -> Procedure | None:
         return self._store.load(procedure_id)
@@ -268,13 +270,18 @@ class _Transaction:
             insureds.add(commit.procedure.insured_id)
         if insureds != {self._insured_id}:
             raise ValueError("a transaction commits only its own insured's procedure")
-        if self.pending is not None:
-            raise RuntimeError("one commit per transaction")
+        if any(
+            c.procedure is not None
+            and commit.procedure is not None
+            and c.procedure.id == commit.procedure.id
+            for c, _ in self.pending
+        ):
+            raise RuntimeError("one commit per procedure in a transaction")
         # Encoded and checked now, as a SQL store refuses at the statement: a record that cannot
         # be encoded, or a stale version, never gets as far as the end of the block.
         encoded = _encode_commit(commit)
         self._store.check(commit)
-        self.pending = (commit, encoded)
+        self.pending.append((commit, encoded))
 
 
 class InMemoryProcedureStore:
@@ -322,8 +329,8 @@ class InMemoryProcedureStore:
         with stripe:
             tx = _Transaction(self, insured_id)
             yield tx
-            if tx.pending is not None:
-                self._apply(*tx.pending)
+            if tx.pending:
+                self._apply_all(tx.pending)
 
     def due_outbox(self, now: datetime, limit: int) -> Sequence[OutboxItem]:
         items = [
@@ -396,6 +403,14 @@ class InMemoryProcedureStore:
                 current["insured_id"] != proc.insured_id
             ):
                 raise ConcurrentUpdate()
+
+    def _apply_all(self, commits: Sequence[tuple[Commit, _Encoded]]) -> None:
+        # All or nothing: every commit is checked before any is written (the insured is held,
+        # so only bulk expiry could move a procedure in between, and it never ends two).
+        for commit, _ in commits:
+            self.check(commit)
+        for commit, encoded in commits:
+            self._apply(commit, encoded)
 
     def _apply(self, commit: Commit, encoded: _Encoded) -> None:
         proc = commit.procedure

@@ -289,6 +289,32 @@ class ProcedureStoreContract:
         assert store.open_procedure_of("insured-1") == second
         assert store.load("p1") == ended
 
+    def test_one_transaction_commits_two_procedures_or_none(self, store: ProcedureStore) -> None:
+        # A dispute of a confirmed change ends the insured's open procedure in the same
+        # transaction: both are written, or neither.
+        first = make_procedure("p1")
+        commit_in_transaction(store, Commit(procedure=first, expected_version=None))
+        confirmed = _next(first, state="confirmed", code=None, ended_at=T0)
+        commit_in_transaction(store, Commit(procedure=confirmed, expected_version=first.version))
+        second = make_procedure("p2")
+        commit_in_transaction(store, Commit(procedure=second, expected_version=None))
+        reverted = _next(confirmed, state="reverted", ended_at=T0 + timedelta(minutes=1))
+        voided = _next(second, state="cancelled", code=None, ended_at=T0 + timedelta(minutes=1))
+
+        def both(second_read: int) -> None:
+            with store.transaction("insured-1") as tx:
+                tx.commit(Commit(procedure=reverted, expected_version=confirmed.version))
+                tx.commit(Commit(procedure=voided, expected_version=second_read))
+
+        with pytest.raises(ConcurrentUpdate):
+            both(second.version + 5)  # the second is stale: the first is not written either
+        assert store.load("p1") == confirmed
+        assert store.open_procedure_of("insured-1") == second
+        both(second.version)
+        assert store.load("p1") == reverted
+        assert store.load("p2") == voided
+        assert store.open_procedure_of("insured-1") is None
+
     def test_awaiting_confirmation_is_open(self, store: ProcedureStore) -> None:
         full = full_procedure("p1", "insured-1")
         commit_in_transaction(store, Commit(procedure=full, expected_version=None))

@@ -146,20 +146,26 @@ class Maintenance:
         """Delete ledger entries counted before ``now - retention.ledger``.
 
         A freeze mark (a dispute, a lift) goes only once a later mark of the same insured makes
-        it moot: a freeze lasts until it is lifted, and deleting moot marks, in any order and
-        any batches, never changes an insured's latest one.
+        it moot (a freeze lasts until it is lifted, and deleting moot marks, in any order and
+        any batches, never changes an insured's latest one) and once it is older than the
+        policy's dispute window too: a dispute mark is what keeps the links of the changes
+        registered before it dead, and the last of those lives one window after the dispute.
         """
-        cutoff = self.db.dialect.time(self._now(now) - self.retention.ledger)
+        at = self._now(now)
+        cutoff = self.db.dialect.time(at - self.retention.ledger)
+        marks_cutoff = self.db.dialect.time(
+            at - max(self.retention.ledger, self.policy.dispute_window)
+        )
         marks = sorted(k.value for k in FREEZE_MARKS)
         among = ", ".join("?" * len(marks))
         sql = (
             "DELETE FROM ledger WHERE seq IN (SELECT l.seq FROM ledger l WHERE l.at < ?"  # noqa: S608
-            f" AND (l.kind NOT IN ({among}) OR EXISTS (SELECT 1 FROM ledger later"
+            f" AND (l.kind NOT IN ({among}) OR (l.at < ? AND EXISTS (SELECT 1 FROM ledger later"
             " WHERE later.insured_id = l.insured_id AND later.seq > l.seq"
-            f" AND later.kind IN ({among})))"
+            f" AND later.kind IN ({among}))))"
             f" ORDER BY l.at LIMIT ?{self.db.dialect.skip_locked})"
         )
-        return self._batches(sql, (cutoff, *marks, *marks, self._batch))
+        return self._batches(sql, (cutoff, *marks, marks_cutoff, *marks, self._batch))
 
     def purge_outbox(self, now: datetime | None = None) -> int:
         """Delete outbox items delivered before ``now - retention.delivered_outbox``."""

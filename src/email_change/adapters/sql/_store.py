@@ -317,7 +317,8 @@ class _SQLTransaction:
         self._store = store
         self._tx = tx
         self._insured_id = insured_id
-        self._committed = False
+        #: Procedures committed in this transaction (a dispute commits two).
+        self._committed: set[str] = set()
 
     def load(self, procedure_id: str) -> Procedure | None:
         rows = self._tx.query(f"{_PROC} WHERE id = ?", (procedure_id,))
@@ -336,10 +337,12 @@ class _SQLTransaction:
             insureds.add(commit.procedure.insured_id)
         if insureds != {self._insured_id}:
             raise ValueError("a transaction commits only its own insured's procedure")
-        if self._committed:
-            raise RuntimeError("one commit per transaction")
+        proc = commit.procedure
+        if proc is not None and proc.id in self._committed:
+            raise RuntimeError("one commit per procedure in a transaction")
         self._store._write(self._tx, commit)
-        self._committed = True
+        if proc is not None:
+            self._committed.add(proc.id)
 
 
 def _ledger(query: Any, insured_id: str, since: datetime, d: Any) -> tuple[LedgerEntry, ...]:
