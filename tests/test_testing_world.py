@@ -218,3 +218,12 @@ def test_a_world_that_cannot_be_built_closes_its_sqlite_file(
     assert len(closed) == 1
     with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
         _ = testing.Nothing
+
+
+def test_the_lazy_names_are_exactly_the_contract_module_s() -> None:
+    """The package lists the contract names it loads on first use (so that importing it needs
+    no pytest); the list must follow the module's own."""
+    from email_change.testing import _CONTRACTS, _contracts
+
+    assert frozenset(_contracts.__all__) == _CONTRACTS
+    assert set(testing.__all__) >= _CONTRACTS
