@@ -47,7 +47,7 @@ def _assert_owner_has_it_back(world: World, disputed_at: object) -> None:
 
 def _assert_attacker_cannot_retry(world: World, pid: str) -> None:
     before = world.snapshot()
-    with pytest.raises(ec.InsuredFrozen):  # the disputed link is dead; the freeze answers first
+    with pytest.raises(ec.InvalidLink):  # the disputed link is dead, frozen or not
         world.service.confirm(world.token(ATTACKER))
     with pytest.raises(ec.InsuredFrozen):  # and no new procedure starts
         world.service.start(INSURED)
@@ -166,3 +166,14 @@ def test_the_window_is_a_positive_duration() -> None:
         ec.Policy(dispute_window=timedelta(0))
     with pytest.raises(TypeError, match="dispute_window"):
         ec.Policy(dispute_window=7)  # type: ignore[arg-type]
+
+
+def test_a_forged_link_with_a_known_procedure_id_tells_nothing_of_a_freeze() -> None:
+    """Whoever knows a procedure's id (it is in the insured's pages) but not a link's secret gets
+    the answer of an unknown link, frozen or not: a link is checked before the freeze."""
+    world = make_world()
+    pid = _register(world, ATTACKER)
+    world.service.revert(world.token(CURRENT))  # the owner disputes: frozen
+    for event in (world.service.confirm, world.service.revert):
+        with pytest.raises(ec.InvalidLink):
+            event(f"{pid}.{'A' * 43}")

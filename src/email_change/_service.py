@@ -423,9 +423,9 @@ class EmailChangeService:
                 raise InvalidLink()
             call.insured_id = proc.insured_id
             # One answer for an unknown, used, superseded or ended link: nothing tells them
-            # apart, except a freeze, which the insured's every self-service event answers first.
+            # apart, not even a freeze (whoever holds a procedure id and a forged secret must not
+            # learn that its insured is frozen; no procedure awaits confirmation while frozen).
             if not accepts(call.saw(proc).state, event):
-                self._refuse_if_frozen(call, proc.insured_id)
                 raise InvalidLink()
             inputs: dict[str, Any] = {"secret": secret}
             if event == "revert":
