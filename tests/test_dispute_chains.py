@@ -125,6 +125,34 @@ def test_a_chained_change_cannot_undo_the_owners_dispute(
     _owner_has_it_back(world)
 
 
+@pytest.mark.parametrize("confirm_second", [False, True])
+def test_a_change_registered_at_the_same_clock_reading_cannot_undo_the_dispute(
+    world: World, confirm_second: bool
+) -> None:
+    """A clock that gives one reading twice (a coarse clock, the kit's frozen one): the chained
+    change registered at the very instant of the disputed one counts as after it."""
+    pid = _start(world)
+    world.clock.advance(seconds=31)  # the code-mail cooldown is over before change 1 registers
+    world.service.submit_code(INSURED, pid, world.code(_address(world)))
+    world.service.submit_serial(INSURED, pid, SERIAL)
+    world.service.submit_new_address(INSURED, pid, form(P1))
+    owner_notice = world.token(CURRENT)
+    world.service.confirm(world.token(P1))
+    _register(world, P2)  # the clock has not moved
+    attacker_notice = world.token(P1)
+    if confirm_second:
+        world.service.confirm(world.token(P2))
+    world.service.revert(owner_notice)
+    _owner_has_it_back(world)
+    with pytest.raises(ec.InvalidLink):
+        world.service.revert(attacker_notice)
+    _owner_has_it_back(world)
+    # The agent sees the chained change as undone, whatever state it kept (newest first).
+    case = world.support.find(AGENT, REASON, INSURED)
+    assert [p.undone for p in case.procedures] == [True, False]
+    assert case.procedures[0].dispute_until is None
+
+
 def test_a_chained_link_stays_dead_after_the_ledger_purge(sql_world: _World) -> None:
     world, storage = sql_world, sql_world.storage
     assert storage is not None

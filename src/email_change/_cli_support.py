@@ -97,7 +97,7 @@ def _print_case(case: SupportCase) -> None:
         print(
             f"  procedure {view.procedure_id} {view.state} created={proc.created_at.isoformat()}"
             f" current={view.current_address} new={view.new_address or '-'}"
-            f" dispute_until={until}"
+            f" dispute_until={until}{' undone' if proc.undone else ''}"
         )
     for record in case.trail:
         who = f" agent={record.detail['agent']}" if "agent" in record.detail else ""

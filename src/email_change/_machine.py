@@ -205,7 +205,9 @@ class Step:
                 continue
             before = self.disputed.get(mark.procedure_id)
             # A purged disputed change ended longer ago than any link lives: treat it as older.
-            if (before is None or before < registered) and registered <= mark.at:
+            # At the same clock reading as the disputed change counts as after it (a tie never
+            # lets a dispute go forward).
+            if (before is None or before <= registered) and registered <= mark.at:
                 return True
         return False
 

@@ -85,6 +85,9 @@ class SupportProcedure:
     ended_at: datetime | None
     #: Until when the notice's link can still dispute the change (``None``: it cannot).
     dispute_until: datetime | None
+    #: A dispute of an earlier change went back past this one: whatever its state says (a
+    #: ``confirmed`` change keeps it, as history), its address is not the account's.
+    undone: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -273,12 +276,9 @@ class SupportService:
     def _procedure(self, proc: Procedure, step: Step) -> SupportProcedure:
         policy = self._service.policy
         dispute_until = None
+        undone = step.undone(proc)
         # A change a dispute of an earlier one went back past can no longer be disputed.
-        if (
-            proc.revert_digest is not None
-            and accepts(proc.state, "revert")
-            and not step.undone(proc)
-        ):
+        if proc.revert_digest is not None and accepts(proc.state, "revert") and not undone:
             assert proc.registered_at is not None  # noqa: S101 - the digest is set at registration
             dispute_until = proc.registered_at + policy.dispute_window
         return SupportProcedure(
@@ -288,6 +288,7 @@ class SupportService:
             registered_at=proc.registered_at,
             ended_at=proc.ended_at,
             dispute_until=dispute_until,
+            undone=undone,
         )
 
 

@@ -47,6 +47,7 @@ def case_json(case: SupportCase, messages: Messages, locale: str) -> dict[str, A
                 "registered_at": jsonable(p.registered_at),
                 "ended_at": jsonable(p.ended_at),
                 "dispute_until": jsonable(p.dispute_until),
+                "undone": p.undone,
             }
             for p in case.procedures
         ],
@@ -254,6 +255,7 @@ def openapi_components() -> dict[str, Any]:
                                         "registered_at": _TIME,
                                         "ended_at": _TIME,
                                         "dispute_until": _TIME,
+                                        "undone": {"type": "boolean"},
                                     },
                                 },
                             ]
