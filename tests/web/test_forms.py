@@ -85,6 +85,19 @@ def _to_address_step(client: TestClient, wired: Wired) -> None:
     _post(client, "/email/numero-de-serie", serial=SERIAL)
 
 
+def _registered(client: TestClient, wired: Wired, *, consents: str = "non") -> None:
+    """Steps 1 to 3 as the insured takes them: NEW registered, both consents ``consents``."""
+    _to_address_step(client, wired)
+    _post(
+        client,
+        "/email/nouvelle-adresse",
+        new_address=NEW,
+        confirmation=NEW,
+        general_information=consents,
+        studies_and_research=consents,
+    )
+
+
 @pytest.mark.parametrize(
     ("data", "errors"),
     [
@@ -184,15 +197,7 @@ def test_after_a_resume_the_profile_says_so(web: TestClient, wired: Wired) -> No
 def test_a_used_confirmation_link_says_what_to_do_and_shows_no_button(
     web: TestClient, wired: Wired
 ) -> None:
-    _to_address_step(web, wired)
-    _post(
-        web,
-        "/email/nouvelle-adresse",
-        new_address=NEW,
-        confirmation=NEW,
-        general_information="oui",
-        studies_and_research="oui",
-    )
+    _registered(web, wired, consents="oui")
     token = wired.last_token(NEW)
     data = {"csrf_token": _token(web), "token": token}
     assert web.post("/email/confirmer", data=data).status_code == 200
@@ -209,15 +214,7 @@ def test_a_used_confirmation_link_says_what_to_do_and_shows_no_button(
 def test_an_expired_confirmation_link_sends_to_the_login_page(
     web: TestClient, wired: Wired
 ) -> None:
-    _to_address_step(web, wired)
-    _post(
-        web,
-        "/email/nouvelle-adresse",
-        new_address=NEW,
-        confirmation=NEW,
-        general_information="non",
-        studies_and_research="non",
-    )
+    _registered(web, wired)
     token = wired.last_token(NEW)
     wired.clock.advance(hours=25)
     expired = web.post("/email/confirmer", data={"csrf_token": _token(web), "token": token})
@@ -227,15 +224,7 @@ def test_an_expired_confirmation_link_sends_to_the_login_page(
 
 
 def test_a_used_revert_link_says_it_is_no_longer_needed(web: TestClient, wired: Wired) -> None:
-    _to_address_step(web, wired)
-    _post(
-        web,
-        "/email/nouvelle-adresse",
-        new_address=NEW,
-        confirmation=NEW,
-        general_information="non",
-        studies_and_research="non",
-    )
+    _registered(web, wired)
     token = wired.last_token("jeanne@exemple.fr")
     data = {"csrf_token": _token(web), "token": token}
     web.post("/email/annuler-modification", data=data)

@@ -152,6 +152,19 @@ def _to_address_step(web: TestClient, wired: Wired) -> None:
     _post(web, "/email/numero-de-serie", serial=SERIAL)
 
 
+def _registered(web: TestClient, wired: Wired, *, consents: str = "non") -> None:
+    """Steps 1 to 3 as the insured takes them: NEW registered, both consents ``consents``."""
+    _to_address_step(web, wired)
+    _post(
+        web,
+        "/email/nouvelle-adresse",
+        new_address=NEW,
+        confirmation=NEW,
+        general_information=consents,
+        studies_and_research=consents,
+    )
+
+
 def test_address_screen_consents_have_no_default(web: TestClient, wired: Wired) -> None:
     _to_address_step(web, wired)
     page = web.get("/email/nouvelle-adresse").text
@@ -233,15 +246,7 @@ def test_registering_logs_out_and_login_is_refused_until_confirmed(
 
 
 def test_revert_page(web: TestClient, wired: Wired) -> None:
-    _to_address_step(web, wired)
-    _post(
-        web,
-        "/email/nouvelle-adresse",
-        new_address=NEW,
-        confirmation=NEW,
-        general_information="non",
-        studies_and_research="non",
-    )
+    _registered(web, wired)
     token = wired.last_token("jeanne@exemple.fr")
     page = web.get(f"/email/annuler-modification?token={token}").text
     assert "Annuler la modification" in page
@@ -336,15 +341,7 @@ def test_demo_app_login_and_mailbox(on: str, tmp_path: Path) -> None:
 
 
 def test_revert_page_after_confirmation_restores_and_freezes(web: TestClient, wired: Wired) -> None:
-    _to_address_step(web, wired)
-    _post(
-        web,
-        "/email/nouvelle-adresse",
-        new_address=NEW,
-        confirmation=NEW,
-        general_information="non",
-        studies_and_research="non",
-    )
+    _registered(web, wired)
     notice = wired.last_token("jeanne@exemple.fr")
     link = wired.last_token(NEW)
     web.post("/email/confirmer", data={"csrf_token": _token(web, "/connexion"), "token": link})
@@ -365,15 +362,7 @@ def test_revert_page_after_confirmation_restores_and_freezes(web: TestClient, wi
 
 
 def test_revert_page_after_the_window_says_to_call(web: TestClient, wired: Wired) -> None:
-    _to_address_step(web, wired)
-    _post(
-        web,
-        "/email/nouvelle-adresse",
-        new_address=NEW,
-        confirmation=NEW,
-        general_information="non",
-        studies_and_research="non",
-    )
+    _registered(web, wired)
     notice = wired.last_token("jeanne@exemple.fr")
     wired.clock.advance(days=7)
     refused = web.post(
