@@ -54,6 +54,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from email_change._errors import EmailChangeError
+from email_change._machine import FROZEN_EVENTS
 from email_change._ports import ProcedureStore
 from email_change._records import LedgerEntry, LedgerKind, MailKind, Procedure
 from email_change._support import Agent
@@ -80,19 +81,7 @@ _HOSTILE = st.one_of(
 )
 
 
-#: The insured's own steps, which a dispute's freeze stops (audit events), and the outcomes of
-#: one that moved something.
-_SELF_SERVICE = frozenset(
-    {
-        "start",
-        "resend_code",
-        "submit_code",
-        "submit_serial",
-        "submit_address",
-        "confirm",
-        "resend_confirmation",
-    }
-)
+#: The outcomes of a self-service step that moved something.
 _MOVED = frozenset({"ok", "code.wrong", "serial.wrong"})
 _AGENT = Agent(id="agent-journeys", roles=("support",))
 
@@ -488,7 +477,7 @@ class Journeys(RuleBasedStateMachine):
                 frozen = True
             elif record.event == "lift_freeze" and record.outcome == "ok":
                 frozen = False
-            elif record.event in _SELF_SERVICE:
+            elif record.event in FROZEN_EVENTS:  # the machine's own list
                 moved = record.outcome in _MOVED or (
                     record.outcome == "procedure.locked" and record.procedure_id not in locked
                 )
