@@ -7,7 +7,8 @@ import time
 
 from benchmarks.run import STEPS, _procedure
 from benchmarks.world import make_world
-from email_change._records import Procedure, decode, encode
+from email_change._codec import decode, encode
+from email_change._records import Procedure
 
 
 def codec(count: int) -> dict[str, float]:

@@ -238,12 +238,14 @@ def commits() -> list[Commit]:
 
 def write() -> None:  # pragma: no cover - run once, on the code before the typed codec
     """Write :data:`DATA` from the stores of the code this runs on."""
+    import importlib
     import tempfile
 
-    from email_change._records import encode
     from email_change.adapters.memory import InMemoryProcedureStore, SeededRandom
     from email_change.adapters.sql import RecordEncryption, open_sqlite
 
+    # The codec of that commit (its functions were in the records' module then).
+    encode = importlib.import_module("email_change._records").encode
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, encryption in (

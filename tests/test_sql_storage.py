@@ -27,8 +27,8 @@ from email_change import (
     ProcedureExpired,
     ServiceUnavailable,
 )
+from email_change._codec import encode
 from email_change._machine import Step
-from email_change._records import encode
 from email_change.adapters import memory
 from email_change.adapters.sql import (
     MIGRATIONS,

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from email_change import Policy, ProcedureState
-from email_change._records import Commit, OutboxItem, Procedure, decode, encode
+from email_change._codec import decode, encode
+from email_change._records import Commit, OutboxItem, Procedure
 from email_change.adapters.memory import InMemoryProcedureStore, SeededRandom
 from email_change.adapters.sql import (
     Maintenance,

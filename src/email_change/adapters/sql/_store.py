@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from email_change._codec import decode, decode_procedure, encode
 from email_change._errors import ConcurrentUpdate, ServiceUnavailable
 from email_change._machine import ExpiryCutoff, ProcedureState, expiry_anchor
 from email_change._records import (
@@ -29,8 +30,6 @@ from email_change._records import (
     OutboxBacklog,
     OutboxItem,
     Procedure,
-    decode,
-    encode,
 )
 from email_change.adapters.sql._db import Database, Transaction, Unavailable, UniqueViolation
 from email_change.adapters.sql._encryption import (
@@ -43,8 +42,11 @@ from email_change.adapters.sql._expiry import due_predicate, expired_by_sweep
 
 __all__ = ["SQLProcedureStore"]
 
-# What a procedure is loaded from: the record, and the columns bulk expiry may have moved on.
-_PROC = "SELECT id, record, state, version, updated_at, ended_at FROM procedures"
+# What a procedure is loaded from: its columns, and the JSON of the rest (see ``_proc_row``).
+_PROC = (
+    "SELECT id, insured_id, state, version, codes_sent, updated_at, ended_at, record"
+    " FROM procedures"
+)
 # "Open" is "not ended": the same predicate as the partial unique index, which serves the query.
 _SELECT_OPEN = f"{_PROC} WHERE insured_id = ? AND ended_at IS NULL"
 _INSERT_PROCEDURE = (
@@ -56,6 +58,8 @@ _ITEM = (
     "SELECT id, procedure_id, created_at, next_attempt_at, done_at, dead_at, attempts, item"
     " FROM outbox"
 )
+#: The fields of a procedure its columns hold, left out of its unsealed JSON.
+_PROC_COLUMNS = ("id", "insured_id", "state", "version", "codes_sent", "updated_at", "ended_at")
 #: The fields of an outbox item its columns hold, left out of its unsealed JSON.
 _ITEM_COLUMNS = ("id", "created_at", "next_attempt_at", "done_at", "dead_at", "attempts")
 _UPDATE_PROCEDURE = (
@@ -95,10 +99,27 @@ class SQLProcedureStore:
             return self.db.query(sql, params)
 
     def _procedure(self, row: Sequence[Any]) -> Procedure:
-        proc_id, raw, state, version, updated_at, ended_at = row
-        stored = self._d.from_json(raw)
-        proc = Procedure.from_dict(self._box.open(stored, associated=f"procedures/{proc_id}"))
-        if not is_sealed(stored) or proc.version == version:
+        proc_id, insured_id, state, version, codes_sent, updated_at, ended_at, raw = row
+        stored, d = self._d.from_json(raw), self._d
+        data = self._box.open(stored, associated=f"procedures/{proc_id}")
+        if not is_sealed(stored):
+            # The columns give back what the JSON leaves out (a record written whole, before
+            # they were left out, has them in its JSON too: the same values).
+            given = {
+                "id": proc_id,
+                "insured_id": insured_id,
+                "state": state,
+                "version": version,
+                "codes_sent": codes_sent,
+            }
+            if "updated_at" not in data:
+                given["updated_at"] = d.from_time(updated_at)
+            if ended_at is not None and "ended_at" not in data:
+                given["ended_at"] = d.from_time(ended_at)
+            return decode_procedure(data, given)
+        # A sealed payload holds the whole record, so that it authenticates all of it.
+        proc = decode_procedure(data)
+        if proc.version == version:
             return proc
         # A sealed record behind its columns: bulk expiry moved the row on in SQL (it cannot edit
         # a sealed payload). Apply what the machine's expire transition does.
@@ -208,29 +229,36 @@ class SQLProcedureStore:
 
     def _item(self, row: Sequence[Any]) -> OutboxItem:
         item_id, procedure_id, created_at, next_attempt_at, done_at, dead_at, attempts, raw = row
-        data = self._box.open(self._d.from_json(raw), associated=f"outbox/{item_id}")
-        if "$type" in data:
-            # Sealed, or written before the columns were left out of the JSON: all in the JSON.
-            item = decode(data)
-            if not isinstance(item, OutboxItem):
-                raise TypeError("not an outbox item")
-            return item
-        d = self._d
-        return OutboxItem(
-            id=item_id,
-            effect=decode({**data["effect"], "procedure_id": procedure_id}),
-            created_at=d.from_time(created_at),
-            attempts=attempts,
-            next_attempt_at=d.from_time(next_attempt_at),
-            done_at=None if done_at is None else d.from_time(done_at),
-            last_error=data.get("last_error"),
-            dead_at=None if dead_at is None else d.from_time(dead_at),
-        )
+        stored, d = self._d.from_json(raw), self._d
+        data = self._box.open(stored, associated=f"outbox/{item_id}")
+        if is_sealed(stored):
+            # A sealed payload holds the whole item, so that it authenticates all of it.
+            return decode(data, OutboxItem)  # type: ignore[no-any-return]
+        # The columns give back what the JSON leaves out (an item written whole, before they
+        # were left out, has them in its JSON too: the same values).
+        effect = data["effect"]
+        if "procedure_id" not in effect:
+            data["effect"] = {**effect, "procedure_id": procedure_id}
+        given: dict[str, Any] = {"id": item_id, "attempts": attempts}
+        for name, column in (
+            ("created_at", created_at),
+            ("next_attempt_at", next_attempt_at),
+            ("done_at", done_at),
+            ("dead_at", dead_at),
+        ):
+            if column is not None and name not in data:
+                given[name] = d.from_time(column)
+        return decode(data, OutboxItem, given=given)  # type: ignore[no-any-return]
 
     # --- writes -----------------------------------------------------------------------------
 
     def _proc_row(self, proc: Procedure) -> tuple[Any, ...]:
         d = self._d
+        data = proc.to_dict()
+        if isinstance(self._box, PlainRecords):
+            # What the columns hold is not written twice (a sealed payload keeps everything, so
+            # that it authenticates the whole record).
+            _leave_out_columns(data, proc, _PROC_COLUMNS)
         return (
             proc.id,
             proc.insured_id,
@@ -240,7 +268,7 @@ class SQLProcedureStore:
             proc.codes_sent,
             d.time(proc.updated_at),
             d.time(proc.ended_at),
-            d.json(self._box.seal(proc.to_dict(), associated=f"procedures/{proc.id}")),
+            d.json(self._box.seal(data, associated=f"procedures/{proc.id}")),
         )
 
     def _outbox_row(self, item: OutboxItem) -> tuple[Any, ...]:
@@ -250,9 +278,8 @@ class SQLProcedureStore:
             # What the columns hold is not written twice: the JSON keeps the effect (its
             # procedure is a column too) and the last error. A sealed payload keeps everything,
             # so that it authenticates the whole item.
-            for name in (*_ITEM_COLUMNS, "$type"):
-                data.pop(name, None)
-            data["effect"].pop("procedure_id")
+            _leave_out_columns(data, item, _ITEM_COLUMNS)
+            _leave_out_columns(data["effect"], item.effect, ("procedure_id",))
         return (
             item.id,
             item.effect.procedure_id,
@@ -360,3 +387,14 @@ def _ledger(query: Any, insured_id: str, since: datetime, d: Any) -> tuple[Ledge
         )
         for procedure_id, kind, at in rows
     )
+
+
+def _leave_out_columns(data: dict[str, Any], record: Any, names: Sequence[str]) -> None:
+    """Drop from a record's JSON the fields its row's columns give back exactly: text and
+    integers as they are, times in UTC (a column keeps the instant, not another zone)."""
+    for name in names:
+        value = getattr(record, name)
+        kind = type(value)
+        restored = kind is str or kind is int or isinstance(value, ProcedureState)
+        if restored or (kind is datetime and value.tzinfo is UTC):
+            data.pop(name, None)
