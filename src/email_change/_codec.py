@@ -13,8 +13,10 @@ field by the type the class declares for it, so a value is only what it must be:
 - an enum: its value; a tuple: a list; a record inside a record: an object;
 - a union of records (an outbox item's effect): the object of one of them, told apart by a field
   only that one requires (``kind`` for a mail, ``action`` for a directory change);
-- a procedure's consent records leave out what they share with the procedure: the insured, the
-  channel and the instant of registration, when equal (written otherwise).
+- what a procedure holds twice is written once: its consent records leave out the insured, the
+  channel and the instant of registration, its live code and link the instant they were sent,
+  and the instant of its last code is left out when it is the instant it started (each only
+  when equal, so it reads back the same; written otherwise).
 
 The encoder refuses, with ``TypeError``/``ValueError``, a value its field's type could not read
 back (a naive time, a foreign object), before any store writes it; equal records encode to equal
@@ -71,19 +73,58 @@ RECORD_CLASSES: tuple[type[Any], ...] = (
     LedgerEntry,
     AuditRecord,
 )
-#: A procedure's consents leave out what they share with it: consent field -> procedure field.
-_INHERITED: Mapping[tuple[type[Any], str], tuple[tuple[str, str], ...]] = {
+#: A field left out when it equals another value of its record, read back from it: a
+#: procedure's first code goes out when it starts (``created_at``), and its live code and link
+#: were sent at the last send. ``"name[-1]"`` is the last element of a tuple field.
+_SAME_AS: Mapping[tuple[type[Any], str], str] = {
+    (Procedure, "last_code_sent_at"): "created_at",
+}
+#: The same for the fields of a record (or tuple of records) a record holds: a procedure's
+#: consents share its insured, channel and instant of registration.
+_SHARED: Mapping[tuple[type[Any], str], tuple[tuple[str, str], ...]] = {
+    (Procedure, "code"): (("sent_at", "last_code_sent_at"),),
+    (Procedure, "link"): (("sent_at", "link_sends[-1]"),),
     (Procedure, "consents"): (
         ("insured_id", "insured_id"),
         ("channel", "channel"),
         ("at", "registered_at"),
     ),
 }
+_MISSING = object()
+
+
+def _source(values: Mapping[str, Any], spec: str) -> Any:
+    """The value ``spec`` names among a record's ``values`` (``_MISSING`` if none)."""
+    if spec.endswith("[-1]"):
+        elements = values.get(spec[:-4])
+        return elements[-1] if elements else _MISSING
+    return values.get(spec, _MISSING)
+
+
+class _Fields(Mapping[str, Any]):
+    """A record's fields by name (what :func:`_source` reads while encoding)."""
+
+    def __init__(self, record: Any) -> None:
+        self._record = record
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return getattr(self._record, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def __iter__(self) -> Any:  # pragma: no cover - only looked up by name
+        return iter(attrs.fields_dict(type(self._record)))
+
+    def __len__(self) -> int:  # pragma: no cover - only looked up by name
+        return len(attrs.fields(type(self._record)))
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _REQUIRED = object()
 _SKIP = object()  # a key the decoder does not read ("$type", a field records no longer have)
-_INHERIT = object()  # a field decoded after the others, from what the record holds
+_LATER = object()  # a field decoded after the others, from what the record holds
 
 
 # --- values ----------------------------------------------------------------------------------
@@ -311,20 +352,29 @@ class _Record:
         fields = [f for f in attrs.fields(cls) if f.init]
         self.names = frozenset(f.name for f in fields)
         self.required = frozenset(f.name for f in fields if _default_of(f) is _REQUIRED)
+        #: (name, encoder, default); the encoder ``None`` for a field of :attr:`shared`.
         self.fields: list[tuple[str, Encoder | None, Any]] = []
         self.decoders: dict[str, Any] = {}
-        #: Fields read after the others: (field, element record, (element field, own field)).
-        self.inherited: list[tuple[str, _Record, tuple[tuple[str, str], ...]]] = []
+        #: Fields left out when equal to another value of the record: (field, source).
+        self.same_as = [
+            (f.name, _SAME_AS[cls, f.name]) for f in fields if (cls, f.name) in _SAME_AS
+        ]
+        #: Fields whose records share values with this one: (field, element record, (element
+        #: field, source)..., a tuple of them?).
+        self.shared: dict[str, tuple[_Record, tuple[tuple[str, str], ...], bool]] = {}
         for field in fields:
-            pairs = _INHERITED.get((cls, field.name))
+            default = _REQUIRED if (cls, field.name) in _SAME_AS else _default_of(field)
+            pairs = _SHARED.get((cls, field.name))
             if pairs is not None:
-                (element,) = typing.get_args(hints[field.name])[:1]
-                self.inherited.append((field.name, _record(element), pairs))
-                self.fields.append((field.name, None, _default_of(field)))
-                self.decoders[field.name] = _INHERIT
+                tp = hints[field.name]
+                many = typing.get_origin(tp) is tuple
+                (element,) = [a for a in typing.get_args(tp) if a is not type(None)][:1]
+                self.shared[field.name] = (_record(element), pairs, many)
+                self.fields.append((field.name, None, default))
+                self.decoders[field.name] = _LATER
                 continue
             encoder, decoder = _codec_of(hints[field.name])
-            self.fields.append((field.name, encoder, _default_of(field)))
+            self.fields.append((field.name, encoder, default))
             self.decoders[field.name] = decoder
 
     def encode(self, value: Any, shared: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -344,19 +394,25 @@ class _Record:
             if shared is not None and name in shared and _same(field_value, shared[name]):
                 continue
             if encoder is None:
-                out[name] = self._encode_inherited(value, name, field_value)
+                out[name] = self._encode_shared(value, name, field_value)
             else:
                 out[name] = encoder(field_value)
+        for name, source in self.same_as:
+            if _same(getattr(value, name), _source(_Fields(value), source)):
+                del out[name]
         return out
 
-    def _encode_inherited(self, value: Any, name: str, elements: Any) -> list[Any]:
-        for field, element, pairs in self.inherited:
-            if field == name:
-                shared = {sub: getattr(value, own) for sub, own in pairs}
-                if not isinstance(elements, tuple | list):
-                    raise _refuse(elements, "a tuple")
-                return [element.encode(e, shared) for e in elements]
-        raise AssertionError(name)  # pragma: no cover - built together
+    def _encode_shared(self, value: Any, name: str, field_value: Any) -> Any:
+        element, pairs, many = self.shared[name]
+        if field_value is None and not many:
+            return None
+        fields = _Fields(value)
+        shared = {sub: _source(fields, source) for sub, source in pairs}
+        if not many:
+            return element.encode(field_value, shared)
+        if not isinstance(field_value, tuple | list):
+            raise _refuse(field_value, "a tuple")
+        return [element.encode(e, shared) for e in field_value]
 
     def decode(
         self,
@@ -374,20 +430,35 @@ class _Record:
             decoder = decoders.get(key, _SKIP)
             if decoder is None:
                 kwargs[key] = raw
-            elif decoder is not _SKIP and decoder is not _INHERIT:
+            elif decoder is not _SKIP and decoder is not _LATER:
                 kwargs[key] = decoder(raw, seen)
         if given:
             for key, value in given.items():
                 if key not in kwargs:
                     kwargs[key] = value
-        for field, element, pairs in self.inherited:
-            raw = data.get(field)
-            if raw:
-                shared = {sub: kwargs[own] for sub, own in pairs if own in kwargs}
-                kwargs[field] = tuple([element.decode(e, seen, shared) for e in raw])
+        self._decode_derived(data, seen, kwargs)
         if not self.required <= kwargs.keys():
             raise TypeError(f"not a {self.cls.__name__} record")
         return self.cls(**kwargs)
+
+    def _decode_derived(
+        self, data: dict[str, Any], seen: dict[Any, datetime], kwargs: dict[str, Any]
+    ) -> None:
+        """The fields read from the record's other values, once those are read."""
+        for name, source in self.same_as:
+            if name not in kwargs:
+                found = _source(kwargs, source)
+                if found is not _MISSING:
+                    kwargs[name] = found
+        for name, (element, pairs, many) in self.shared.items():
+            raw = data.get(name)
+            if raw is None:
+                continue
+            shared = {sub: v for sub, src in pairs if (v := _source(kwargs, src)) is not _MISSING}
+            if many:
+                kwargs[name] = tuple([element.decode(e, seen, shared) for e in raw])
+            else:
+                kwargs[name] = element.decode(raw, seen, shared)
 
 
 _RECORDS: dict[type[Any], _Record] = {}

@@ -222,17 +222,17 @@ class AccountEffect:
     """A change owed to the account directory (idempotent on the directory's side)."""
 
     action: AccountAction
-    insured_id: str
+    #: The insured whose account changes ("" once settled: the procedure names them, and the
+    #: audit record of a dead letter too).
+    insured_id: str = ""
     procedure_id: str
     address: EmailAddress | None = None
     consents: tuple[ConsentRecord, ...] = ()
 
     def settled(self) -> AccountEffect:
-        """What is kept of this change once applied or dead: its action, insured and procedure
-        (the address and consents are the directory's to keep from then on)."""
-        return AccountEffect(
-            action=self.action, insured_id=self.insured_id, procedure_id=self.procedure_id
-        )
+        """What is kept of this change once applied or dead: its action and procedure (the
+        address and consents are the directory's to keep from then on)."""
+        return AccountEffect(action=self.action, procedure_id=self.procedure_id)
 
 
 Effect = MailEffect | AccountEffect

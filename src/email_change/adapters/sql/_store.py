@@ -20,13 +20,17 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
+
 from email_change._codec import decode, decode_procedure, encode
 from email_change._errors import ConcurrentUpdate, ServiceUnavailable
 from email_change._machine import ExpiryCutoff, ProcedureState, expiry_anchor
 from email_change._records import (
+    AccountEffect,
     Commit,
     LedgerEntry,
     LedgerKind,
+    MailEffect,
     OutboxBacklog,
     OutboxItem,
     Procedure,
@@ -62,6 +66,10 @@ _ITEM = (
 _PROC_COLUMNS = ("id", "insured_id", "state", "version", "codes_sent", "updated_at", "ended_at")
 #: The fields of an outbox item its columns hold, left out of its unsealed JSON.
 _ITEM_COLUMNS = ("id", "created_at", "next_attempt_at", "done_at", "dead_at", "attempts")
+#: An unsealed item's JSON holds its effect's fields beside its own: no name may be both.
+_ITEM_FIELDS = frozenset(f.name for f in attrs.fields(OutboxItem))
+if _ITEM_FIELDS & {f.name for cls in (MailEffect, AccountEffect) for f in attrs.fields(cls)}:
+    raise TypeError("an effect field has the name of an outbox item field")  # pragma: no cover
 _UPDATE_PROCEDURE = (
     "UPDATE procedures SET state = ?, version = ?, expiry_anchor = ?, codes_sent = ?,"
     " updated_at = ?, ended_at = ?, record = ? WHERE id = ? AND insured_id = ? AND version = ?"
@@ -235,7 +243,12 @@ class SQLProcedureStore:
             # A sealed payload holds the whole item, so that it authenticates all of it.
             return decode(data, OutboxItem)  # type: ignore[no-any-return]
         # The columns give back what the JSON leaves out (an item written whole, before they
-        # were left out, has them in its JSON too: the same values).
+        # were left out, has them in its JSON too: the same values). The effect's fields are
+        # beside the item's own (``"effect": {...}`` in rows written before).
+        if "effect" not in data:
+            effect = {k: v for k, v in data.items() if k not in _ITEM_FIELDS}
+            data = {k: v for k, v in data.items() if k in _ITEM_FIELDS}
+            data["effect"] = effect
         effect = data["effect"]
         if "procedure_id" not in effect:
             data["effect"] = {**effect, "procedure_id": procedure_id}
@@ -279,7 +292,9 @@ class SQLProcedureStore:
             # procedure is a column too) and the last error. A sealed payload keeps everything,
             # so that it authenticates the whole item.
             _leave_out_columns(data, item, _ITEM_COLUMNS)
-            _leave_out_columns(data["effect"], item.effect, ("procedure_id",))
+            effect = data.pop("effect")
+            _leave_out_columns(effect, item.effect, ("procedure_id",))
+            data.update(effect)  # beside the item's own fields (no name is both)
         return (
             item.id,
             item.effect.procedure_id,
