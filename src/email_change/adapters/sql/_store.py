@@ -261,6 +261,9 @@ class SQLProcedureStore:
         ):
             if column is not None and name not in data:
                 given[name] = d.from_time(column)
+        if next_attempt_at is None and "next_attempt_at" not in data:
+            # Settled: never due again; its next attempt was its creation (see ``_outbox_row``).
+            given["next_attempt_at"] = given["created_at"]
         return decode(data, OutboxItem, given=given)  # type: ignore[no-any-return]
 
     # --- writes -----------------------------------------------------------------------------
@@ -287,11 +290,20 @@ class SQLProcedureStore:
     def _outbox_row(self, item: OutboxItem) -> tuple[Any, ...]:
         d = self._d
         data = encode(item)
+        # A settled item is never due again: no next attempt in its row (the due index skips
+        # it anyway), and none in its JSON if it was the item's creation (the usual case).
+        settled = item.done_at is not None or item.dead_at is not None
         if isinstance(self._box, PlainRecords):
             # What the columns hold is not written twice: the JSON keeps the effect (its
             # procedure is a column too) and the last error. A sealed payload keeps everything,
             # so that it authenticates the whole item.
             _leave_out_columns(data, item, _ITEM_COLUMNS)
+            if settled and not (
+                item.next_attempt_at == item.created_at
+                and item.next_attempt_at.tzinfo is UTC
+                and item.created_at.tzinfo is UTC
+            ):
+                data["next_attempt_at"] = encode(item.next_attempt_at)
             effect = data.pop("effect")
             _leave_out_columns(effect, item.effect, ("procedure_id",))
             data.update(effect)  # beside the item's own fields (no name is both)
@@ -299,7 +311,7 @@ class SQLProcedureStore:
             item.id,
             item.effect.procedure_id,
             d.time(item.created_at),
-            d.time(item.next_attempt_at),
+            None if settled else d.time(item.next_attempt_at),
             d.time(item.done_at),
             d.time(item.dead_at),
             item.attempts,
