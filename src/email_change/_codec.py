@@ -57,8 +57,9 @@ __all__ = ["decode", "decode_procedure", "encode"]
 
 #: What a field's value becomes in JSON.
 Encoder = Callable[[Any], Any]
-#: What a field's JSON value becomes, with the instants already read in this record (shared).
-Decoder = Callable[[Any, dict[Any, datetime]], Any]
+#: What a field's JSON value becomes, with the instants and strings already read in this record
+#: (shared, so that a decoded record holds one object for equal values).
+Decoder = Callable[[Any, dict[Any, Any]], Any]
 
 #: The record classes a store keeps (and those inside them).
 RECORD_CLASSES: tuple[type[Any], ...] = (
@@ -91,6 +92,12 @@ _SHARED: Mapping[tuple[type[Any], str], tuple[tuple[str, str], ...]] = {
     ),
 }
 _MISSING = object()
+#: Text fields whose equal values a record repeats (each consent's wording): one string each.
+_REPEATED_TEXT = frozenset({(ConsentRecord, "wording_version")})
+
+
+def _shared_text(data: Any, seen: dict[Any, Any]) -> Any:
+    return seen.setdefault(("text", data), data)
 
 
 def _source(values: Mapping[str, Any], spec: str) -> Any:
@@ -165,7 +172,7 @@ def _encode_time(value: Any) -> int | str:
     return value.isoformat()
 
 
-def _decode_time(data: Any, seen: dict[Any, datetime]) -> datetime:
+def _decode_time(data: Any, seen: dict[Any, Any]) -> datetime:
     instant = seen.get(data) if type(data) is not dict else None
     if instant is None:
         if type(data) is int:
@@ -199,7 +206,9 @@ def _encode_address(value: Any) -> Any:
 
 def _decode_address(data: Any, _seen: object) -> EmailAddress:
     if type(data) is str:
-        return EmailAddress(value=data, key=data.casefold())
+        key = data.casefold()
+        # One string where the two are equal (a lower-case address): a record lives in memory.
+        return EmailAddress(value=data, key=data if key == data else key)
     return EmailAddress(value=data["value"], key=data["key"])
 
 
@@ -209,10 +218,12 @@ def _encode_digest(value: Any) -> str:
     return f"{_encode_text(value.key_id)}:{_encode_bytes(value.mac)}"
 
 
-def _decode_digest(data: Any, seen: dict[Any, datetime]) -> KeyedDigest:
+def _decode_digest(data: Any, seen: dict[Any, Any]) -> KeyedDigest:
     if type(data) is str:
         key_id, _, mac = data.rpartition(":")  # base64 has no colon; a key id may
-        return KeyedDigest(key_id=key_id, mac=base64.b64decode(mac))
+        # One string per key id in a record (its digests share it).
+        shared = seen.setdefault(("key_id", key_id), key_id)
+        return KeyedDigest(key_id=shared, mac=base64.b64decode(mac))
     return KeyedDigest(key_id=data["key_id"], mac=_decode_bytes(data["mac"], seen))
 
 
@@ -310,7 +321,7 @@ def _union(members: tuple[Any, ...]) -> tuple[Encoder, Decoder]:
             raise _refuse(value, " or ".join(m.__name__ for m in members))
         return record.encode(value)
 
-    def decode_member(data: Any, seen: dict[Any, datetime]) -> Any:
+    def decode_member(data: Any, seen: dict[Any, Any]) -> Any:
         tag = data.get("$type")
         if tag is not None:
             return by_name[tag].decode(data, seen)
@@ -374,6 +385,8 @@ class _Record:
                 self.decoders[field.name] = _LATER
                 continue
             encoder, decoder = _codec_of(hints[field.name])
+            if (cls, field.name) in _REPEATED_TEXT:
+                decoder = _shared_text
             self.fields.append((field.name, encoder, default))
             self.decoders[field.name] = decoder
 
@@ -417,7 +430,7 @@ class _Record:
     def decode(
         self,
         data: Any,
-        seen: dict[Any, datetime],
+        seen: dict[Any, Any],
         given: Mapping[str, Any] | None = None,
     ) -> Any:
         """The record ``data`` holds; a field it leaves out is taken from ``given`` if there,
@@ -442,7 +455,7 @@ class _Record:
         return self.cls(**kwargs)
 
     def _decode_derived(
-        self, data: dict[str, Any], seen: dict[Any, datetime], kwargs: dict[str, Any]
+        self, data: dict[str, Any], seen: dict[Any, Any], kwargs: dict[str, Any]
     ) -> None:
         """The fields read from the record's other values, once those are read."""
         for name, source in self.same_as:
