@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from email_change import LedgerKind, Policy
+from email_change import LedgerKind, OutboxItem, Policy
 from email_change.adapters.sql import PostgresDatabase, SQLStorage
 from email_change.testing import T0
 from tests.concurrency_workers import race_in_process, race_in_threads
@@ -161,11 +161,16 @@ def test_the_reported_storm_holds_the_cooldown_and_the_code_budget(
     ledger = storage.store.ledger_since(INSURED, T0 - timedelta(days=1))
     sent = [e for e in ledger if e.kind is LedgerKind.CODE_SENT]
     wrong = [e for e in ledger if e.kind is LedgerKind.WRONG_CODE]
-    rows = storage.db.query("SELECT item FROM outbox")
-    kinds = [storage.db.dialect.from_json(r[0])["effect"].get("kind") for r in rows]
+    kinds = [getattr(i.effect, "kind", None) for i in _outbox(storage)]
     assert len(sent) == kinds.count("security_code") == 1, answers
     assert answers["code.wrong"] == len(wrong) == Policy().wrong_tries_per_code, answers
     assert answers["resend.cooldown"] > 0
+
+
+def _outbox(storage: SQLStorage) -> list[OutboxItem]:
+    """Every outbox item, read as the store reads them."""
+    ids = [r[0] for r in storage.db.query("SELECT id FROM outbox ORDER BY id")]
+    return list(storage.store.outbox_items(ids))
 
 
 def _verified_identity(storage: SQLStorage) -> str:
@@ -192,8 +197,8 @@ def test_two_devices_submit_a_new_address_at_once(racing: tuple[SQLStorage, Race
     proc = storage.store.load(proc_id)
     assert proc is not None
     assert proc.state == "awaiting_confirmation"
-    rows = storage.db.query("SELECT item FROM outbox WHERE procedure_id = ?", (proc_id,))
-    actions = [storage.db.dialect.from_json(r[0])["effect"].get("action") for r in rows]
+    mine = [i for i in _outbox(storage) if i.effect.procedure_id == proc_id]
+    actions = [getattr(i.effect, "action", None) for i in mine]
     assert actions.count("register_pending") == 1
 
 

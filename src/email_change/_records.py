@@ -1,14 +1,15 @@
 """What is stored: the procedure record, the insured's ledger, and the effects owed by a commit.
 
-Everything here is plain data with a JSON-ready codec (``to_dict``/``from_dict``), so every
-storage adapter persists the same thing and a contract test can compare stored bytes. No record
-holds a secret in clear: codes and link tokens are HMAC digests, and the one secret a pending
-mail must carry is sealed with AES-GCM (:class:`~email_change._crypto.SealedSecret`).
+Everything here is plain data with a JSON-ready codec (``to_dict``/``from_dict``, and
+:func:`encode`/:func:`decode` from :mod:`email_change._codec`: read by the fields' types, no
+type tags), so every storage adapter persists the same thing and a contract test can compare
+stored bytes. No record holds a secret in clear: codes and link tokens are HMAC digests, and the
+one secret a pending mail must carry is sealed with AES-GCM
+(:class:`~email_change._crypto.SealedSecret`).
 """
 
 from __future__ import annotations
 
-import base64
 import enum
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 from email_change._values import (
     CardModel,
     Channel,
-    ConsentPurpose,
     ConsentRecord,
     EmailAddress,
 )
@@ -132,13 +132,18 @@ class Procedure:
         return attrs.evolve(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (see :func:`procedure_from_dict`)."""
-        return _encode(self)  # type: ignore[no-any-return]
+        """A JSON-ready dict (the record codec's, see :mod:`email_change._codec`)."""
+        from email_change._codec import encode
+
+        return encode(self)  # type: ignore[no-any-return]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Procedure:
-        """Rebuild a procedure from :meth:`to_dict` output."""
-        return _decode_procedure(data)
+        """Rebuild a procedure from :meth:`to_dict` output (or a record written before the
+        typed codec, with its ``"$type"`` tags)."""
+        from email_change._codec import decode_procedure
+
+        return decode_procedure(dict(data))
 
 
 class LedgerKind(enum.StrEnum):
@@ -217,17 +222,17 @@ class AccountEffect:
     """A change owed to the account directory (idempotent on the directory's side)."""
 
     action: AccountAction
-    insured_id: str
+    #: The insured whose account changes ("" once settled: the procedure names them, and the
+    #: audit record of a dead letter too).
+    insured_id: str = ""
     procedure_id: str
     address: EmailAddress | None = None
     consents: tuple[ConsentRecord, ...] = ()
 
     def settled(self) -> AccountEffect:
-        """What is kept of this change once applied or dead: its action, insured and procedure
-        (the address and consents are the directory's to keep from then on)."""
-        return AccountEffect(
-            action=self.action, insured_id=self.insured_id, procedure_id=self.procedure_id
-        )
+        """What is kept of this change once applied or dead: its action and procedure (the
+        address and consents are the directory's to keep from then on)."""
+        return AccountEffect(action=self.action, procedure_id=self.procedure_id)
 
 
 Effect = MailEffect | AccountEffect
@@ -341,158 +346,3 @@ class AuditRecord:
     from_state: str | None = None
     to_state: str | None = None
     detail: Mapping[str, str] = attrs.field(factory=dict)
-
-
-# --- codec ---------------------------------------------------------------------------------------
-
-_DT = "$dt"
-_B = "$b64"
-
-
-#: Each record class's fields and their defaults, looked up once per class rather than once per
-#: value. A field left at its default is not written (the decoder fills it in): a record stores
-#: what it holds, not what it lacks, and records written before this rule read the same.
-_FIELD_NAMES: dict[type[Any], tuple[tuple[str, Any], ...]] = {}
-_PLAIN = (str, int, bool, float, type(None))
-_REQUIRED = object()
-
-
-def _default_of(field: attrs.Attribute[Any]) -> Any:
-    default: Any = field.default
-    if default is attrs.NOTHING or not field.init:
-        return _REQUIRED
-    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-        return _REQUIRED if default.takes_self else default.factory()
-    return default
-
-
-def _is_default(value: Any, default: Any) -> bool:
-    # Same type and equal: ``False`` is not left out where the default is ``0``, nor the reverse.
-    return default is not _REQUIRED and type(value) is type(default) and value == default
-
-
-def _encode(value: Any) -> Any:  # noqa: PLR0911 - one return per kind of value, read as a table
-    cls = type(value)
-    if cls in _PLAIN:  # exact types: enums (str/int subclasses) go on to their branch
-        return value
-    names = _FIELD_NAMES.get(cls)
-    if names is None and _TYPES.get(cls.__name__) is cls:
-        names = _FIELD_NAMES[cls] = tuple((f.name, _default_of(f)) for f in attrs.fields(cls))
-    if names is not None:
-        out = {"$type": cls.__name__}
-        for name, default in names:
-            field_value = getattr(value, name)
-            if not _is_default(field_value, default):
-                out[name] = _encode(field_value)
-        return out
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime in a record")
-        return {_DT: value.isoformat()}
-    if isinstance(value, bytes):
-        return {_B: base64.b64encode(value).decode("ascii")}
-    if isinstance(value, tuple | list):
-        return [_encode(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _encode(v) for k, v in value.items()}
-    # Anything else would be stored as something the decoder cannot rebuild: refuse it before
-    # a store writes it.
-    raise TypeError(f"cannot encode a {cls.__name__} in a record")
-
-
-_TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        Procedure,
-        CodeIssue,
-        LinkIssue,
-        KeyedDigest,
-        SealedSecret,
-        EmailAddress,
-        ConsentRecord,
-        MailEffect,
-        AccountEffect,
-        OutboxItem,
-        LedgerEntry,
-        AuditRecord,
-    )
-}
-_ENUMS: dict[tuple[str, str], type[enum.Enum]] = {
-    ("Procedure", "channel"): Channel,
-    ("ConsentRecord", "purpose"): ConsentPurpose,
-    ("ConsentRecord", "channel"): Channel,
-    ("MailEffect", "kind"): MailKind,
-    ("AccountEffect", "action"): AccountAction,
-    ("LedgerEntry", "kind"): LedgerKind,
-}
-
-
-def _card_models(raw: Any) -> tuple[CardModel, ...]:
-    return tuple(CardModel(m) for m in raw)
-
-
-def _readers(type_name: str) -> tuple[tuple[str, Any], ...]:
-    """Each init field of a record class and how to read it back (``None``: :func:`_decode`),
-    worked out once per class."""
-    readers = _READERS.get(type_name)
-    if readers is None:
-        special: dict[tuple[str, str], Any] = {
-            **_ENUMS,
-            ("Procedure", "card_models"): _card_models,
-        }
-        readers = _READERS[type_name] = tuple(
-            (f.name, special.get((type_name, f.name)))
-            for f in attrs.fields(_TYPES[type_name])
-            if f.init
-        )
-    return readers
-
-
-_READERS: dict[str, tuple[tuple[str, Any], ...]] = {}
-
-
-def decode(data: Any) -> Any:
-    """Decode what :func:`encode` made."""
-    return _decode(data, {})
-
-
-def _decode(data: Any, seen: dict[Any, Any]) -> Any:  # noqa: PLR0911 - one return per kind
-    # ``seen`` shares equal strings and datetimes within one record: a procedure repeats its
-    # insured id and a few instants many times, and each copy costs memory as long as it lives.
-    if isinstance(data, str):
-        return seen.setdefault(data, data)
-    if isinstance(data, list):
-        return tuple(_decode(v, seen) for v in data)
-    if not isinstance(data, dict):
-        return data
-    if _DT in data:
-        key = (_DT, data[_DT])
-        instant = seen.get(key)
-        if instant is None:
-            instant = seen[key] = datetime.fromisoformat(data[_DT])
-        return instant
-    if _B in data:
-        return base64.b64decode(data[_B])
-    type_name = data.get("$type")
-    if type_name is None:
-        return {k: _decode(v, seen) for k, v in data.items()}
-    kwargs = {
-        name: _decode(data[name], seen) if read is None else read(data[name])
-        for name, read in _readers(type_name)
-        if name in data
-    }
-    return _TYPES[type_name](**kwargs)
-
-
-def encode(value: Any) -> Any:
-    """Encode a record (or a tuple of them) into JSON-ready data."""
-    return _encode(value)
-
-
-def _decode_procedure(data: Mapping[str, Any]) -> Procedure:
-    result = decode(dict(data))
-    if not isinstance(result, Procedure):
-        raise TypeError("not a procedure record")
-    return result

@@ -15,20 +15,21 @@ from pathlib import Path
 
 import attrs
 
-from email_change._records import AuditRecord, encode
+from email_change._codec import encode
+from email_change._records import AuditRecord
 
 __all__ = ["JsonLinesAuditSink", "LoggingAuditSink"]
 
 
 def _line(record: AuditRecord) -> str:
-    # Every field, those at their default included: the line's shape is what a log pipeline
-    # parses, whatever the record codec leaves out of stored records.
-    data = {f.name: encode(getattr(record, f.name)) for f in attrs.fields(AuditRecord)}
-    return json.dumps(
-        {k: (v["$dt"] if isinstance(v, dict) and "$dt" in v else v) for k, v in data.items()},
-        ensure_ascii=False,
-        sort_keys=True,
-    )
+    # Every field, those at their default included, and times as ISO 8601 text: the line's
+    # shape is what a log pipeline parses, whatever form the record codec stores records in.
+    data = {
+        f.name: value.isoformat() if isinstance(value, datetime) else encode(value)
+        for f in attrs.fields(AuditRecord)
+        for value in (getattr(record, f.name),)
+    }
+    return json.dumps(data, ensure_ascii=False, sort_keys=True)
 
 
 class JsonLinesAuditSink:

@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from email_change._codec import decode, decode_procedure, encode
 from email_change._errors import ConcurrentUpdate, ServiceUnavailable
 from email_change._machine import FINAL_STATES, ExpiryCutoff
 from email_change._messages import is_addressed_to
@@ -30,8 +31,6 @@ from email_change._records import (
     OutboxBacklog,
     OutboxItem,
     Procedure,
-    decode,
-    encode,
 )
 from email_change._values import Card, ConsentRecord, EmailAddress, parse_address
 
@@ -308,19 +307,19 @@ class InMemoryProcedureStore:
     def load(self, procedure_id: str) -> Procedure | None:
         with self._lock:
             raw = self._procedures.get(procedure_id)
-        return None if raw is None else Procedure.from_dict(json.loads(raw))
+        return None if raw is None else decode_procedure(json.loads(raw))
 
     def open_procedure_of(self, insured_id: str) -> Procedure | None:
         with self._lock:
             procedure_id = self._open.get(insured_id)
             raw = None if procedure_id is None else self._procedures[procedure_id]
-        return None if raw is None else Procedure.from_dict(json.loads(raw))
+        return None if raw is None else decode_procedure(json.loads(raw))
 
     def ledger_since(self, insured_id: str, since: datetime) -> Sequence[LedgerEntry]:
         """The insured's ledger entries at or after ``since``, oldest first (for tests too)."""
         with self._lock:
             raws = list(self._ledger_of.get(insured_id, ()))
-        entries = [decode(json.loads(r)) for r in raws]
+        entries = [decode(json.loads(r), LedgerEntry) for r in raws]
         return sorted((e for e in entries if e.at >= since), key=lambda e: e.at)
 
     @contextlib.contextmanager
@@ -358,28 +357,26 @@ class InMemoryProcedureStore:
     def outbox_items(self, ids: Sequence[str]) -> Sequence[OutboxItem]:
         with self._lock:
             raws = [self._outbox[i] for i in ids if i in self._outbox]
-        return [decode(json.loads(r)) for r in raws]
+        return [decode(json.loads(r), OutboxItem) for r in raws]
 
     def _items(self) -> list[OutboxItem]:
         with self._lock:
             raws = list(self._outbox.values())
-        return [decode(json.loads(r)) for r in raws]
+        return [decode(json.loads(r), OutboxItem) for r in raws]
 
     def procedures_of(self, insured_id: str, limit: int) -> Sequence[Procedure]:
         """The insured's procedures, most recently updated first, at most ``limit``."""
         with self._lock:
             raws = list(self._procedures.values())
         mine = [
-            p
-            for p in (Procedure.from_dict(json.loads(r)) for r in raws)
-            if p.insured_id == insured_id
+            p for p in (decode_procedure(json.loads(r)) for r in raws) if p.insured_id == insured_id
         ]
         return sorted(mine, key=lambda p: (p.updated_at, p.id), reverse=True)[:limit]
 
     def procedures_due(self, cutoffs: Sequence[ExpiryCutoff], limit: int) -> Sequence[Procedure]:
         with self._lock:
             raws = [self._procedures[i] for i in self._open.values()]
-        opened = (Procedure.from_dict(json.loads(r)) for r in raws)
+        opened = (decode_procedure(json.loads(r)) for r in raws)
         due = [p for p in opened if any(c.matches(p) for c in cutoffs)]
         return sorted(due, key=lambda p: (p.updated_at, p.id))[:limit]
 

@@ -71,7 +71,8 @@ class Dialect:
         """The inverse of :meth:`time`."""
         if isinstance(value, datetime):
             return value.astimezone(UTC)
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")
+        # What :meth:`time` wrote (``...%fZ``), read in C: ``strptime`` took 40 times as long.
+        return datetime.fromisoformat(value)
 
     def json(self, value: Any) -> Any:
         """A JSON-ready value as the engine stores it."""

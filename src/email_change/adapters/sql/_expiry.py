@@ -17,8 +17,9 @@ from typing import Any
 
 import attrs
 
+from email_change._codec import encode
 from email_change._machine import ExpiryCutoff, ProcedureState, ending
-from email_change._records import Procedure, encode
+from email_change._records import Procedure
 from email_change.adapters.sql._db import Dialect
 
 __all__ = ["due_predicate", "expired_by_sweep", "expired_record"]

@@ -225,6 +225,43 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         ),
     ),
+    Migration(
+        version=6,
+        description="outbox: a settled item has no next attempt",
+        statements=(
+            # A delivered or dead item is never due: its ``next_attempt_at`` may be null (the
+            # item's own value, if not its ``created_at``, is in its JSON). SQLite cannot drop a
+            # NOT NULL constraint, so the table is made anew, the same on both engines, rows and
+            # indexes as they were.
+            """CREATE TABLE outbox_v6 (
+                id TEXT PRIMARY KEY,
+                procedure_id TEXT NOT NULL,
+                created_at {time} NOT NULL,
+                next_attempt_at {time},
+                done_at {time},
+                attempts INTEGER NOT NULL,
+                item {json} NOT NULL,
+                dead_at {time}
+            )""",
+            (
+                "INSERT INTO outbox_v6 (id, procedure_id, created_at, next_attempt_at, done_at,"
+                " attempts, item, dead_at) SELECT id, procedure_id, created_at, next_attempt_at,"
+                " done_at, attempts, item, dead_at FROM outbox"
+            ),
+            "DROP TABLE outbox",
+            "ALTER TABLE outbox_v6 RENAME TO outbox",
+            (
+                "CREATE INDEX outbox_due ON outbox (next_attempt_at)"
+                " WHERE done_at IS NULL AND dead_at IS NULL"
+            ),
+            (
+                "CREATE INDEX outbox_pending_by_procedure ON outbox (procedure_id)"
+                " WHERE done_at IS NULL AND dead_at IS NULL"
+            ),
+            "CREATE INDEX outbox_done ON outbox (done_at) WHERE done_at IS NOT NULL",
+            "CREATE INDEX outbox_dead ON outbox (dead_at) WHERE dead_at IS NOT NULL",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

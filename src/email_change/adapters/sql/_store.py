@@ -2,9 +2,12 @@
 
 A procedure is one row: the columns the store looks up (insured, state, version, times, and the
 expiry columns ``expiry_anchor`` and ``codes_sent`` that the machine's expiry specification is
-matched on) and the whole record as JSON (``Procedure.to_dict()``), so what :meth:`load` returns
-is exactly what was committed. The record carries both forms of each address (as typed, for
-delivery; the comparison key), so no extra column is needed for them.
+matched on) and the rest of the record as JSON (``Procedure.to_dict()`` without what the columns
+hold, which :meth:`load` puts back), so what :meth:`load` returns is exactly what was committed.
+An outbox item is one row the same way (its effect's fields beside its own in the JSON); once
+settled, its row has no next attempt. With encryption at rest, the sealed JSON holds the whole
+record or item, so that it authenticates all of it. Rows written by earlier versions (every field
+in the JSON, with type tags) are read as they are.
 
 :meth:`transaction` is one write transaction that holds the insured: SQLite's ``BEGIN IMMEDIATE``
 (the whole file), PostgreSQL's lock on the insured's row of ``insureds``. Its commit writes the
@@ -17,20 +20,23 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import attrs
+
+from email_change._codec import decode, decode_procedure, encode
 from email_change._errors import ConcurrentUpdate, ServiceUnavailable
 from email_change._machine import ExpiryCutoff, ProcedureState, expiry_anchor
 from email_change._records import (
+    AccountEffect,
     Commit,
     LedgerEntry,
     LedgerKind,
+    MailEffect,
     OutboxBacklog,
     OutboxItem,
     Procedure,
-    decode,
-    encode,
 )
 from email_change.adapters.sql._db import Database, Transaction, Unavailable, UniqueViolation
 from email_change.adapters.sql._encryption import (
@@ -43,8 +49,11 @@ from email_change.adapters.sql._expiry import due_predicate, expired_by_sweep
 
 __all__ = ["SQLProcedureStore"]
 
-# What a procedure is loaded from: the record, and the columns bulk expiry may have moved on.
-_PROC = "SELECT id, record, state, version, updated_at, ended_at FROM procedures"
+# What a procedure is loaded from: its columns, and the JSON of the rest (see ``_proc_row``).
+_PROC = (
+    "SELECT id, insured_id, state, version, codes_sent, updated_at, ended_at, record"
+    " FROM procedures"
+)
 # "Open" is "not ended": the same predicate as the partial unique index, which serves the query.
 _SELECT_OPEN = f"{_PROC} WHERE insured_id = ? AND ended_at IS NULL"
 _INSERT_PROCEDURE = (
@@ -56,8 +65,14 @@ _ITEM = (
     "SELECT id, procedure_id, created_at, next_attempt_at, done_at, dead_at, attempts, item"
     " FROM outbox"
 )
+#: The fields of a procedure its columns hold, left out of its unsealed JSON.
+_PROC_COLUMNS = ("id", "insured_id", "state", "version", "codes_sent", "updated_at", "ended_at")
 #: The fields of an outbox item its columns hold, left out of its unsealed JSON.
 _ITEM_COLUMNS = ("id", "created_at", "next_attempt_at", "done_at", "dead_at", "attempts")
+#: An unsealed item's JSON holds its effect's fields beside its own: no name may be both.
+_ITEM_FIELDS = frozenset(f.name for f in attrs.fields(OutboxItem))
+if _ITEM_FIELDS & {f.name for cls in (MailEffect, AccountEffect) for f in attrs.fields(cls)}:
+    raise TypeError("an effect field has the name of an outbox item field")  # pragma: no cover
 _UPDATE_PROCEDURE = (
     "UPDATE procedures SET state = ?, version = ?, expiry_anchor = ?, codes_sent = ?,"
     " updated_at = ?, ended_at = ?, record = ? WHERE id = ? AND insured_id = ? AND version = ?"
@@ -95,10 +110,27 @@ class SQLProcedureStore:
             return self.db.query(sql, params)
 
     def _procedure(self, row: Sequence[Any]) -> Procedure:
-        proc_id, raw, state, version, updated_at, ended_at = row
-        stored = self._d.from_json(raw)
-        proc = Procedure.from_dict(self._box.open(stored, associated=f"procedures/{proc_id}"))
-        if not is_sealed(stored) or proc.version == version:
+        proc_id, insured_id, state, version, codes_sent, updated_at, ended_at, raw = row
+        stored, d = self._d.from_json(raw), self._d
+        data = self._box.open(stored, associated=f"procedures/{proc_id}")
+        if not is_sealed(stored):
+            # The columns give back what the JSON leaves out (a record written whole, before
+            # they were left out, has them in its JSON too: the same values).
+            given = {
+                "id": proc_id,
+                "insured_id": insured_id,
+                "state": state,
+                "version": version,
+                "codes_sent": codes_sent,
+            }
+            if "updated_at" not in data:
+                given["updated_at"] = d.from_time(updated_at)
+            if ended_at is not None and "ended_at" not in data:
+                given["ended_at"] = d.from_time(ended_at)
+            return decode_procedure(data, given)
+        # A sealed payload holds the whole record, so that it authenticates all of it.
+        proc = decode_procedure(data)
+        if proc.version == version:
             return proc
         # A sealed record behind its columns: bulk expiry moved the row on in SQL (it cannot edit
         # a sealed payload). Apply what the machine's expire transition does.
@@ -208,29 +240,44 @@ class SQLProcedureStore:
 
     def _item(self, row: Sequence[Any]) -> OutboxItem:
         item_id, procedure_id, created_at, next_attempt_at, done_at, dead_at, attempts, raw = row
-        data = self._box.open(self._d.from_json(raw), associated=f"outbox/{item_id}")
-        if "$type" in data:
-            # Sealed, or written before the columns were left out of the JSON: all in the JSON.
-            item = decode(data)
-            if not isinstance(item, OutboxItem):
-                raise TypeError("not an outbox item")
-            return item
-        d = self._d
-        return OutboxItem(
-            id=item_id,
-            effect=decode({**data["effect"], "procedure_id": procedure_id}),
-            created_at=d.from_time(created_at),
-            attempts=attempts,
-            next_attempt_at=d.from_time(next_attempt_at),
-            done_at=None if done_at is None else d.from_time(done_at),
-            last_error=data.get("last_error"),
-            dead_at=None if dead_at is None else d.from_time(dead_at),
-        )
+        stored, d = self._d.from_json(raw), self._d
+        data = self._box.open(stored, associated=f"outbox/{item_id}")
+        if is_sealed(stored):
+            # A sealed payload holds the whole item, so that it authenticates all of it.
+            return decode(data, OutboxItem)  # type: ignore[no-any-return]
+        # The columns give back what the JSON leaves out (an item written whole, before they
+        # were left out, has them in its JSON too: the same values). The effect's fields are
+        # beside the item's own (``"effect": {...}`` in rows written before).
+        if "effect" not in data:
+            effect = {k: v for k, v in data.items() if k not in _ITEM_FIELDS}
+            data = {k: v for k, v in data.items() if k in _ITEM_FIELDS}
+            data["effect"] = effect
+        effect = data["effect"]
+        if "procedure_id" not in effect:
+            data["effect"] = {**effect, "procedure_id": procedure_id}
+        given: dict[str, Any] = {"id": item_id, "attempts": attempts}
+        for name, column in (
+            ("created_at", created_at),
+            ("next_attempt_at", next_attempt_at),
+            ("done_at", done_at),
+            ("dead_at", dead_at),
+        ):
+            if column is not None and name not in data:
+                given[name] = d.from_time(column)
+        if next_attempt_at is None and "next_attempt_at" not in data:
+            # Settled: never due again; its next attempt was its creation (see ``_outbox_row``).
+            given["next_attempt_at"] = given["created_at"]
+        return decode(data, OutboxItem, given=given)  # type: ignore[no-any-return]
 
     # --- writes -----------------------------------------------------------------------------
 
     def _proc_row(self, proc: Procedure) -> tuple[Any, ...]:
         d = self._d
+        data = proc.to_dict()
+        if isinstance(self._box, PlainRecords):
+            # What the columns hold is not written twice (a sealed payload keeps everything, so
+            # that it authenticates the whole record).
+            _leave_out_columns(data, proc, _PROC_COLUMNS)
         return (
             proc.id,
             proc.insured_id,
@@ -240,24 +287,34 @@ class SQLProcedureStore:
             proc.codes_sent,
             d.time(proc.updated_at),
             d.time(proc.ended_at),
-            d.json(self._box.seal(proc.to_dict(), associated=f"procedures/{proc.id}")),
+            d.json(self._box.seal(data, associated=f"procedures/{proc.id}")),
         )
 
     def _outbox_row(self, item: OutboxItem) -> tuple[Any, ...]:
         d = self._d
         data = encode(item)
+        # A settled item is never due again: no next attempt in its row (the due index skips
+        # it anyway), and none in its JSON if it was the item's creation (the usual case).
+        settled = item.done_at is not None or item.dead_at is not None
         if isinstance(self._box, PlainRecords):
             # What the columns hold is not written twice: the JSON keeps the effect (its
             # procedure is a column too) and the last error. A sealed payload keeps everything,
             # so that it authenticates the whole item.
-            for name in (*_ITEM_COLUMNS, "$type"):
-                data.pop(name, None)
-            data["effect"].pop("procedure_id")
+            _leave_out_columns(data, item, _ITEM_COLUMNS)
+            if settled and not (
+                item.next_attempt_at == item.created_at
+                and item.next_attempt_at.tzinfo is UTC
+                and item.created_at.tzinfo is UTC
+            ):
+                data["next_attempt_at"] = encode(item.next_attempt_at)
+            effect = data.pop("effect")
+            _leave_out_columns(effect, item.effect, ("procedure_id",))
+            data.update(effect)  # beside the item's own fields (no name is both)
         return (
             item.id,
             item.effect.procedure_id,
             d.time(item.created_at),
-            d.time(item.next_attempt_at),
+            None if settled else d.time(item.next_attempt_at),
             d.time(item.done_at),
             d.time(item.dead_at),
             item.attempts,
@@ -360,3 +417,14 @@ def _ledger(query: Any, insured_id: str, since: datetime, d: Any) -> tuple[Ledge
         )
         for procedure_id, kind, at in rows
     )
+
+
+def _leave_out_columns(data: dict[str, Any], record: Any, names: Sequence[str]) -> None:
+    """Drop from a record's JSON the fields its row's columns give back exactly: text and
+    integers as they are, times in UTC (a column keeps the instant, not another zone)."""
+    for name in names:
+        value = getattr(record, name)
+        kind = type(value)
+        restored = kind is str or kind is int or isinstance(value, ProcedureState)
+        if restored or (kind is datetime and value.tzinfo is UTC):
+            data.pop(name, None)
