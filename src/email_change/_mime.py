@@ -121,7 +121,9 @@ class MailParts:
     def __init__(self, headers: Headers, text: str, html: str, language: str) -> None:
         self.headers = headers
         self.text, self.html, self.language = text, html, language
-        self.text_body = self.html_body = ("", "")  # set by _plain(): (transfer encoding, payload)
+        #: (Content-Transfer-Encoding, payload) of each part, encoded when first written.
+        self.text_body: tuple[str, str] | None = None
+        self.html_body: tuple[str, str] | None = None
         self.boundary: str | None = None  # drawn when the mail is first written
 
     def message(self) -> EmailMessage:
@@ -132,7 +134,7 @@ class MailParts:
 
     def _plain(self) -> bool:
         """Whether every header is one the wire writer folds as the header classes would, and
-        every step of :meth:`build` would pass; encodes the bodies as ``set_content`` does."""
+        every step of :meth:`build` would pass."""
         for name, value in self.headers:
             if name in _PER_MAIL:
                 if not _PER_MAIL[name].fullmatch(value):
@@ -146,10 +148,10 @@ class MailParts:
                     MAIL_POLICY.header_factory(name, value)  # a constant one: parsed once
                 except Exception:  # noqa: BLE001 - build() raises it again, as it always did
                     return False
-        try:
-            self.text_body = _encode_text(self.text)
-            self.html_body = _encode_text(self.html)
-        except Exception:  # noqa: BLE001 - the same: set_content() raises it
+        try:  # all that can fail in encoding the bodies (set_content() would raise it)
+            self.text.encode("utf-8")
+            self.html.encode("utf-8")
+        except UnicodeEncodeError:
             return False
         return len(self.language.splitlines()) <= 1
 
@@ -335,6 +337,8 @@ def _write(parts: MailParts, *, utf8: bool) -> bytes | None:
         if line is None:
             return None
         head.append(line)
+    if parts.text_body is None or parts.html_body is None:
+        parts.text_body, parts.html_body = _encode_text(parts.text), _encode_text(parts.html)
     text = _part("plain", parts.text_body, policy)
     html = _part("html", parts.html_body, policy, ("MIME-Version", "1.0"))
     nl = _NL.encode()
