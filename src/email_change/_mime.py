@@ -260,8 +260,18 @@ _shapes: dict[tuple[str, str, bool], tuple[bytes, bytes] | None] = {}
 
 
 def _fold(name: str, value: str, policy: Any) -> bytes:
-    """The header line the generator writes for ``message[name] = value`` (under MAIL_POLICY)."""
-    return policy.fold_binary(name, MAIL_POLICY.header_factory(name, value))  # type: ignore[no-any-return]
+    """The header line the generator writes for ``message[name] = value`` (under MAIL_POLICY),
+    ``policy`` being SMTP or SMTPUTF8. A kept (constant) header keeps its line per policy."""
+    header = MAIL_POLICY.header_factory(name, value)
+    lines: dict[bool, bytes] | None = header.__dict__.get("_lines")
+    if lines is None:
+        if not isinstance(header, _FoldOnce):
+            return policy.fold_binary(name, header)  # type: ignore[no-any-return]
+        lines = header.__dict__.setdefault("_lines", {})
+    line = lines.get(policy.utf8)
+    if line is None:
+        line = lines[policy.utf8] = policy.fold_binary(name, header)
+    return line
 
 
 def _shaped(name: str, probe: str, hole: str, fill: str, policy: Any) -> bytes | None:
