@@ -27,7 +27,7 @@ from urllib.parse import urlencode, urlsplit
 import attrs
 
 from email_change._errors import EmailChangeError, InvalidAddress
-from email_change._mime import MAIL_POLICY
+from email_change._mime import MailParts
 from email_change._records import MailEffect, MailKind, OutboxItem
 from email_change._values import CardModel, ascii_form, parse_address
 
@@ -198,7 +198,23 @@ class Messages:
         )
 
     def render(self, item: OutboxItem, secret: str | None, settings: MailSettings) -> EmailMessage:
-        """Build the MIME message (text and HTML) owed by an outbox item."""
+        """Build the MIME message (text and HTML) owed by an outbox item.
+
+        The message is an :class:`~email.message.EmailMessage` like any other; its object tree
+        is built the first time it is read, and a mailer writing it as SMTP bytes (the file
+        outbox) writes them without building it: the same bytes (see ``_mime.RenderedMail``).
+        """
+        return self._parts(item, secret, settings).message()
+
+    def render_reference(
+        self, item: OutboxItem, secret: str | None, settings: MailSettings, policy: Any = None
+    ) -> EmailMessage:
+        """The same message built at once by :class:`~email.message.EmailMessage` (under
+        ``policy``, ``_mime.MAIL_POLICY`` by default): what :meth:`render`'s bytes are checked
+        against."""
+        return self._parts(item, secret, settings).build(policy)
+
+    def _parts(self, item: OutboxItem, secret: str | None, settings: MailSettings) -> MailParts:
         effect = item.effect
         if not isinstance(effect, MailEffect):
             raise TypeError("not a mail effect")
@@ -213,27 +229,25 @@ class Messages:
         elif effect.kind is MailKind.PREVIOUS_ADDRESS_NOTICE:
             params["link"] = f"{settings.revert_url}?{urlencode({'token': _require(secret)})}"
         section = ("mail", effect.kind.value)
-        message = EmailMessage(policy=MAIL_POLICY)  # the default policy's bytes, built faster
-        message["Subject"] = self.text(locale, *section, "subject")
-        message["From"] = formataddr((settings.sender_name, settings.sender))
-        # The domain in its ASCII (A-label) form whenever the address has one: any server
-        # delivers it, where a Unicode domain would need SMTPUTF8 all the way.
-        message["To"] = ascii_form(effect.to) or effect.to
-        message["Date"] = format_datetime(item.created_at)
-        # Stable per outbox item: a retried delivery carries the same id, so it can be deduplicated.
-        message["Message-ID"] = f"<{item.id}@{settings.message_id_domain}>"
-        message["Auto-Submitted"] = "auto-generated"
-        message[MAIL_KIND_HEADER] = effect.kind.value
-        message.set_content(self.text(locale, *section, "text", **params))
+        headers = (
+            ("Subject", self.text(locale, *section, "subject")),
+            ("From", formataddr((settings.sender_name, settings.sender))),
+            # The domain in its ASCII (A-label) form whenever the address has one: any server
+            # delivers it, where a Unicode domain would need SMTPUTF8 all the way.
+            ("To", ascii_form(effect.to) or effect.to),
+            ("Date", format_datetime(item.created_at)),
+            # Stable per outbox item: a retried delivery carries the same id, so it can be
+            # deduplicated.
+            ("Message-ID", f"<{item.id}@{settings.message_id_domain}>"),
+            ("Auto-Submitted", "auto-generated"),
+            (MAIL_KIND_HEADER, effect.kind.value),
+        )
+        text = self.text(locale, *section, "text", **params)
         escaped = {k: html.escape(v, quote=True) for k, v in params.items()}
         html_body = self.text(locale, *section, "html", **escaped)
         lang = html.escape(locale)
-        message.add_alternative(
-            f'<!doctype html><html lang="{lang}"><body>{html_body}</body></html>', subtype="html"
-        )
-        # After the parts: set_content() clears every Content-* header set before it.
-        message["Content-Language"] = locale
-        return message
+        page = f'<!doctype html><html lang="{lang}"><body>{html_body}</body></html>'
+        return MailParts(headers, text, page, locale)
 
 
 def is_addressed_to(message: EmailMessage, address: str) -> bool:

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import attrs
 
+from email_change._mime import wire
+
 __all__ = ["FileOutbox", "MailboxEntry"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
@@ -72,6 +74,9 @@ def file_name(message_id: str) -> str:
 
 
 def _wire_bytes(message: EmailMessage) -> bytes:
+    fast = wire(message)  # a mail of this library, written without building its object tree
+    if fast is not None:
+        return fast[1]
     addresses = " ".join(str(message.get(h, "")) for h in ("From", "To", "Cc", "Sender"))
     policy = email.policy.SMTPUTF8 if not addresses.isascii() else email.policy.SMTP
     return message.as_bytes(policy=policy)
@@ -88,10 +93,14 @@ class FileOutbox:
 
     def send(self, message: EmailMessage) -> None:
         """Write ``message`` atomically; a message with the same Message-ID is replaced."""
-        message_id = message["Message-ID"]
-        if not message_id:
-            raise ValueError("the file outbox names files after the Message-ID: set one")
-        data = _wire_bytes(message)
+        fast = wire(message)  # a mail of this library: the same bytes, without its object tree
+        if fast is not None:
+            message_id, data = fast
+        else:
+            message_id = message["Message-ID"]
+            if not message_id:
+                raise ValueError("the file outbox names files after the Message-ID: set one")
+            data = _wire_bytes(message)
         # Mails hold addresses, codes and links: the folder and each file (mkstemp) are 0700/0600.
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=_TMP_PREFIX, suffix=".eml")

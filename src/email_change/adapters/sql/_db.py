@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -27,6 +28,9 @@ from typing import Any, Protocol
 import attrs
 
 __all__ = ["Database", "Dialect", "SQLiteDatabase", "Transaction", "Unavailable", "UniqueViolation"]
+
+#: A time as :meth:`Dialect.time` writes it on SQLite (fixed width, UTC).
+_STORED_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 
 
 class UniqueViolation(Exception):
@@ -71,8 +75,9 @@ class Dialect:
         """The inverse of :meth:`time`."""
         if isinstance(value, datetime):
             return value.astimezone(UTC)
-        # What :meth:`time` wrote (``...%fZ``), read in C: ``strptime`` took 40 times as long.
-        return datetime.fromisoformat(value)
+        if isinstance(value, str) and _STORED_TIME.fullmatch(value):
+            return datetime.fromisoformat(value)  # what strptime gives for it, 30 times faster
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")
 
     def json(self, value: Any) -> Any:
         """A JSON-ready value as the engine stores it."""
