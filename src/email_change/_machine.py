@@ -305,6 +305,9 @@ class EmailChangeMachine(StateChart[Procedure]):
 
     allow_event_without_transition = False
     catch_errors_as_events = False
+    # The state field moves once per transition, from source to target (what python-statemachine's
+    # own strict StateMachine does), instead of being cleared on exit and set again on entry.
+    atomic_configuration_update = True
 
     # The procedure exists only once ``start`` succeeds: ``new`` is never stored.
     new = State("New", value=S.NEW, initial=True)
