@@ -6,10 +6,13 @@ What a careful developer would write by hand against the same core pieces, to te
 * the same reads and writes: it loads and commits :class:`Procedure` records, ledger entries and
   outbox items through the same :class:`ProcedureStore` with the same version check, and writes
   the same :class:`AuditRecord` per transition;
-* the same checks, in the same order, with the same typed errors: ownership, deadline, final
-  states, the per-insured rolling budgets of :class:`Policy`, code expiry, HMAC verification through
-  the same :class:`Keyring`, cards, address normalisation with ``parse_address``/``parse_code``/
-  ``parse_serial``, consent choices, link expiry;
+* the same checks, in the same order, with the same typed errors: the facade's argument checks
+  (insured and procedure ids, channel, locale), ownership, deadline, final states, the freeze a
+  dispute sets (read from the insured's whole ledger, as a freeze lasts whatever its age), the
+  per-insured rolling budgets of :class:`Policy`, code expiry, HMAC verification through the same
+  :class:`Keyring`, cards, address normalisation with ``parse_address``/``parse_code``/
+  ``parse_serial``, consent choices, a link a dispute undid, link expiry; and, inside the
+  insured's transaction, that no other procedure was opened since the look before it;
 * the same effects: the code and links sealed with AES-GCM, mails rendered by :class:`Messages`
   and handed to the same mailer, account changes applied to the same directory, the sealed secret
   dropped once sent, and a :class:`ProcedureView` returned;
@@ -25,15 +28,19 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 
 import email_change as ec
+from email_change import _arguments as arguments
 from email_change._machine import deadline_of
 
 CODE, LINK, REVERT = "code", "link", "revert"
+#: Before any ledger entry: a freeze lasts until it is lifted, whatever its age.
+LEDGER_START = datetime(1970, 1, 1, tzinfo=UTC)
+_FREEZE_MARKS = frozenset({ec.LedgerKind.FROZEN, ec.LedgerKind.UNFROZEN})
 _FINAL_ERRORS: dict[str, type[ec.EmailChangeError]] = {
     "locked": ec.ProcedureLocked,
     "expired": ec.ProcedureExpired,
@@ -45,11 +52,12 @@ _PURPOSES = (ec.ConsentPurpose.GENERAL_INFORMATION, ec.ConsentPurpose.STUDIES_AN
 class _Draft:
     """One event's working state: the copy, what it owes, and its refusal."""
 
-    __slots__ = ("ledger", "now", "outbox", "proc", "refusal")
+    __slots__ = ("ledger", "now", "outbox", "proc", "refusal", "tx")
 
-    def __init__(self, proc: ec.Procedure, now: datetime) -> None:
+    def __init__(self, proc: ec.Procedure, now: datetime, tx: ec.InsuredTransaction) -> None:
         self.proc = proc
         self.now = now
+        self.tx = tx
         self.ledger: list[ec.LedgerEntry] = []
         self.outbox: list[ec.OutboxItem] = []
         self.refusal: ec.EmailChangeError | None = None
@@ -90,8 +98,11 @@ class HandWrittenService:
     # --- operations (the facade's) ---------------------------------------------------------------
 
     def start(
-        self, insured_id: str, *, channel: ec.Channel = ec.Channel.WEBSITE
+        self, insured_id: str, *, channel: ec.Channel = ec.Channel.WEBSITE, locale: str = "fr"
     ) -> ec.ProcedureView:
+        insured_id = arguments.insured_id(insured_id)
+        channel = arguments.channel(channel)
+        locale = arguments.locale(locale)
         for _ in range(64):
             existing = self.store.open_procedure_of(insured_id)
             if existing is not None:
@@ -112,7 +123,7 @@ class HandWrittenService:
                 insured_id=insured_id,
                 state="new",
                 channel=channel,
-                locale="fr",
+                locale=locale,
                 created_at=now,
                 updated_at=now,
                 current_address=address,
@@ -124,10 +135,12 @@ class HandWrittenService:
         raise ec.ConcurrentUpdate()
 
     def submit_code(self, insured_id: str, procedure_id: str, code: str) -> ec.ProcedureView:
+        insured_id, procedure_id = _ids(insured_id, procedure_id)
         parsed = ec.parse_code(code, length=self.policy.code_length)
         return self._operate(insured_id, procedure_id, "submit_code", code=parsed)
 
     def submit_serial(self, insured_id: str, procedure_id: str, serial: str) -> ec.ProcedureView:
+        insured_id, procedure_id = _ids(insured_id, procedure_id)
         parsed = ec.parse_serial(serial)
         proc = self._owned(insured_id, procedure_id)
         cards: Sequence[ec.Card] = ()
@@ -138,6 +151,7 @@ class HandWrittenService:
     def submit_new_address(
         self, insured_id: str, procedure_id: str, form: ec.AddressForm
     ) -> ec.ProcedureView:
+        insured_id, procedure_id = _ids(insured_id, procedure_id)
         return self._operate(insured_id, procedure_id, "submit_address", form=form)
 
     def confirm(self, token: str) -> ec.ProcedureView:
@@ -146,6 +160,10 @@ class HandWrittenService:
         proc_id, secret = token.split(".")
         if not proc_id or not secret:
             raise ec.InvalidLink()
+        try:
+            proc_id = arguments.procedure_id(proc_id)
+        except ec.ProcedureNotFound:
+            raise ec.InvalidLink() from None
         proc = self.store.load(proc_id)
         if proc is None or proc.state != "awaiting_confirmation":
             self._refused(proc, proc_id, "confirm", ec.InvalidLink())
@@ -199,11 +217,14 @@ class HandWrittenService:
             error: ec.EmailChangeError = ec.EventNotAllowed(event=event, state=proc.state)
             self._refused(proc, proc.id, event, error)
             raise error
-        since = now - self.policy.insured_window
         with self.store.transaction(proc.insured_id) as tx:
-            history = tuple(tx.ledger_since(since))
-            draft = _Draft(proc.copy(), now)
+            if event == "start" and tx.open_procedure() is not None:
+                raise ec.ConcurrentUpdate()  # another request opened one first: resume it
+            history = tuple(tx.ledger_since(LEDGER_START))
+            draft = _Draft(proc.copy(), now, tx)
             try:
+                if event != "expire" and _frozen(history):
+                    raise ec.InsuredFrozen()
                 draft.proc.state = ec.ProcedureState(handler(draft, history, **inputs))
             except ec.EmailChangeError as exc:
                 self._refused(proc, proc.id, event, exc)
@@ -422,14 +443,16 @@ class HandWrittenService:
             ),
         )
         secret = self._token()
+        hours = str(int(self.policy.link_lifetime.total_seconds() // 3600))
+        link_token = f"{proc.id}.{secret}"
+        mail_id = self._mail(d, ec.MailKind.CONFIRM_ADDRESS, new, link_token, hours=hours)
         proc.link = ec.LinkIssue(
             digest=self.keyring.digest(LINK, proc.id, secret),
             sent_at=d.now,
             expires_at=d.now + self.policy.link_lifetime,
+            mail_id=mail_id,
         )
         proc.link_sends = (*proc.link_sends, d.now)
-        hours = str(int(self.policy.link_lifetime.total_seconds() // 3600))
-        self._mail(d, ec.MailKind.CONFIRM_ADDRESS, new, f"{proc.id}.{secret}", hours=hours)
         if self.policy.notify_previous_address:
             secret = self._token()
             proc.revert_digest = self.keyring.digest(REVERT, proc.id, secret)
@@ -446,13 +469,15 @@ class HandWrittenService:
     def _confirm(
         self,
         d: _Draft,
-        history: Sequence[ec.LedgerEntry],  # noqa: ARG002 - one signature per transition
+        history: Sequence[ec.LedgerEntry],
         secret: str,
     ) -> str:
         proc = d.proc
         link = proc.link
         if link is None or not self.keyring.verify(LINK, proc.id, secret, link.digest):
             raise ec.InvalidLink()
+        if _undone(d, history):
+            raise ec.InvalidLink()  # a dispute went back past it
         if d.now >= link.expires_at:
             raise ec.LinkExpired()
         self._owe(
@@ -501,7 +526,7 @@ class HandWrittenService:
 
     def _mail(
         self, d: _Draft, kind: ec.MailKind, to: ec.EmailAddress, secret: str, **params: str
-    ) -> None:
+    ) -> str:
         item_id = self.rng.token_bytes(16).hex()
         sealed = self.keyring.seal(secret, nonce=self.rng.token_bytes(12), associated=item_id)
         effect = ec.MailEffect(
@@ -515,6 +540,7 @@ class HandWrittenService:
         d.outbox.append(
             ec.OutboxItem(id=item_id, effect=effect, created_at=d.now, next_attempt_at=d.now)
         )
+        return item_id
 
     def _deliver(self, ids: Sequence[str]) -> None:
         """Deliver right after the commit, as the library's relay does (no failure injected)."""
@@ -553,3 +579,31 @@ class HandWrittenService:
             directory.confirm(insured, effect.address, at=at)
         else:
             directory.cancel_pending(insured, at=at)
+
+
+def _ids(insured_id: str, procedure_id: str) -> tuple[str, str]:
+    return arguments.insured_id(insured_id), arguments.procedure_id(procedure_id)
+
+
+def _frozen(history: Sequence[ec.LedgerEntry]) -> bool:
+    """The latest freeze mark of the whole ledger, whatever its age, is a dispute."""
+    last = None
+    for entry in history:
+        if entry.kind in _FREEZE_MARKS:
+            last = entry.kind
+    return last is ec.LedgerKind.FROZEN
+
+
+def _undone(d: _Draft, history: Sequence[ec.LedgerEntry]) -> bool:
+    """A dispute of an earlier change went back past this registration: its link is dead."""
+    registered = d.proc.registered_at
+    if registered is None:
+        return False
+    for mark in history:
+        if mark.kind is not ec.LedgerKind.FROZEN or mark.procedure_id == d.proc.id:
+            continue
+        disputed = d.tx.load(mark.procedure_id)
+        before = None if disputed is None else disputed.registered_at
+        if (before is None or before <= registered) and registered <= mark.at:
+            return True
+    return False

@@ -77,6 +77,81 @@ def test_a_new_engine_on_a_restored_model_runs_no_callback() -> None:
     assert model.to_dict() == before
 
 
+def test_the_engine_has_exactly_the_fields_its_reset_knows() -> None:
+    machine: Any = EmailChangeMachine(model=make_procedure(state="code_sent"), state_field="state")
+    assert set(vars(machine._engine)) == _reuse._ENGINE_FIELDS
+    assert set(vars(machine._get_engine())) == _reuse._ENGINE_FIELDS
+    assert _reuse._idle(machine._engine)
+
+
+def test_a_reused_engine_is_what_a_new_engine_is() -> None:
+    """After an event that reached a final state, the reset engine holds what a new one holds
+    (queues, lock, invocations, counters, cache), field by field."""
+    world, pid = _reach("code_sent")
+    proc = world.store.load(pid)
+    assert proc is not None
+    machine: Any = EmailChangeMachine(model=proc.copy(), state_field="state")
+    engine = machine._engine
+    machine.send("cancel", step=_step(world))
+    assert not engine.running
+    assert engine._cache  # the step's arguments, until the next step or the reset
+    assert engine._macrostep_count
+    model = proc.copy()
+    machine.model = machine._config._model = model
+    machine._config._invalidate()
+    _reuse._ready_engine(machine)
+    assert machine._engine is engine  # reused, not rebuilt
+    new = machine._get_engine()
+    for name in ("running", "_cache", "_macrostep_count", "_microstep_count"):
+        assert getattr(engine, name) == getattr(new, name), name
+    assert engine._root_parallel_final_pending is new._root_parallel_final_pending is None
+    assert _reuse._idle(engine)
+    assert engine.sm is machine
+    machine.send("cancel", step=_step(world))
+    assert model.state == "cancelled"
+
+
+def test_an_engine_that_is_not_idle_is_replaced() -> None:
+    machine: Any = EmailChangeMachine(model=make_procedure(state="code_sent"), state_field="state")
+    for dirty in ("queued", "locked"):
+        engine = machine._engine
+        if dirty == "queued":
+            engine.external_queue.queue.queue.append(object())
+        else:
+            engine._processing.acquire()
+        assert not _reuse._idle(engine)
+        _reuse._ready_engine(machine)
+        assert machine._engine is not engine
+        assert _reuse._idle(machine._engine)
+
+
+def test_an_engine_built_before_debug_logging_is_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    machine: Any = EmailChangeMachine(model=make_procedure(state="code_sent"), state_field="state")
+    engine = machine._engine
+    with caplog.at_level("DEBUG", logger="statemachine"):
+        _reuse._ready_engine(machine)
+        assert machine._engine is not engine  # the new one logs what it does
+        again = machine._engine
+        _reuse._ready_engine(machine)
+        assert machine._engine is again
+    _reuse._ready_engine(machine)
+    assert machine._engine is not again
+
+
+def test_letting_go_clears_the_engines_step_cache() -> None:
+    world, pid = _reach("code_sent")
+    proc = world.store.load(pid)
+    assert proc is not None
+    model = proc.copy()
+    with bound_machine(model) as machine:
+        machine.send("cancel", step=_step(world))
+        held: Any = machine
+    assert not held._engine._cache
+    assert not _reachable(held, model, skip=None)
+
+
 def test_the_callbacks_registry_holds_nothing_of_the_model() -> None:
     model = make_procedure()
     machine = EmailChangeMachine(model=model, state_field="state")

@@ -305,6 +305,9 @@ class EmailChangeMachine(StateChart[Procedure]):
 
     allow_event_without_transition = False
     catch_errors_as_events = False
+    # The state field moves once per transition, from source to target (what python-statemachine's
+    # own strict StateMachine does), instead of being cleared on exit and set again on entry.
+    atomic_configuration_update = True
 
     # The procedure exists only once ``start`` succeeds: ``new`` is never stored.
     new = State("New", value=S.NEW, initial=True)
@@ -313,12 +316,13 @@ class EmailChangeMachine(StateChart[Procedure]):
     identity_verified = State("Identity verified", value=S.IDENTITY_VERIFIED)
     awaiting_confirmation = State("Awaiting confirmation", value=S.AWAITING_CONFIRMATION)
     # Not final to the engine, so a dispute can still leave it; the procedure has ended all the
-    # same (see FINAL_STATES): a state whose only way out is a dispute is an end.
-    confirmed = State("Confirmed", value=S.CONFIRMED)
-    cancelled = State("Cancelled", value=S.CANCELLED, final=True)
-    expired = State("Expired", value=S.EXPIRED, final=True)
-    locked = State("Locked", value=S.LOCKED, final=True)
-    reverted = State("Reverted", value=S.REVERTED, final=True)
+    # same (see FINAL_STATES): a state whose only way out is a dispute is an end. Every end, and
+    # only an end, runs ``end_procedure`` on entry (checked at import, below).
+    confirmed = State("Confirmed", value=S.CONFIRMED, enter="end_procedure")
+    cancelled = State("Cancelled", value=S.CANCELLED, final=True, enter="end_procedure")
+    expired = State("Expired", value=S.EXPIRED, final=True, enter="end_procedure")
+    locked = State("Locked", value=S.LOCKED, final=True, enter="end_procedure")
+    reverted = State("Reverted", value=S.REVERTED, final=True, enter="end_procedure")
 
     start = new.to(code_sent, validators=["not_frozen", "may_send_code"], on="issue_code")
     resend_code = code_sent.to.itself(
@@ -558,15 +562,13 @@ class EmailChangeMachine(StateChart[Procedure]):
 
     # --- actions (change the copy, owe effects) --------------------------------------------------
 
-    def on_enter_state(self, target: State, step: Step) -> None:
-        # Every end ends the procedure the same way, so no new final state can forget to.
-        state = ProcedureState(target.value)
-        if state in FINAL_STATES:
-            fields = ending(step.now)
-            if accepts(state, "revert"):
-                del fields["revert_digest"]  # still disputable (within the window)
-            for name, value in fields.items():
-                setattr(self.proc, name, value)
+    def end_procedure(self, target: State, step: Step) -> None:
+        """Entering an end (every one of :data:`FINAL_STATES`): ends the procedure the same way."""
+        fields = ending(step.now)
+        if accepts(ProcedureState(target.value), "revert"):
+            del fields["revert_digest"]  # still disputable (within the window)
+        for name, value in fields.items():
+            setattr(self.proc, name, value)
 
     def issue_code(self, step: Step) -> None:
         proc, policy = self.proc, step.policy
@@ -751,7 +753,7 @@ class EmailChangeMachine(StateChart[Procedure]):
         self._mail(step, MailKind.CHANGE_DISPUTED, proc.new_address, None, new_address=masked)
 
     def end(self, step: Step) -> None:
-        """Cancel and expire: ending the procedure is all they do (see ``on_enter_state``)."""
+        """Cancel and expire: ending the procedure is all they do (see ``end_procedure``)."""
 
 
 # --- facts derived from the table -----------------------------------------------------------------
@@ -952,6 +954,10 @@ def _check_derived_facts() -> None:
     """Fail at import, loudly, if the table and the facts written beside it disagree."""
     if {ProcedureState(s.value) for s in EmailChangeMachine.states} != set(ProcedureState):
         raise RuntimeError("ProcedureState and the machine's states differ")
+    for value, declared in _BY_VALUE.items():
+        # No end can forget to end the procedure, and nothing else ends it.
+        if ("end_procedure" in [str(c) for c in declared.enter]) is not (value in FINAL_STATES):
+            raise RuntimeError(f"{value} must enter with end_procedure exactly if it is an end")
     for ends in ENDS_THE_OPEN_PROCEDURE.values():
         if not all(accepts(state, ends) for state in OPEN_STATES):
             raise RuntimeError(f"{ends} must end every open procedure")

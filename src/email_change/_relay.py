@@ -123,6 +123,11 @@ class OutboxRelay:
         audit: AuditSink | None = None,
     ) -> None:
         self._store = store
+        #: The store's one-write form of a pass, if it has one: asked once, here (a runtime
+        #: protocol check costs tens of microseconds, too much to pay on every pass).
+        self._batch: OutboxBatchWriter | None = (
+            store if isinstance(store, OutboxBatchWriter) else None
+        )
         self._audit = audit
         self._dead_listeners: list[Callable[[OutboxItem], None]] = []
         self._mailer = mailer
@@ -188,7 +193,7 @@ class OutboxRelay:
     def _deliver_all(self, items: Sequence[OutboxItem]) -> RelayReport:
         counts = {"delivered": 0, "failed": 0, "dead": 0}
         buried: list[OutboxItem] = []
-        marks = _Marks(self._store)  # per pass: passes may run in several threads at once
+        marks = _Marks(self._store, self._batch)  # per pass: passes may run in several threads
         try:
             for item in items:
                 outcome = self._deliver_one(item, buried, marks)
@@ -331,9 +336,9 @@ class _Marks:
     """The outbox updates of one relay pass: kept for one write at the end of the pass when the
     store has :class:`~email_change.OutboxBatchWriter`, written one by one otherwise."""
 
-    def __init__(self, store: ProcedureStore) -> None:
+    def __init__(self, store: ProcedureStore, batch: OutboxBatchWriter | None) -> None:
         self._store = store
-        self._batch = store if isinstance(store, OutboxBatchWriter) else None
+        self._batch = batch
         self._items: list[OutboxItem] = []
 
     def add(self, item: OutboxItem) -> None:

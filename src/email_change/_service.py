@@ -96,6 +96,9 @@ from email_change._views import ProcedureView
 
 __all__ = ["EmailChangeService"]
 
+#: The block around a facade call when nothing observes the service.
+_UNOBSERVED = contextlib.nullcontext()
+
 log = logging.getLogger("email_change")
 
 #: Before any ledger entry: reading from here gives every entry the store keeps.
@@ -363,30 +366,30 @@ class EmailChangeService:
 
     @contextlib.contextmanager
     def _audited(self, call: _Call) -> Iterator[None]:
-        """The block of every facade call: observed, and its refusal audited."""
-        with self._observers.operation(call.event), self._audit_refusal(call):
-            yield
+        """The block of every facade call: observed, and the refusal that ends ``call`` audited,
+        unless it is already in the trail."""
+        observed = self._observers.operation(call.event) if self._observers else _UNOBSERVED
+        with observed:
+            try:
+                yield
+            except EmailChangeError as error:
+                self._audit_refusal(call, error)
+                raise
 
-    @contextlib.contextmanager
-    def _audit_refusal(self, call: _Call) -> Iterator[None]:
-        """Audit the refusal that ends ``call``, unless it is already in the trail."""
-        try:
-            yield
-        except EmailChangeError as error:
-            if not call.audited:
-                self._audit_record(
-                    AuditRecord(
-                        at=self._clock.now(),
-                        insured_id=call.insured_id,
-                        procedure_id=call.procedure_id,
-                        event=call.event,
-                        outcome=error.code,
-                        from_state=call.state,
-                        to_state=call.state,
-                        detail=dict(call.detail),
-                    )
+    def _audit_refusal(self, call: _Call, error: EmailChangeError) -> None:
+        if not call.audited:
+            self._audit_record(
+                AuditRecord(
+                    at=self._clock.now(),
+                    insured_id=call.insured_id,
+                    procedure_id=call.procedure_id,
+                    event=call.event,
+                    outcome=error.code,
+                    from_state=call.state,
+                    to_state=call.state,
+                    detail=dict(call.detail),
                 )
-            raise
+            )
 
     def _ids(self, call: _Call, insured_id: object, procedure_id: object) -> tuple[str, str]:
         call.insured_id = insured = arguments.insured_id(insured_id)
@@ -625,15 +628,16 @@ class EmailChangeService:
                     detail={**_detail(ended), "disputed": proc.id},
                 )
             )
-        self._observers.event(
-            EventReport(
-                event=fired.call.event,
-                from_state=proc.state,
-                to_state=draft.state,
-                outcome=outcome.refusal.code if outcome.refusal else "ok",
-                counted=tuple(entry.kind for entry in outcome.ledger),
+        if self._observers:  # the report is built only for someone to read it
+            self._observers.event(
+                EventReport(
+                    event=fired.call.event,
+                    from_state=proc.state,
+                    to_state=draft.state,
+                    outcome=outcome.refusal.code if outcome.refusal else "ok",
+                    counted=tuple(entry.kind for entry in outcome.ledger),
+                )
             )
-        )
         if outcome.outbox:
             try:
                 self._relay.deliver([item.id for item in outcome.outbox])
@@ -778,8 +782,14 @@ def _guarded() -> Iterator[None]:
 
 
 def _guard(fn: Callable[..., Any], *args: Any) -> Any:
-    with _guarded():
+    # What ``_guarded`` does, without a context manager per store call.
+    try:
         return fn(*args)
+    except EmailChangeError:
+        raise
+    except Exception as exc:
+        log.warning("procedure store failed: %s", type(exc).__name__)
+        raise ServiceUnavailable(dependency="procedure_store") from exc
 
 
 @attrs.define(kw_only=True, eq=False, str=False)
