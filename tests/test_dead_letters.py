@@ -250,3 +250,23 @@ def test_the_command_line_lists_dead_letters(
     assert f"procedure={pid}" in line
     assert "error=DeliveryRefused" in line
     assert CURRENT not in line  # no address on an operator's terminal
+
+
+def test_a_directory_change_refused_for_good_names_its_insured() -> None:
+    # Delivered items keep only their action and procedure; a dead one is rare and someone must
+    # put the directory right, so it keeps whose directory it was (never the address).
+    world = make_world()
+
+    def refuse(insured_id: str, address: ec.EmailAddress, *, at: object) -> None:
+        raise ec.DeliveryRefused("the directory refuses this account")
+
+    world.directory.register_pending = refuse  # type: ignore[method-assign]
+    pid = to_registered(world)
+    [dead] = [
+        i for i in world.service.relay.dead_letters() if isinstance(i.effect, ec.AccountEffect)
+    ]
+    assert dead.effect == ec.AccountEffect(
+        action=ec.AccountAction.REGISTER_PENDING, insured_id=INSURED, procedure_id=pid
+    )
+    [stored] = world.store.outbox_items([dead.id])
+    assert stored.effect == dead.effect

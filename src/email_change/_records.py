@@ -83,8 +83,9 @@ def _state(value: object) -> ProcedureState:
     if isinstance(value, str) and value in _STATE_VALUES:
         return ProcedureState(value)
     if value is None:
-        # The engine clears the field between leaving a state and entering the next one; a
-        # record in that instant is never committed (``Commit`` refuses it).
+        # An engine without ``atomic_configuration_update`` (the machine sets it) clears the
+        # field between leaving a state and entering the next; such a record is never committed
+        # (``Commit`` refuses it).
         return None  # type: ignore[return-value]
     raise ValueError(f"unknown procedure state {value!r}")
 
@@ -204,6 +205,10 @@ class MailEffect:
         """What is kept of this mail once delivered or dead: its kind and procedure."""
         return MailEffect(kind=self.kind, procedure_id=self.procedure_id)
 
+    def buried(self) -> MailEffect:
+        """What is kept of this mail once given up on: as once delivered (:meth:`settled`)."""
+        return self.settled()
+
 
 class AccountAction(enum.StrEnum):
     """Changes owed to the host's account directory."""
@@ -233,6 +238,13 @@ class AccountEffect:
         """What is kept of this change once applied or dead: its action and procedure (the
         address and consents are the directory's to keep from then on)."""
         return AccountEffect(action=self.action, procedure_id=self.procedure_id)
+
+    def buried(self) -> AccountEffect:
+        """What is kept of this change once given up on: its action, procedure and insured (a
+        dead letter is rare and someone must put the directory right: it names whose)."""
+        return AccountEffect(
+            action=self.action, insured_id=self.insured_id, procedure_id=self.procedure_id
+        )
 
 
 Effect = MailEffect | AccountEffect

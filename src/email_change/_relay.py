@@ -263,7 +263,7 @@ class OutboxRelay:
         self, item: OutboxItem, marks: _Marks, *, attempts: int, error: str, now: datetime
     ) -> OutboxItem:
         dead = attrs.evolve(
-            item, effect=item.effect.settled(), attempts=attempts, last_error=error, dead_at=now
+            item, effect=item.effect.buried(), attempts=attempts, last_error=error, dead_at=now
         )
         marks.add(dead)
         effect = item.effect
