@@ -547,7 +547,23 @@ def main() -> None:
             "benchmarks/results.json and rewrite docs/performance.md from it"
         ),
     )
+    parser.add_argument(
+        "--expiry-only",
+        action="store_true",
+        help=(
+            "measure only bulk expiry against one raw UPDATE (--expiry-rows rows, --expiry-runs "
+            "runs per side) and print it; writes no file"
+        ),
+    )
+    parser.add_argument(
+        "--expiry-runs", type=int, default=2, help="runs per side of the bulk-expiry figure"
+    )
     args = parser.parse_args()
+    if args.expiry_only:
+        bulk = sql.bulk_expiry(rows=args.expiry_rows, runs=args.expiry_runs)
+        print(json.dumps(bulk, indent=2))
+        print("\n".join(sql.render_bulk_expiry(bulk)))
+        return
     if args.render_only:
         write_doc(render(json.loads(RESULTS.read_text("utf-8"))))
         return

@@ -237,8 +237,12 @@ def render(results: dict[str, Any]) -> list[str]:
             ),
         ]
     lines.append("")
-    bulk = results["bulk_expiry"]
-    lines += [
+    return lines + render_bulk_expiry(results["bulk_expiry"])
+
+
+def render_bulk_expiry(bulk: dict[str, Any]) -> list[str]:
+    """Markdown lines for the bulk-expiry figure."""
+    lines = [
         (
             f"Bulk expiry of {bulk['rows']:,} due procedures (seconds; {bulk['runs']} runs per "
             "side, alternating which goes first, fresh database each; library: "

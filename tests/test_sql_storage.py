@@ -709,6 +709,43 @@ def test_a_request_waiting_for_a_held_insured_gives_up_typed(pg_dsn: str, pg_sch
 
 
 @pytest.mark.postgres
+def test_bulk_expiry_skips_a_procedure_another_transaction_holds(
+    pg_dsn: str, pg_storage: SQLStorage, pg_schema: str
+) -> None:
+    """A request holding a due procedure's row is neither waited for nor expired behind its
+    back; the next run expires it once it is released."""
+    import psycopg
+
+    _insert(pg_storage, *(make_procedure(f"p{n}", f"i{n}") for n in range(5)))
+    maintenance = pg_storage.maintenance(batch_size=2)
+    at = T0 + timedelta(hours=1)
+    with psycopg.connect(pg_dsn, autocommit=False) as holder:
+        holder.execute(f'SET search_path TO "{pg_schema}"')
+        holder.execute("SELECT 1 FROM procedures WHERE id = 'p2' FOR UPDATE")
+        assert maintenance.expire_abandoned(at) == 4
+        holder.rollback()
+    assert pg_storage.store.load("p2").state == "code_sent"  # type: ignore[union-attr]
+    assert maintenance.expire_abandoned(at) == 1
+    assert pg_storage.store.load("p2").state == "expired"  # type: ignore[union-attr]
+
+
+@pytest.mark.postgres
+def test_a_bulk_expiry_batch_walks_the_expiry_index_without_sorting(
+    pg_storage: SQLStorage,
+) -> None:
+    """Each batch reads only its own rows, in the expiry index's order: a plan that sorts reads
+    every due row for every batch, quadratic in the backlog."""
+    _insert(pg_storage, *(make_procedure(f"p{n}", f"i{n}") for n in range(200)))
+    maintenance = pg_storage.maintenance(batch_size=50)
+    sql, params = maintenance._expiry_batch(T0 + timedelta(hours=1))
+    with pg_storage.db.transaction() as tx:
+        tx.query(pg_storage.db.dialect.index_order_only)
+        plan = "\n".join(row[0] for row in tx.query(f"EXPLAIN {sql}", params))
+    assert "Index Scan using procedures_expiry" in plan, plan
+    assert "Sort" not in plan, plan
+
+
+@pytest.mark.postgres
 def test_idle_insured_rows_are_purged_and_come_back(pg_storage: SQLStorage) -> None:
     service, _mailer, clock = service_on(pg_storage.store, pg_storage.registry)
     pid = service.start(INSURED).procedure_id

@@ -56,6 +56,12 @@ class Dialect:
     #: Whether a transaction can lock one row (``SELECT ... FOR UPDATE``); SQLite's write
     #: transaction locks the whole file instead.
     locks_rows: bool = False
+    #: Run first in each transaction of a bulk expiry: the batch must walk the expiry index in
+    #: order and stop after ``batch_size`` rows. PostgreSQL has no statistics on rows a bulk
+    #: insert or the previous batches just changed, underestimates the due predicate, and
+    #: otherwise picks a bitmap scan that reads and sorts *every* due row for each batch
+    #: (quadratic in the backlog). ``set_config(..., true)`` lasts until the commit.
+    index_order_only: str = ""
 
     def sql(self, text: str) -> str:
         """Our SQL uses ``?``; psycopg wants ``%s``. (No statement of ours has a literal ``?``.)"""
@@ -105,6 +111,7 @@ POSTGRES = Dialect(
     serial_key="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     locks_rows=True,
+    index_order_only="SELECT set_config('enable_sort', 'off', true)",
 )
 
 

@@ -98,37 +98,54 @@ class Maintenance:
             return now
         return self._clock.now() if self._clock is not None else datetime.now(UTC)
 
-    def _batches(self, sql: str, params: tuple[object, ...]) -> int:
+    def _batches(self, sql: str, params: tuple[object, ...], *, setup: str = "") -> int:
         total = 0
         while True:
             with unavailable_as(self.dependency), self.db.transaction() as tx:
+                if setup:
+                    tx.query(setup)
                 changed = tx.execute(sql, params)
             total += changed
             if changed < self._batch:
                 return total
 
     def expire_abandoned(self, now: datetime | None = None) -> int:
-        """Expire open procedures due at ``now`` under the policy; returns how many."""
-        at = self._now(now)
+        """Expire open procedures due at ``now`` under the policy; returns how many.
+
+        Each batch is one statement: the oldest ``batch_size`` due rows nobody holds, locked
+        (PostgreSQL) and taken in the order of the expiry index, then updated where the
+        conditions still hold. On PostgreSQL the chosen rows are a materialised ``WITH`` the
+        ``UPDATE`` joins on the primary key, and the batch never sorts (see
+        :attr:`~email_change.adapters.sql._db.Dialect.index_order_only`).
+        """
+        sql, params = self._expiry_batch(self._now(now))
+        return self._batches(sql, params, setup=self.db.dialect.index_order_only)
+
+    def _expiry_batch(self, at: datetime) -> tuple[str, tuple[object, ...]]:
+        """The statement (``?`` placeholders) and parameters of one batch of bulk expiry."""
         d = self.db.dialect
         due, due_params = due_predicate(expiry_cutoffs(self.policy, at), d)
         record, record_params = expired_record(d, at)
-        sql = (
-            "UPDATE procedures SET state = ?, version = version + 1, updated_at = ?,"  # noqa: S608 - generated, placeholders only
+        pick = (
+            f"SELECT id FROM procedures WHERE {due}"  # noqa: S608 - generated, placeholders only
+            f" ORDER BY expiry_anchor LIMIT ?{d.skip_locked}"
+        )
+        pick_params = (*due_params, self._batch)
+        update = (
+            "UPDATE procedures SET state = ?, version = version + 1, updated_at = ?,"  # noqa: S608
             f" ended_at = ?, expiry_anchor = NULL, record = {record}"
-            f" WHERE id IN (SELECT id FROM procedures WHERE {due}"
-            f" ORDER BY expiry_anchor LIMIT ?{d.skip_locked}) AND {due}"
         )
-        params = (
-            ProcedureState.EXPIRED.value,
-            d.time(at),
-            d.time(at),
-            *record_params,
-            *due_params,
-            self._batch,
-            *due_params,
-        )
-        return self._batches(sql, params)
+        update_params = (ProcedureState.EXPIRED.value, d.time(at), d.time(at), *record_params)
+        if d.locks_rows:
+            sql = (
+                f"WITH picked AS MATERIALIZED ({pick}) {update}"
+                f" FROM picked WHERE procedures.id = picked.id AND {due}"
+            )
+            params = (*pick_params, *update_params, *due_params)
+        else:
+            sql = f"{update} WHERE id IN ({pick}) AND {due}"
+            params = (*update_params, *pick_params, *due_params)
+        return sql, params
 
     def purge_procedures(self, now: datetime | None = None) -> int:
         """Delete procedures ended before ``now - retention.ended_procedures``."""
