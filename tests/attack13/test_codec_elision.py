@@ -5,16 +5,32 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
 
 from email_change import Commit, Procedure
-from email_change.adapters.sql import open_sqlite
+from email_change.adapters import memory
 from email_change.testing import full_procedure, make_procedure
 from email_change.testing._contracts import commit_in_transaction
+from tests.conftest import SQL_STORAGES
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        "sqlite-sealed",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("postgres-sealed", marks=pytest.mark.postgres),
+    ]
+)
+def any_store(request: pytest.FixtureRequest) -> object:
+    """The in-memory store, and every SQL store (SQLite, PostgreSQL, each plain and sealed)."""
+    if request.param == "memory":
+        return memory.InMemoryProcedureStore()
+    return request.getfixturevalue(SQL_STORAGES[request.param]).store
+
 
 PARIS = ZoneInfo("Europe/Paris")
 # 2026-10-25 02:30 in Paris happens twice: 00:30 UTC (fold=0) and 01:30 UTC (fold=1).
@@ -57,9 +73,8 @@ def test_codec_keeps_each_instant(proc: Procedure) -> None:
 @pytest.mark.parametrize(
     "proc", [_consent_an_hour_after_registration(), _code_an_hour_after_start()], ids=["consent", "code"]
 )
-def test_sqlite_store_keeps_each_instant(proc: Procedure, tmp_path: Path) -> None:
-    storage = open_sqlite(tmp_path / "db.sqlite")
-    commit_in_transaction(storage.store, Commit(procedure=proc, expected_version=None))
-    back = storage.store.load(proc.id)
+def test_every_store_keeps_each_instant(proc: Procedure, any_store: object) -> None:
+    commit_in_transaction(any_store, Commit(procedure=proc, expected_version=None))  # type: ignore[arg-type]
+    back = any_store.load(proc.id)  # type: ignore[attr-defined]
     assert back is not None
     assert _instants(back) == _instants(proc)
