@@ -1,6 +1,9 @@
 """Attack on bulk expiry on PostgreSQL: requests moving due procedures on (a correct code) race
 batches of bulk expiry. Each procedure ends exactly as the side that won says: verified if the
-request succeeded, expired otherwise; one version per change; nothing expired twice. (This one HELD: it passes; kept as the evidence.)"""
+request succeeded, expired otherwise; one version per change; nothing expired twice.
+
+This one HELD (it passes): kept as the evidence of what was tried.
+"""
 
 from __future__ import annotations
 
