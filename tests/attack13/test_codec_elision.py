@@ -16,6 +16,7 @@ from email_change.testing import full_procedure, make_procedure
 from email_change.testing._contracts import commit_in_transaction
 from tests.conftest import SQL_STORAGES
 
+
 @pytest.fixture(
     params=[
         "memory",
@@ -63,7 +64,9 @@ def _instants(proc: Procedure) -> list[datetime]:
 
 
 @pytest.mark.parametrize(
-    "proc", [_consent_an_hour_after_registration(), _code_an_hour_after_start()], ids=["consent", "code"]
+    "proc",
+    [_consent_an_hour_after_registration(), _code_an_hour_after_start()],
+    ids=["consent", "code"],
 )
 def test_codec_keeps_each_instant(proc: Procedure) -> None:
     back = Procedure.from_dict(json.loads(json.dumps(proc.to_dict())))
@@ -71,7 +74,9 @@ def test_codec_keeps_each_instant(proc: Procedure) -> None:
 
 
 @pytest.mark.parametrize(
-    "proc", [_consent_an_hour_after_registration(), _code_an_hour_after_start()], ids=["consent", "code"]
+    "proc",
+    [_consent_an_hour_after_registration(), _code_an_hour_after_start()],
+    ids=["consent", "code"],
 )
 def test_every_store_keeps_each_instant(proc: Procedure, any_store: object) -> None:
     commit_in_transaction(any_store, Commit(procedure=proc, expected_version=None))  # type: ignore[arg-type]

@@ -24,7 +24,10 @@ AT = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 def _item() -> OutboxItem:
     effect = MailEffect(
-        kind=MailKind.SECURITY_CODE, to="a@b.fr", locale="fr", procedure_id="p1",
+        kind=MailKind.SECURITY_CODE,
+        to="a@b.fr",
+        locale="fr",
+        procedure_id="p1",
         params={"minutes": "15"},
     )
     return OutboxItem(id="ab12", effect=effect, created_at=AT, next_attempt_at=AT)

@@ -37,7 +37,11 @@ def _unstable(render: Callable[[], EmailMessage], rounds: int = 300) -> int:
             barrier.wait()
             _ = mail["To"]
 
-        def write(mail: EmailMessage = mail, barrier: threading.Barrier = barrier) -> None:
+        def write(
+            mail: EmailMessage = mail,
+            barrier: threading.Barrier = barrier,
+            written: dict[str, bytes] = written,
+        ) -> None:
             barrier.wait()
             written["first"] = mail.as_bytes(policy=email.policy.SMTP)
 

@@ -37,14 +37,15 @@ def test_requests_and_bulk_expiry_race_without_losing_either(pg_storage: SQLStor
         barrier.wait()
         for insured in chunk:
             try:
-                results[insured] = service.submit_code(insured, started[insured], codes[insured]).state
+                results[insured] = service.submit_code(
+                    insured, started[insured], codes[insured]
+                ).state
             except ec.EmailChangeError as exc:
                 results[insured] = type(exc).__name__
 
     def sweep() -> None:
         barrier.wait()
-        for _ in range(50):
-            expired.append(maintenance.expire_abandoned(at))
+        expired.extend(maintenance.expire_abandoned(at) for _ in range(50))
 
     threads = [threading.Thread(target=request, args=(insureds[k::8],)) for k in range(8)]
     threads.append(threading.Thread(target=sweep))
