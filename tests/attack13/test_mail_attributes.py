@@ -67,3 +67,13 @@ def test_a_policy_set_before_reading_stays_set() -> None:
         message.policy = email.policy.SMTP
         assert message["To"] == "a@b.fr"  # read: the rendered mail is built now
         assert message.policy is email.policy.SMTP
+
+
+def test_a_unixfrom_set_before_writing_is_written() -> None:
+    out = []
+    for message in _both():
+        message.set_unixfrom("From ne-pas-repondre@assurance-maladie.fr Thu Nov 26 09:00:00 2026")
+        random.seed(7)
+        out.append(message.as_bytes(unixfrom=True, policy=email.policy.SMTP))
+    assert out[0] == out[1]
+    assert out[1].startswith(b"From ne-pas-repondre@")
