@@ -116,9 +116,21 @@ Headers = tuple[tuple[str, str], ...]
 class MailParts:
     """What a rendered mail is made of: its first headers, its two bodies and its language."""
 
-    __slots__ = ("boundary", "headers", "html", "html_body", "language", "text", "text_body")
+    __slots__ = (
+        "boundary",
+        "headers",
+        "html",
+        "html_body",
+        "language",
+        "lock",
+        "text",
+        "text_body",
+    )
 
     def __init__(self, headers: Headers, text: str, html: str, language: str) -> None:
+        #: Held while the mail is built or first written: the boundary a write draws is the one
+        #: the tree gets, whichever thread comes first.
+        self.lock = threading.Lock()
         self.headers = headers
         self.text, self.html, self.language = text, html, language
         #: (Content-Transfer-Encoding, payload) of each part, encoded when first written.
@@ -189,30 +201,55 @@ class RenderedMail(EmailMessage):
         mail.__dict__["_ec_parts"] = parts
         return mail
 
+    def _ec_build(self) -> None:
+        parts = self.__dict__.get("_ec_parts")
+        if parts is None:
+            return
+        with parts.lock:
+            if "_ec_parts" in self.__dict__:
+                built = parts.build()
+                self.__dict__.update(built.__dict__)
+                del self.__dict__["_ec_parts"]
+
     def __getattr__(self, name: str) -> Any:
         # Only called for an attribute the instance lacks: before the build, every one of
         # EmailMessage's own (policy, _headers, _payload...).
         if "_ec_parts" not in self.__dict__:
             raise AttributeError(name)
-        with _BUILD_LOCK:
-            parts = self.__dict__.get("_ec_parts")
-            if parts is not None:
-                built = parts.build()
-                self.__dict__.update(built.__dict__)
-                del self.__dict__["_ec_parts"]
+        self._ec_build()
         return object.__getattribute__(self, name)
 
+    # Anything that changes the mail (a preamble, a policy, a From_ line...) or copies it works
+    # on the built tree, as on any EmailMessage.
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._ec_build()
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._ec_build()
+        super().__delattr__(name)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        self._ec_build()
+        return super().__reduce_ex__(protocol)
+
     def as_bytes(self, unixfrom: bool = False, policy: Any = None) -> bytes:  # noqa: FBT001, FBT002 - the stdlib's signature
-        parts = self.__dict__.get("_ec_parts")
-        if (
-            parts is not None
-            and not unixfrom
-            and (policy is email.policy.SMTP or policy is email.policy.SMTPUTF8)
-        ):
-            data = _write(parts, utf8=policy is email.policy.SMTPUTF8)
+        if not unixfrom and (policy is email.policy.SMTP or policy is email.policy.SMTPUTF8):
+            data = _write_lazy(self, utf8=policy is email.policy.SMTPUTF8)
             if data is not None:
                 return data
         return super().as_bytes(unixfrom, policy)
+
+
+def _write_lazy(message: RenderedMail, *, utf8: bool) -> bytes | None:
+    """:func:`_write` of a mail not built yet, under its lock (``None``: built, or not plain)."""
+    parts = message.__dict__.get("_ec_parts")
+    if parts is None:
+        return None
+    with parts.lock:
+        if "_ec_parts" not in message.__dict__:
+            return None  # another thread built it meanwhile: the generator writes the tree
+        return _write(parts, utf8=utf8)
 
 
 _BUILD_LOCK = threading.Lock()
@@ -232,7 +269,7 @@ def wire(message: EmailMessage) -> tuple[str, bytes] | None:
     if message_id is None or any(h in headers for h in ("Cc", "Sender")):
         return None
     decoded = _decoded_from(headers.get("From", "")) + " " + headers.get("To", "")
-    data = _write(parts, utf8=not decoded.isascii())
+    data = _write_lazy(message, utf8=not decoded.isascii())
     return None if data is None else (message_id, data)
 
 

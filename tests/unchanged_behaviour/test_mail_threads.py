@@ -15,7 +15,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.attack13.test_mail_copy import MESSAGES, SETTINGS, _item
+from tests.unchanged_behaviour.test_mail_copy import MESSAGES, SETTINGS, _item
 
 
 @pytest.fixture
