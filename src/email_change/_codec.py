@@ -346,10 +346,15 @@ def _default_of(field: attrs.Attribute[Any]) -> Any:
 
 
 def _same(value: Any, other: Any) -> bool:
-    """``value`` reads back as ``other`` (an instant in another zone would not)."""
+    """``value`` reads back as ``other``: an instant in another zone would not, nor the other
+    pass of a repeated hour (``==`` ignores ``fold`` within one zone)."""
     if type(value) is not type(other) or value != other:
         return False
-    return not isinstance(value, datetime) or value.tzinfo is other.tzinfo
+    return not isinstance(value, datetime) or (
+        value.tzinfo is other.tzinfo
+        and value.fold == other.fold
+        and value.utcoffset() == other.utcoffset()
+    )
 
 
 class _Record:
