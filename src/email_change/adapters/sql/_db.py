@@ -74,7 +74,9 @@ class Dialect:
         if value.tzinfo is None:
             raise ValueError("naive datetime")
         if self.name == "sqlite":
-            return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            # Not strftime: its ``%Y`` does not pad a year before 1000, which then reads back
+            # as nothing (and sorts wrong).
+            return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
         return value
 
     def from_time(self, value: Any) -> datetime:
