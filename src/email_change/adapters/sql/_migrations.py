@@ -1,19 +1,20 @@
 """Versioned schema migrations, the same on SQLite and PostgreSQL.
 
 Each step has a version number and statements written once, with the engine's type names filled
-in (``{time}``, ``{json}``, ``{serial}``). :func:`migrate` runs at open: in one write transaction
-it takes the migration lock (SQLite's write lock; a PostgreSQL advisory lock), reads the
-``schema_version`` table, applies the missing steps in order and records each. DDL is
-transactional on both engines, so a step applies whole or not at all, two processes opening the
-same database at once migrate one after the other, and opening an up-to-date database changes
-nothing. A database newer than this code is refused rather than used.
+in (``{time}``, ``{json}``, ``{serial}``), or, where the engines differ, each engine's own.
+:func:`migrate` runs at open: in one write transaction it takes the migration lock (SQLite's
+write lock; a PostgreSQL advisory lock), reads the ``schema_version`` table, applies the missing
+steps in order and records each. DDL is transactional on both engines, so a step applies whole
+or not at all, two processes opening the same database at once migrate one after the other, and
+opening an up-to-date database changes nothing. A database newer than this code is refused
+rather than used.
 
 Never edit a released step: add a new one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,12 +50,16 @@ class Migration:
     statements: tuple[str, ...]
     #: Runs after the statements, in the same transaction, with a reader of stored payloads.
     backfill: Callable[[Transaction, Dialect, RecordOpener], None] | None = None
+    #: An engine's own statements in place of ``statements``, by dialect name, where the engines
+    #: differ (SQLite rebuilds a table to change a column; PostgreSQL alters it in place, and
+    #: keeps what a rebuild would drop: privileges, comments, policies, storage settings).
+    engine_statements: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     def render(self, dialect: Dialect) -> list[str]:
         """The statements with this engine's type names."""
         return [
             s.format(time=dialect.time_type, json=dialect.json_type, serial=dialect.serial_key)
-            for s in self.statements
+            for s in self.engine_statements.get(dialect.name, self.statements)
         ]
 
 
@@ -231,8 +236,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         statements=(
             # A delivered or dead item is never due: its ``next_attempt_at`` may be null (the
             # item's own value, if not its ``created_at``, is in its JSON). SQLite cannot drop a
-            # NOT NULL constraint, so the table is made anew, the same on both engines, rows and
-            # indexes as they were.
+            # NOT NULL constraint, so there the table is made anew, rows and indexes as they were
+            # (inside the migration's write transaction, which holds the whole file).
             """CREATE TABLE outbox_v6 (
                 id TEXT PRIMARY KEY,
                 procedure_id TEXT NOT NULL,
@@ -261,6 +266,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX outbox_done ON outbox (done_at) WHERE done_at IS NOT NULL",
             "CREATE INDEX outbox_dead ON outbox (dead_at) WHERE dead_at IS NOT NULL",
         ),
+        engine_statements={
+            "postgresql": ("ALTER TABLE outbox ALTER COLUMN next_attempt_at DROP NOT NULL",),
+        },
     ),
 )
 
