@@ -26,9 +26,15 @@ from benchmarks import embedded
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SQLite (sqlite3 calls)", ("sqlite3.",)),
     ("file writes and fsync", ("fsync", "posix.replace", "tempfile.py", "method 'write'", "open>")),
-    ("MIME rendering and serialisation (email)", ("/email/", "quopri", "base64")),
+    (
+        "MIME rendering and serialisation (email, email_change._mime)",
+        ("/email/", "quopri", "base64", "email_change/_mime.py"),
+    ),
     ("state machine engine (python-statemachine)", ("statemachine/",)),
-    ("JSON codec (json, email_change._records)", ("/json/", "email_change/_records.py")),
+    (
+        "record codec (json, email_change._codec, _records)",
+        ("/json/", "email_change/_codec.py", "email_change/_records.py"),
+    ),
     ("HMAC and AES-GCM (cryptography, email_change._crypto)", ("cryptography", "_crypto.py")),
     ("address checks (email-validator, idna)", ("email_validator", "idna")),
     ("SQL adapters (email_change.adapters.sql)", ("adapters/sql/",)),
