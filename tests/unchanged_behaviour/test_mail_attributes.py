@@ -7,30 +7,14 @@ from __future__ import annotations
 
 import email.policy
 import random
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
-import email_change as ec
-from email_change._records import MailEffect, MailKind, OutboxItem
 from email_change.adapters.file_outbox import FileOutbox
-
-MESSAGES = ec.Messages()
-SETTINGS = ec.MailSettings(confirm_url="https://a.example/c", revert_url="https://a.example/r")
-AT = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
-
-
-def _item() -> OutboxItem:
-    effect = MailEffect(
-        kind=MailKind.SECURITY_CODE,
-        to="a@b.fr",
-        locale="fr",
-        procedure_id="p1",
-        params={"minutes": "15"},
-    )
-    return OutboxItem(id="ab12", effect=effect, created_at=AT, next_attempt_at=AT)
+from tests.unchanged_behaviour._mails import MESSAGES, SETTINGS
+from tests.unchanged_behaviour._mails import security_code_item as _item
 
 
 def _both() -> tuple[EmailMessage, EmailMessage]:

@@ -15,7 +15,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.unchanged_behaviour.test_mail_copy import MESSAGES, SETTINGS, _item
+from tests.unchanged_behaviour._mails import MESSAGES, SETTINGS
+from tests.unchanged_behaviour._mails import security_code_item as _item
 
 
 @pytest.fixture
