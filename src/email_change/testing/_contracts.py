@@ -469,14 +469,14 @@ class ProcedureStoreContract:
         assert list(store.dead_outbox(10)) == []
         first = attrs.evolve(
             items[0],
-            effect=items[0].effect.settled(),
+            effect=items[0].effect.buried(),
             attempts=3,
             last_error="DeliveryRefused",
             dead_at=later,
         )
         second = attrs.evolve(
             items[1],
-            effect=items[1].effect.settled(),
+            effect=items[1].effect.buried(),
             attempts=1,
             last_error="DeliveryRefused",
             dead_at=later + timedelta(1),
@@ -490,6 +490,29 @@ class ProcedureStoreContract:
         store.update_outbox(attrs.evolve(items[0], attempts=4, next_attempt_at=T0))
         assert list(store.outbox_items(["d1"])) == [first]
         assert list(store.due_outbox(later + timedelta(days=2), 10)) == []
+
+    def test_a_dead_directory_change_keeps_its_insured(self, store: ProcedureStore) -> None:
+        # What the relay stores for a directory change it gave up on (``effect.buried()``): its
+        # insured stays, so that someone can put the directory right; no address or consents.
+        effect = AccountEffect(
+            action=AccountAction.END_SESSIONS, insured_id="insured-1", procedure_id="p1"
+        )
+        item = OutboxItem(id="a1", effect=effect, created_at=T0, next_attempt_at=T0)
+        commit_in_transaction(
+            store, Commit(procedure=make_procedure(), expected_version=None, outbox=(item,))
+        )
+        dead = attrs.evolve(
+            item,
+            effect=effect.buried(),
+            attempts=1,
+            last_error="DeliveryRefused",
+            dead_at=T0 + timedelta(minutes=1),
+        )
+        store.update_outbox(dead)
+        assert list(store.dead_outbox(10)) == [dead]
+        [stored] = store.dead_outbox(10)
+        assert isinstance(stored.effect, AccountEffect)
+        assert stored.effect.insured_id == "insured-1"
 
     def test_outbox_items_update_a_pass_at_once(self, store: ProcedureStore) -> None:
         """Only for a store that has the optional ``update_outbox_items`` write."""
