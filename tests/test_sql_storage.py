@@ -745,6 +745,25 @@ def test_a_bulk_expiry_batch_walks_the_expiry_index_without_sorting(
     assert "Sort" not in plan, plan
 
 
+def test_sqlite_maintenance_finds_its_rows_without_the_primary_key_index(
+    sqlite_storage: SQLStorage,
+) -> None:
+    """A batch names the rows it picked by ``rowid``: each is found in the table itself. Naming
+    them by ``id`` probes the primary-key index once per row (a million probes for a million
+    due procedures), which the plan shows as a search of ``sqlite_autoindex_procedures_1``."""
+    _insert(sqlite_storage, *(make_procedure(f"p{n}", f"i{n}") for n in range(20)))
+    maintenance = sqlite_storage.maintenance(batch_size=5)
+    sql, params = maintenance._expiry_batch(T0 + timedelta(hours=1))
+    plan = " ".join(str(r) for r in sqlite_storage.db.query(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert "procedures_expiry" in plan, plan
+    assert "autoindex" not in plan, plan
+    assert "USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+    assert maintenance.expire_abandoned(T0 + timedelta(hours=1)) == 20
+    assert {p.state for p in map(sqlite_storage.store.load, (f"p{n}" for n in range(20)))} == {
+        "expired"
+    }
+
+
 @pytest.mark.postgres
 def test_idle_insured_rows_are_purged_and_come_back(pg_storage: SQLStorage) -> None:
     service, _mailer, clock = service_on(pg_storage.store, pg_storage.registry)

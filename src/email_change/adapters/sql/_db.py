@@ -62,6 +62,11 @@ class Dialect:
     #: otherwise picks a bitmap scan that reads and sorts *every* due row for each batch
     #: (quadratic in the backlog). ``set_config(..., true)`` lasts until the commit.
     index_order_only: str = ""
+    #: What a maintenance batch selects to name the rows it picked and then changes, in the same
+    #: statement. SQLite: ``rowid``, the table's own b-tree key, so each row is found without a
+    #: probe of the primary-key index (a rowid is stable within a statement; only ``VACUUM`` may
+    #: renumber it). PostgreSQL: the primary key.
+    row_key: str = "id"
 
     def sql(self, text: str) -> str:
         """Our SQL uses ``?``; psycopg wants ``%s``. (No statement of ours has a literal ``?``.)"""
@@ -105,6 +110,7 @@ SQLITE = Dialect(
     time_type="TEXT",
     json_type="TEXT",
     serial_key="INTEGER PRIMARY KEY",
+    row_key="rowid",
 )
 POSTGRES = Dialect(
     name="postgresql",

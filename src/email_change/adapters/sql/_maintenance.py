@@ -116,7 +116,9 @@ class Maintenance:
         (PostgreSQL) and taken in the order of the expiry index, then updated where the
         conditions still hold. On PostgreSQL the chosen rows are a materialised ``WITH`` the
         ``UPDATE`` joins on the primary key, and the batch never sorts (see
-        :attr:`~email_change.adapters.sql._db.Dialect.index_order_only`).
+        :attr:`~email_change.adapters.sql._db.Dialect.index_order_only`). On SQLite the ``UPDATE``
+        names the chosen rows by ``rowid``, so it finds each in the table itself, with no probe
+        of the primary-key index (:attr:`~email_change.adapters.sql._db.Dialect.row_key`).
         """
         sql, params = self._expiry_batch(self._now(now))
         return self._batches(sql, params, setup=self.db.dialect.index_order_only)
@@ -127,7 +129,7 @@ class Maintenance:
         due, due_params = due_predicate(expiry_cutoffs(self.policy, at), d)
         record, record_params = expired_record(d, at)
         pick = (
-            f"SELECT id FROM procedures WHERE {due}"  # noqa: S608 - generated, placeholders only
+            f"SELECT {d.row_key} FROM procedures WHERE {due}"  # noqa: S608 - generated, placeholders only
             f" ORDER BY expiry_anchor LIMIT ?{d.skip_locked}"
         )
         pick_params = (*due_params, self._batch)
@@ -143,15 +145,16 @@ class Maintenance:
             )
             params = (*pick_params, *update_params, *due_params)
         else:
-            sql = f"{update} WHERE id IN ({pick}) AND {due}"
+            sql = f"{update} WHERE {d.row_key} IN ({pick}) AND {due}"
             params = (*update_params, *pick_params, *due_params)
         return sql, params
 
     def purge_procedures(self, now: datetime | None = None) -> int:
         """Delete procedures ended before ``now - retention.ended_procedures``."""
         cutoff = self.db.dialect.time(self._now(now) - self.retention.ended_procedures)
+        key = self.db.dialect.row_key
         sql = (
-            "DELETE FROM procedures WHERE id IN (SELECT p.id FROM procedures p"  # noqa: S608 - constants only
+            f"DELETE FROM procedures WHERE {key} IN (SELECT p.{key} FROM procedures p"  # noqa: S608 - constants only
             " WHERE p.ended_at IS NOT NULL AND p.ended_at < ?"
             " AND NOT EXISTS (SELECT 1 FROM outbox o"
             "  WHERE o.procedure_id = p.id AND o.done_at IS NULL AND o.dead_at IS NULL)"
@@ -187,8 +190,9 @@ class Maintenance:
     def purge_outbox(self, now: datetime | None = None) -> int:
         """Delete outbox items delivered before ``now - retention.delivered_outbox``."""
         cutoff = self.db.dialect.time(self._now(now) - self.retention.delivered_outbox)
+        key = self.db.dialect.row_key
         sql = (
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE done_at IS NOT NULL"  # noqa: S608
+            f"DELETE FROM outbox WHERE {key} IN (SELECT {key} FROM outbox WHERE done_at IS NOT NULL"  # noqa: S608
             f" AND done_at < ? ORDER BY done_at LIMIT ?{self.db.dialect.skip_locked})"
         )
         return self._batches(sql, (cutoff, self._batch))
@@ -196,8 +200,9 @@ class Maintenance:
     def purge_dead_outbox(self, now: datetime | None = None) -> int:
         """Delete dead letters older than ``retention.dead_outbox``."""
         cutoff = self.db.dialect.time(self._now(now) - self.retention.dead_outbox)
+        key = self.db.dialect.row_key
         sql = (
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE dead_at IS NOT NULL"  # noqa: S608
+            f"DELETE FROM outbox WHERE {key} IN (SELECT {key} FROM outbox WHERE dead_at IS NOT NULL"  # noqa: S608
             f" AND dead_at < ? ORDER BY dead_at LIMIT ?{self.db.dialect.skip_locked})"
         )
         return self._batches(sql, (cutoff, self._batch))
