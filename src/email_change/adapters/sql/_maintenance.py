@@ -151,7 +151,10 @@ class Maintenance:
 
     def purge_procedures(self, now: datetime | None = None) -> int:
         """Delete procedures ended before ``now - retention.ended_procedures``."""
-        cutoff = self.db.dialect.time(self._now(now) - self.retention.ended_procedures)
+        return self._batches(*self._purge_procedures_batch(self._now(now)))
+
+    def _purge_procedures_batch(self, at: datetime) -> tuple[str, tuple[object, ...]]:
+        cutoff = self.db.dialect.time(at - self.retention.ended_procedures)
         key = self.db.dialect.row_key
         sql = (
             f"DELETE FROM procedures WHERE {key} IN (SELECT p.{key} FROM procedures p"  # noqa: S608 - constants only
@@ -160,7 +163,7 @@ class Maintenance:
             "  WHERE o.procedure_id = p.id AND o.done_at IS NULL AND o.dead_at IS NULL)"
             f" ORDER BY p.ended_at LIMIT ?{self.db.dialect.skip_locked})"
         )
-        return self._batches(sql, (cutoff, self._batch))
+        return sql, (cutoff, self._batch)
 
     def purge_ledger(self, now: datetime | None = None) -> int:
         """Delete ledger entries counted before ``now - retention.ledger``.
@@ -171,7 +174,9 @@ class Maintenance:
         policy's dispute window too: a dispute mark is what keeps the links of the changes
         registered before it dead, and the last of those lives one window after the dispute.
         """
-        at = self._now(now)
+        return self._batches(*self._purge_ledger_batch(self._now(now)))
+
+    def _purge_ledger_batch(self, at: datetime) -> tuple[str, tuple[object, ...]]:
         cutoff = self.db.dialect.time(at - self.retention.ledger)
         marks_cutoff = self.db.dialect.time(
             at - max(self.retention.ledger, self.policy.dispute_window)
@@ -185,27 +190,33 @@ class Maintenance:
             f" AND later.kind IN ({among}))))"
             f" ORDER BY l.at LIMIT ?{self.db.dialect.skip_locked})"
         )
-        return self._batches(sql, (cutoff, *marks, marks_cutoff, *marks, self._batch))
+        return sql, (cutoff, *marks, marks_cutoff, *marks, self._batch)
 
     def purge_outbox(self, now: datetime | None = None) -> int:
         """Delete outbox items delivered before ``now - retention.delivered_outbox``."""
-        cutoff = self.db.dialect.time(self._now(now) - self.retention.delivered_outbox)
+        return self._batches(*self._purge_outbox_batch(self._now(now)))
+
+    def _purge_outbox_batch(self, at: datetime) -> tuple[str, tuple[object, ...]]:
+        cutoff = self.db.dialect.time(at - self.retention.delivered_outbox)
         key = self.db.dialect.row_key
         sql = (
             f"DELETE FROM outbox WHERE {key} IN (SELECT {key} FROM outbox WHERE done_at IS NOT NULL"  # noqa: S608
             f" AND done_at < ? ORDER BY done_at LIMIT ?{self.db.dialect.skip_locked})"
         )
-        return self._batches(sql, (cutoff, self._batch))
+        return sql, (cutoff, self._batch)
 
     def purge_dead_outbox(self, now: datetime | None = None) -> int:
         """Delete dead letters older than ``retention.dead_outbox``."""
-        cutoff = self.db.dialect.time(self._now(now) - self.retention.dead_outbox)
+        return self._batches(*self._purge_dead_outbox_batch(self._now(now)))
+
+    def _purge_dead_outbox_batch(self, at: datetime) -> tuple[str, tuple[object, ...]]:
+        cutoff = self.db.dialect.time(at - self.retention.dead_outbox)
         key = self.db.dialect.row_key
         sql = (
             f"DELETE FROM outbox WHERE {key} IN (SELECT {key} FROM outbox WHERE dead_at IS NOT NULL"  # noqa: S608
             f" AND dead_at < ? ORDER BY dead_at LIMIT ?{self.db.dialect.skip_locked})"
         )
-        return self._batches(sql, (cutoff, self._batch))
+        return sql, (cutoff, self._batch)
 
     def purge_insureds(self) -> int:
         """Delete the lock rows of insureds whose ledger is empty (PostgreSQL; none on SQLite).
@@ -215,12 +226,15 @@ class Maintenance:
         """
         if not self.db.dialect.locks_rows:
             return 0
+        return self._batches(*self._purge_insureds_batch())
+
+    def _purge_insureds_batch(self) -> tuple[str, tuple[object, ...]]:
         sql = (
             "DELETE FROM insureds WHERE insured_id IN (SELECT i.insured_id FROM insureds i"  # noqa: S608
             " WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.insured_id = i.insured_id)"
             f" LIMIT ?{self.db.dialect.skip_locked})"
         )
-        return self._batches(sql, (self._batch,))
+        return sql, (self._batch,)
 
     def run(self, now: datetime | None = None) -> MaintenanceReport:
         """Expire, then purge; for a scheduler (cron, a periodic task). Safe to run concurrently."""

@@ -231,12 +231,15 @@ class SQLProcedureStore:
         return [by_id[i] for i in ids if i in by_id]
 
     def procedures_due(self, cutoffs: Sequence[ExpiryCutoff], limit: int) -> Sequence[Procedure]:
-        due, params = due_predicate(cutoffs, self._d)
-        rows = self._query(
-            f"{_PROC} WHERE {due} ORDER BY expiry_anchor, id LIMIT ?",
-            (*params, limit),
-        )
+        rows = self._query(*self._due_query(cutoffs, limit))
         return [self._procedure(r) for r in rows]
+
+    def _due_query(
+        self, cutoffs: Sequence[ExpiryCutoff], limit: int
+    ) -> tuple[str, tuple[object, ...]]:
+        """The sweep's statement (``?`` placeholders) and its parameters."""
+        due, params = due_predicate(cutoffs, self._d)
+        return f"{_PROC} WHERE {due} ORDER BY expiry_anchor, id LIMIT ?", (*params, limit)
 
     def _item(self, row: Sequence[Any]) -> OutboxItem:
         item_id, procedure_id, created_at, next_attempt_at, done_at, dead_at, attempts, raw = row
