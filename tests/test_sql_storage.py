@@ -6,7 +6,7 @@ import io
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import attrs
@@ -741,6 +741,139 @@ def test_a_bulk_expiry_batch_walks_the_expiry_index_without_sorting(
     with pg_storage.db.transaction() as tx:
         tx.query(pg_storage.db.dialect.index_order_only)
         plan = "\n".join(row[0] for row in tx.query(f"EXPLAIN {sql}", params))
+    assert "Index Scan using procedures_expiry" in plan, plan
+    assert "Sort" not in plan, plan
+
+
+def _seed_purgeable(storage: SQLStorage, rows: int, now: datetime) -> None:
+    """A backlog inserted set-based, as a burst leaves it: no statistics on any of it (no
+    ``ANALYZE``). ``rows`` of each: procedures ended long ago (one in ten still owes an effect),
+    open procedures with an undelivered mail, delivered and dead outbox items, old ledger
+    entries (one in ten a freeze mark) and the lock rows of their insureds."""
+    d = storage.db.dialect
+    old, recent = d.time(now - timedelta(days=90)), d.time(now - timedelta(minutes=5))
+    record = d.json(make_procedure("x", "x").to_dict())
+    box = (
+        "INSERT INTO outbox (id, procedure_id, created_at, next_attempt_at, done_at, attempts,"
+        " item, dead_at)"
+    )
+    series = "FROM generate_series(1, ?) AS i"
+    with storage.db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO procedures (id, insured_id, state, version, codes_sent, updated_at,"
+            " ended_at, record) SELECT 'end-' || i, 'i-' || i, 'cancelled', 2, 1,"
+            " ?::timestamptz + i * interval '1 s', ?::timestamptz + i * interval '1 s',"
+            f" ? {series}",
+            (old, old, record, rows),
+        )
+        tx.execute(
+            "INSERT INTO procedures (id, insured_id, state, version, expiry_anchor, codes_sent,"
+            " updated_at, record) SELECT 'open-' || i, 'o-' || i, 'code_sent', 1, ?, 1, ?,"
+            f" ? {series}",
+            (recent, recent, record, rows),
+        )
+        tx.execute(
+            f"{box} SELECT 'mail-' || i, 'open-' || i, ?, ?, NULL, 0, '{{}}', NULL {series}",
+            (recent, recent, rows),
+        )
+        tx.execute(
+            f"{box} SELECT 'owed-' || i, 'end-' || i, ?, ?, NULL, 0, '{{}}', NULL"  # noqa: S608
+            " FROM generate_series(1, ?, 10) AS i",
+            (recent, recent, rows),
+        )
+        tx.execute(
+            f"{box} SELECT 'sent-' || i, 'end-' || i, ?::timestamptz + i * interval '1 s', NULL,"
+            f" ?::timestamptz + i * interval '1 s', 1, '{{}}', NULL {series}",
+            (old, old, rows),
+        )
+        tx.execute(
+            f"{box} SELECT 'dead-' || i, 'end-' || i, ?::timestamptz + i * interval '1 s', NULL,"
+            f" NULL, 5, '{{}}', ?::timestamptz + i * interval '1 s' {series}",
+            (old, old, rows),
+        )
+        tx.execute(
+            "INSERT INTO ledger (insured_id, procedure_id, kind, at) SELECT 'i-' || i, 'end-' || i,"
+            " CASE WHEN mod(i, 10) = 0 THEN 'frozen' ELSE 'code_sent' END,"
+            f" ?::timestamptz + i * interval '1 s' {series}",
+            (old, rows),
+        )
+        tx.execute(f"INSERT INTO insureds (insured_id) SELECT 'i-' || i {series}", (rows,))
+        tx.execute(f"INSERT INTO insureds (insured_id) SELECT 'o-' || i {series}", (rows,))
+
+
+def _plan(storage: SQLStorage, sql: str, params: tuple[object, ...]) -> str:
+    """The plan PostgreSQL picks for ``sql``, in a transaction set up as maintenance sets it up."""
+    with storage.db.transaction() as tx:
+        tx.query(storage.db.dialect.index_order_only)
+        return "\n".join(row[0] for row in tx.query(f"EXPLAIN {sql}", params))
+
+
+_PURGE_INDEX = {
+    "_purge_procedures_batch": "procedures_ended",
+    "_purge_ledger_batch": "ledger_by_time",
+    "_purge_outbox_batch": "outbox_done",
+    "_purge_dead_outbox_batch": "outbox_dead",
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("batch", sorted(_PURGE_INDEX))
+def test_a_purge_batch_walks_its_index_without_sorting(pg_storage: SQLStorage, batch: str) -> None:
+    """Each batch takes the oldest rows in the order of the purge's index and stops after
+    ``batch_size``: a plan that sorts reads every purgeable row for every batch."""
+    now = T0 + timedelta(days=120)
+    _seed_purgeable(pg_storage, 200, now)
+    sql, params = getattr(pg_storage.maintenance(batch_size=50), batch)(now)
+    plan = _plan(pg_storage, sql, params)
+    assert f"Index Scan using {_PURGE_INDEX[batch]}" in plan, plan
+    assert "Sort" not in plan, plan
+
+
+@pytest.mark.postgres
+def test_a_procedure_purge_batch_asks_the_outbox_by_procedure(pg_storage: SQLStorage) -> None:
+    """Whether an ended procedure still owes an effect is one probe of the index of undelivered
+    items by procedure: a join against every undelivered item (a mail backlog) costs each batch
+    ``batch_size`` times that backlog, or the whole backlog."""
+    now = T0 + timedelta(days=120)
+    # Large enough that the undelivered items are more than a page: the planner then prefers a
+    # scan of all of outbox_due for each candidate to the probe, unless it cannot.
+    _seed_purgeable(pg_storage, 1000, now)
+    sql, params = pg_storage.maintenance(batch_size=50)._purge_procedures_batch(now)
+    plan = _plan(pg_storage, sql, params)
+    probe = plan.split("SubPlan")[-1]
+    assert "SubPlan" in plan and "Scan using outbox_pending_by_procedure on outbox o" in probe, plan
+    assert "Index Cond: ((procedure_id >= p.id) AND (procedure_id <= p.id))" in probe, plan
+    picked = plan.split("LockRows")[-1]
+    assert "outbox_due" not in plan and "Join" not in picked and "Materialize" not in plan, plan
+    assert "Sort" not in plan, plan
+
+
+@pytest.mark.postgres
+def test_an_insured_purge_batch_asks_the_ledger_by_insured(pg_storage: SQLStorage) -> None:
+    """Whether an insured's ledger is empty is one probe of its index: a join reads the ledger
+    (all of it, or all of it up to where the batch stops) for every batch."""
+    now = T0 + timedelta(days=120)
+    _seed_purgeable(pg_storage, 200, now)
+    sql, params = pg_storage.maintenance(batch_size=50)._purge_insureds_batch()
+    plan = _plan(pg_storage, sql, params)
+    probe = plan.split("SubPlan")[-1]
+    assert "SubPlan" in plan and "Scan using ledger_by_insured on ledger l" in probe, plan
+    assert "Index Cond: (insured_id = i.insured_id)" in probe, plan
+    assert "Join" not in plan.split("LockRows")[-1] and "Materialize" not in plan, plan
+    assert "Sort" not in plan, plan
+
+
+@pytest.mark.postgres
+def test_the_sweep_reads_the_due_procedures_in_the_expiry_index_order(
+    pg_storage: SQLStorage,
+) -> None:
+    """The sweep's query reads its ``limit`` rows off the expiry index: a plan that sorts (even
+    an incremental sort, over procedures due at the same instant) reads every due row."""
+    now = T0 + timedelta(days=120)
+    _seed_purgeable(pg_storage, 200, now)
+    cutoffs = ec.expiry_cutoffs(ec.Policy(), now + timedelta(hours=1))
+    sql, params = pg_storage.store._due_query(cutoffs, 50)
+    plan = _plan(pg_storage, sql, params)
     assert "Index Scan using procedures_expiry" in plan, plan
     assert "Sort" not in plan, plan
 
