@@ -98,7 +98,11 @@ class Maintenance:
             return now
         return self._clock.now() if self._clock is not None else datetime.now(UTC)
 
-    def _batches(self, sql: str, params: tuple[object, ...], *, setup: str = "") -> int:
+    def _batches(self, sql: str, params: tuple[object, ...]) -> int:
+        """Run one batch after another, each in a transaction of its own, until one changes fewer
+        than ``batch_size`` rows. Each batch walks its index in order and never sorts
+        (:attr:`~email_change.adapters.sql._db.Dialect.index_order_only`)."""
+        setup = self.db.dialect.index_order_only
         total = 0
         while True:
             with unavailable_as(self.dependency), self.db.transaction() as tx:
@@ -121,7 +125,7 @@ class Maintenance:
         of the primary-key index (:attr:`~email_change.adapters.sql._db.Dialect.row_key`).
         """
         sql, params = self._expiry_batch(self._now(now))
-        return self._batches(sql, params, setup=self.db.dialect.index_order_only)
+        return self._batches(sql, params)
 
     def _expiry_batch(self, at: datetime) -> tuple[str, tuple[object, ...]]:
         """The statement (``?`` placeholders) and parameters of one batch of bulk expiry."""
@@ -154,14 +158,34 @@ class Maintenance:
         return self._batches(*self._purge_procedures_batch(self._now(now)))
 
     def _purge_procedures_batch(self, at: datetime) -> tuple[str, tuple[object, ...]]:
-        cutoff = self.db.dialect.time(at - self.retention.ended_procedures)
-        key = self.db.dialect.row_key
+        """One batch of the purge of ended procedures.
+
+        Whether a candidate still owes an effect is one probe of ``outbox_pending_by_procedure``
+        per candidate. On PostgreSQL the probe is written so that nothing else can answer it:
+        with no statistics on a burst's outbox rows the planner takes the undelivered items for
+        next to none, and otherwise joins every candidate against all of them (or scans
+        ``outbox_due``, which holds the same rows, for each candidate): ``batch_size`` times the
+        mail backlog for each batch. An ``OFFSET`` keeps the subquery a probe (it is never
+        pulled up into a join), and with sorting off (:attr:`Dialect.index_order_only`) only an
+        index in ``procedure_id`` order can serve its ``ORDER BY``; the range is the equality
+        (one value, in the column's collation), written so that the order is not dropped as
+        constant.
+        """
+        d = self.db.dialect
+        cutoff = d.time(at - self.retention.ended_procedures)
+        key = d.row_key
+        if d.locks_rows:
+            owes = (
+                "o.procedure_id >= p.id AND o.procedure_id <= p.id"
+                " AND o.done_at IS NULL AND o.dead_at IS NULL ORDER BY o.procedure_id OFFSET 0"
+            )
+        else:
+            owes = "o.procedure_id = p.id AND o.done_at IS NULL AND o.dead_at IS NULL"
         sql = (
             f"DELETE FROM procedures WHERE {key} IN (SELECT p.{key} FROM procedures p"  # noqa: S608 - constants only
             " WHERE p.ended_at IS NOT NULL AND p.ended_at < ?"
-            " AND NOT EXISTS (SELECT 1 FROM outbox o"
-            "  WHERE o.procedure_id = p.id AND o.done_at IS NULL AND o.dead_at IS NULL)"
-            f" ORDER BY p.ended_at LIMIT ?{self.db.dialect.skip_locked})"
+            f" AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {owes})"
+            f" ORDER BY p.ended_at LIMIT ?{d.skip_locked})"
         )
         return sql, (cutoff, self._batch)
 
@@ -231,7 +255,10 @@ class Maintenance:
     def _purge_insureds_batch(self) -> tuple[str, tuple[object, ...]]:
         sql = (
             "DELETE FROM insureds WHERE insured_id IN (SELECT i.insured_id FROM insureds i"  # noqa: S608
-            " WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.insured_id = i.insured_id)"
+            # One probe of ledger_by_insured per candidate: the OFFSET keeps the subquery out of
+            # a join, which would read the ledger (all of it, or up to where the batch stops)
+            # for each batch.
+            " WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.insured_id = i.insured_id OFFSET 0)"
             f" LIMIT ?{self.db.dialect.skip_locked})"
         )
         return sql, (self._batch,)
