@@ -850,16 +850,22 @@ def test_a_procedure_purge_batch_asks_the_outbox_by_procedure(pg_storage: SQLSto
 
 @pytest.mark.postgres
 def test_an_insured_purge_batch_asks_the_ledger_by_insured(pg_storage: SQLStorage) -> None:
-    """Whether an insured's ledger is empty is one probe of its index: a join reads the ledger
-    (all of it, or all of it up to where the batch stops) for every batch."""
+    """Each batch walks the insureds on from where the last one stopped, and whether an
+    insured's ledger is empty is one probe of its index: a join reads the ledger (all of it, or
+    all of it up to where the batch stops) for every batch."""
     now = T0 + timedelta(days=120)
     _seed_purgeable(pg_storage, 200, now)
-    sql, params = pg_storage.maintenance(batch_size=50)._purge_insureds_batch()
-    plan = _plan(pg_storage, sql, params)
-    probe = plan.split("SubPlan")[-1]
+    for after in (None, "i-5"):
+        sql, params = pg_storage.maintenance(batch_size=50)._purge_insureds_batch(after)
+        _assert_probes_the_ledger(_plan(pg_storage, sql, params))
+
+
+def _assert_probes_the_ledger(plan: str) -> None:
+    assert "Index Scan using insureds_pkey on insureds i" in plan, plan
+    probe = plan.rsplit("SubPlan", maxsplit=1)[-1]
     assert "SubPlan" in plan and "Scan using ledger_by_insured on ledger l" in probe, plan
     assert "Index Cond: (insured_id = i.insured_id)" in probe, plan
-    assert "Join" not in plan.split("LockRows")[-1] and "Materialize" not in plan, plan
+    assert "Join" not in plan.rsplit("LockRows", maxsplit=1)[-1] and "Materialize" not in plan, plan
     assert "Sort" not in plan, plan
 
 
@@ -894,6 +900,23 @@ def test_sqlite_maintenance_finds_its_rows_without_the_primary_key_index(
     assert maintenance.expire_abandoned(T0 + timedelta(hours=1)) == 20
     loaded = [sqlite_storage.store.load(f"p{n}") for n in range(20)]
     assert {p.state if p is not None else None for p in loaded} == {"expired"}
+
+
+@pytest.mark.postgres
+def test_the_insured_purge_walks_on_past_the_rows_it_keeps(pg_storage: SQLStorage) -> None:
+    with pg_storage.db.transaction() as tx:
+        for n in range(30):
+            tx.execute("INSERT INTO insureds (insured_id) VALUES (?)", (f"i{n}",))
+            if n % 3 == 0:  # every third one still has a ledger
+                tx.execute(
+                    "INSERT INTO ledger (insured_id, procedure_id, kind, at) VALUES (?, 'p', ?, ?)",
+                    (f"i{n}", LedgerKind.CODE_SENT.value, T0),
+                )
+    maintenance = pg_storage.maintenance(batch_size=4)
+    assert maintenance.purge_insureds() == 20
+    kept = pg_storage.db.query("SELECT insured_id FROM insureds")
+    assert sorted(r[0] for r in kept) == sorted(f"i{n}" for n in range(0, 30, 3))
+    assert maintenance.purge_insureds() == 0
 
 
 @pytest.mark.postgres

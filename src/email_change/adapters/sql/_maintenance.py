@@ -247,21 +247,38 @@ class Maintenance:
 
         A row is only what an event's transaction locks; it is created again by the next event,
         so deleting one is always safe. A row locked right now is skipped.
+
+        Each batch walks ``insureds_pkey`` on from the last row the batch before deleted, so
+        the rows it passed (insureds with a ledger, rows locked) and the rows it deleted are not
+        read again; whether an insured's ledger is empty is one probe of ``ledger_by_insured``.
         """
         if not self.db.dialect.locks_rows:
             return 0
-        return self._batches(*self._purge_insureds_batch())
+        total, after = 0, None
+        while True:
+            sql, params = self._purge_insureds_batch(after)
+            with unavailable_as(self.dependency), self.db.transaction() as tx:
+                tx.query(self.db.dialect.index_order_only)
+                ((deleted, last),) = tx.query(sql, params)
+            total += deleted
+            if deleted < self._batch:
+                return total
+            after = last
 
-    def _purge_insureds_batch(self) -> tuple[str, tuple[object, ...]]:
+    def _purge_insureds_batch(self, after: str | None) -> tuple[str, tuple[object, ...]]:
+        """One batch of the purge of insured rows, past ``after`` (in the key's collation): the
+        rows deleted, and the last of them (the next batch's ``after``)."""
+        bound, params = ("", ()) if after is None else (" AND i.insured_id > ?", (after,))
         sql = (
-            "DELETE FROM insureds WHERE insured_id IN (SELECT i.insured_id FROM insureds i"  # noqa: S608
-            # One probe of ledger_by_insured per candidate: the OFFSET keeps the subquery out of
-            # a join, which would read the ledger (all of it, or up to where the batch stops)
-            # for each batch.
-            " WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.insured_id = i.insured_id OFFSET 0)"
-            f" LIMIT ?{self.db.dialect.skip_locked})"
+            "WITH gone AS (DELETE FROM insureds WHERE insured_id IN (SELECT i.insured_id"  # noqa: S608
+            # The OFFSET keeps the probe out of a join, which would read the ledger (all of it,
+            # or all of it up to where the batch stops) for each batch.
+            " FROM insureds i WHERE NOT EXISTS (SELECT 1 FROM ledger l"
+            f" WHERE l.insured_id = i.insured_id OFFSET 0){bound}"
+            f" ORDER BY i.insured_id LIMIT ?{self.db.dialect.skip_locked}) RETURNING insured_id)"
+            " SELECT COUNT(*), MAX(insured_id) FROM gone"
         )
-        return sql, (self._batch,)
+        return sql, (*params, self._batch)
 
     def run(self, now: datetime | None = None) -> MaintenanceReport:
         """Expire, then purge; for a scheduler (cron, a periodic task). Safe to run concurrently."""
