@@ -259,7 +259,8 @@ class Maintenance:
             sql, params = self._purge_insureds_batch(after)
             with unavailable_as(self.dependency), self.db.transaction() as tx:
                 tx.query(self.db.dialect.index_order_only)
-                ((deleted, last),) = tx.query(sql, params)
+                ((count, last),) = tx.query(sql, params)
+            deleted = int(count)
             total += deleted
             if deleted < self._batch:
                 return total
