@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/purge_ab.py BEFORE_SRC AFTER_SRC [--rows 50000] [--runs 3]
         [--idle 200000 --active 400000] [--pg-dsn postgresql://postgres@127.0.0.1:5432/test]
 
-Each run is a fresh process with ``PYTHONPATH=<tree>`` (``/work/main/src``, say, against this
-worktree's ``src``) and a schema of its own, seeded set-based and never analysed, as a burst
+Each run is a fresh process with ``PYTHONPATH=<tree>`` (an older checkout's ``src``, say,
+against this one's) and a schema of its own, seeded set-based and never analysed, as a burst
 leaves the tables; the two trees alternate, the first going first in every other run. Measured
 (seconds, ``batch_size=5000``):
 
