@@ -1,0 +1,325 @@
+"""Attacks from outside on maintenance (bulk expiry, the purges) and the sweep's due query, on
+SQLite and PostgreSQL.
+
+What each attack tries is in its docstring; the ones that held are kept as the evidence of what
+was tried.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import date, datetime, timedelta
+
+import attrs
+import pytest
+
+import email_change as ec
+from email_change import Commit, LedgerKind
+from email_change._machine import expiry_cutoffs, is_frozen
+from email_change.adapters.sql import MaintenanceReport, Retention, SQLStorage
+from email_change.testing import make_procedure
+from email_change.testing._contracts import commit_in_transaction, mail_item
+from tests.storage_helpers import T0, service_on
+
+
+def _mark(storage: SQLStorage, insured: str, kind: LedgerKind, at: datetime) -> None:
+    with storage.db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO ledger (insured_id, procedure_id, kind, at) VALUES (?, 'p', ?, ?)",
+            (insured, kind.value, storage.db.dialect.time(at)),
+        )
+
+
+def test_a_ledger_purge_never_changes_the_latest_mark_when_the_clock_went_back(
+    sql_storage: SQLStorage,
+) -> None:
+    """BROKEN on main. The store reads an insured's marks in ``at, seq`` order (so does
+    :func:`is_frozen`), but the purge took a mark as moot when a mark with a greater ``seq``
+    existed, whatever its time. After a clock that jumped back (or two servers whose clocks
+    differ), the entry written last is not the latest by time: the purge deleted the insured's
+    latest mark and thawed a frozen insured (or froze one that had been lifted)."""
+    now = T0 + timedelta(days=60)
+    # Written in this order (seq), with the clock set back between the two writes.
+    _mark(sql_storage, "thawed", LedgerKind.FROZEN, now - timedelta(days=40))
+    _mark(sql_storage, "thawed", LedgerKind.UNFROZEN, now - timedelta(days=50))
+    _mark(sql_storage, "refrozen", LedgerKind.UNFROZEN, now - timedelta(days=40))
+    _mark(sql_storage, "refrozen", LedgerKind.FROZEN, now - timedelta(days=50))
+
+    def frozen() -> dict[str, bool]:
+        return {i: is_frozen(sql_storage.store.ledger_since(i, T0)) for i in ("thawed", "refrozen")}
+
+    before = frozen()
+    assert before == {"thawed": True, "refrozen": False}
+    maintenance = sql_storage.maintenance(retention=Retention(ledger=timedelta(days=1)))
+    maintenance.purge_ledger(now)
+    assert frozen() == before
+    assert maintenance.purge_ledger(now) == 0
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def _seed_work(storage: SQLStorage) -> None:
+    """One procedure due for expiry, one ended long ago, one old ledger entry."""
+    commit_in_transaction(
+        storage.store, Commit(procedure=make_procedure("due", "i-due"), expected_version=None)
+    )
+    old = make_procedure("old", "i-old")
+    commit_in_transaction(storage.store, Commit(procedure=old, expected_version=None))
+    ended = attrs.evolve(old, state="cancelled", version=2, code=None, ended_at=T0)
+    commit_in_transaction(storage.store, Commit(procedure=ended, expected_version=1))
+    _mark(storage, "i-old", LedgerKind.WRONG_CODE, T0)
+
+
+def _snapshot(storage: SQLStorage) -> tuple[object, ...]:
+    q = storage.db.query
+    return (
+        q("SELECT id, state, version FROM procedures ORDER BY id"),
+        q("SELECT insured_id, kind FROM ledger ORDER BY seq"),
+        q("SELECT id FROM outbox ORDER BY id"),
+    )
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, None, "5", 2.5, True, 10**30, b"1"])
+def test_a_bad_batch_size_is_refused_by_name(sql_storage: SQLStorage, batch_size: object) -> None:
+    """BROKEN on main for ``None``, ``"5"``, ``b"1"`` (a bare ``TypeError`` from a comparison),
+    ``2.5`` (the driver's ``IntegrityError`` from inside a batch), ``10**30`` (an
+    ``OverflowError`` from the driver) and ``True`` (taken as 1)."""
+    with pytest.raises(ec.InvalidArgument) as refused:
+        sql_storage.maintenance(batch_size=batch_size)
+    assert refused.value.field == "batch_size"
+
+
+_BAD_NOW = [
+    "2026-12-01T00:00:00+00:00",
+    1764547200,
+    b"now",
+    date(2026, 12, 1),
+    datetime(2026, 12, 1),  # noqa: DTZ001 - naive, on purpose
+]
+
+
+@pytest.mark.parametrize("now", _BAD_NOW, ids=repr)
+@pytest.mark.parametrize(
+    "step",
+    [
+        "run",
+        "expire_abandoned",
+        "purge_procedures",
+        "purge_ledger",
+        "purge_outbox",
+        "purge_dead_outbox",
+    ],
+)
+def test_a_bad_now_is_refused_by_name_and_changes_nothing(
+    sql_storage: SQLStorage, now: object, step: str
+) -> None:
+    """BROKEN on main: a ``str``, an ``int``, ``bytes`` gave a bare ``TypeError`` from a
+    subtraction, a ``date`` an ``AttributeError``, a naive datetime a ``ValueError`` from deep
+    in the dialect."""
+    _seed_work(sql_storage)
+    before = _snapshot(sql_storage)
+    maintenance = sql_storage.maintenance(retention=Retention(ended_procedures=timedelta(0)))
+    with pytest.raises(ec.InvalidArgument) as refused:
+        getattr(maintenance, step)(now)
+    assert refused.value.field == "now"
+    assert _snapshot(sql_storage) == before
+    # A good ``now`` does the work, so the seed was not inert.
+    assert maintenance.run(T0 + timedelta(days=90)) != MaintenanceReport()
+
+
+# --- the sweep ------------------------------------------------------------------------------------
+
+
+def test_the_sweep_takes_tied_procedures_a_limit_at_a_time_and_starves_none(
+    sql_storage: SQLStorage,
+) -> None:
+    """HELD. 40 procedures due at the same instant (a tie on ``expiry_anchor``, the sweep's only
+    ordering key), 10 not due yet: each sweep returns at most ``limit``, only due ones, and
+    repeated sweeps expire every due one in ceil(40 / 7) calls."""
+    store = sql_storage.store
+    due = [make_procedure(f"tie-{n:02d}", f"i-tie-{n:02d}") for n in range(40)]
+    later = [
+        make_procedure(
+            f"later-{n}",
+            f"i-later-{n}",
+            last_code_sent_at=T0 + timedelta(days=10),
+            code=attrs.evolve(
+                make_procedure().code,  # type: ignore[arg-type]
+                sent_at=T0 + timedelta(days=10),
+                expires_at=T0 + timedelta(days=10, minutes=15),
+            ),
+        )
+        for n in range(10)
+    ]
+    for proc in (*reversed(due), *later):
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None))
+    at = T0 + timedelta(days=1)
+    first = store.procedures_due(expiry_cutoffs(ec.Policy(), at), 7)
+    assert len(first) == 7
+    assert {p.id for p in first} <= {p.id for p in due}
+    service, _mailer, clock = service_on(store, sql_storage.registry)
+    clock.advance(days=1)
+    rounds = []
+    while (n := service.expire_due(limit=7)) and len(rounds) < 20:
+        rounds.append(n)
+    assert rounds == [7, 7, 7, 7, 7, 5]
+    assert {store.load(p.id).state for p in due} == {"expired"}  # type: ignore[union-attr]
+    assert {store.load(p.id).state for p in later} == {"code_sent"}  # type: ignore[union-attr]
+
+
+# --- the purges: odd ids --------------------------------------------------------------------------
+
+_ODD_IDS = [
+    "",
+    " ",
+    "a",
+    "A",
+    "a ",
+    "a\t",
+    "ä",
+    "Ä",
+    "ß",
+    "ss",
+    "é",
+    "e\u0301",
+    "日本",
+    "😀",
+    "z",
+    "~",
+]
+
+
+def test_the_procedure_purge_keeps_exactly_those_that_owe_whatever_their_ids(
+    sql_storage: SQLStorage,
+) -> None:
+    """HELD. Ended procedures whose ids sort oddly or are near-equal (case, a trailing space,
+    composed and decomposed accents, the empty id), every other one owing an undelivered mail:
+    the purge (the range-form outbox probe on PostgreSQL) takes exactly the others, batch by
+    batch, and a second run takes nothing."""
+    store = sql_storage.store
+    owing = set(_ODD_IDS[::2])
+    for n, pid in enumerate(_ODD_IDS):
+        proc = make_procedure(pid, f"i-odd-{n}")
+        box = (mail_item(f"m-{n}", pid),) if pid in owing else ()
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None, outbox=box))
+        done = attrs.evolve(proc, state="cancelled", version=2, code=None, ended_at=T0)
+        commit_in_transaction(store, Commit(procedure=done, expected_version=1))
+    maintenance = sql_storage.maintenance(
+        retention=Retention(ended_procedures=timedelta(days=1)), batch_size=3
+    )
+    at = T0 + timedelta(days=2)
+    assert maintenance.purge_procedures(at) == len(_ODD_IDS) - len(owing)
+    left = {r[0] for r in sql_storage.db.query("SELECT id FROM procedures")}
+    assert left == owing
+    assert maintenance.purge_procedures(at) == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 100])
+def test_the_insured_purge_takes_every_idle_row_whatever_its_id(
+    pg_storage: SQLStorage, pg_dsn: str, pg_schema: str, batch_size: int
+) -> None:
+    """HELD. Lock rows with odd ids, every third with a ledger, one idle row held by another
+    transaction in the middle of the key order: the purge never takes a row with a ledger,
+    skips the held one and stops; the next run, once it is released, takes it; a third takes
+    nothing."""
+    import psycopg
+
+    with pg_storage.db.transaction() as tx:
+        for n, insured in enumerate(_ODD_IDS):
+            tx.execute("INSERT INTO insureds (insured_id) VALUES (?)", (insured,))
+            if n % 3 == 0:
+                tx.execute(
+                    "INSERT INTO ledger (insured_id, procedure_id, kind, at) VALUES (?, 'p', ?, ?)",
+                    (insured, LedgerKind.CODE_SENT.value, T0),
+                )
+    kept = set(_ODD_IDS[::3])
+    held = "ß"
+    assert held not in kept
+    maintenance = pg_storage.maintenance(batch_size=batch_size)
+    with psycopg.connect(pg_dsn, autocommit=False) as holder:
+        holder.execute(f'SET search_path TO "{pg_schema}"')
+        holder.execute("SELECT 1 FROM insureds WHERE insured_id = %s FOR UPDATE", (held,))
+        first = maintenance.purge_insureds()
+        holder.rollback()
+    left = {r[0] for r in pg_storage.db.query("SELECT insured_id FROM insureds")}
+    assert kept | {held} <= left
+    assert first + len(left) == len(_ODD_IDS)
+    second = maintenance.purge_insureds()
+    left = {r[0] for r in pg_storage.db.query("SELECT insured_id FROM insureds")}
+    assert left == kept
+    assert first + second == len(_ODD_IDS) - len(kept)
+    assert maintenance.purge_insureds() == 0
+
+
+# --- concurrency ----------------------------------------------------------------------------------
+
+
+def test_maintenance_runs_concurrently_with_itself_and_the_service(sql_storage: SQLStorage) -> None:
+    """HELD. 16 threads behind a barrier: 8 run maintenance (batches of 2) again and again, 8
+    drive the service (start, a wrong code, cancel) for insureds of their own. Every run
+    terminates; no procedure that owes an undelivered item is gone; once the dust settles one
+    more run expires what is due and purges what is old, and the run after that finds nothing."""
+    store = sql_storage.store
+    insureds = tuple(f"cc-{n}" for n in range(16))
+    service, _mailer, clock = service_on(store, sql_storage.registry, insured=insureds)
+    # A backlog: ended long ago (half still owing a mail), and open procedures long due.
+    for n in range(30):
+        proc = make_procedure(f"bk-{n}", f"bk-i-{n}")
+        box = (mail_item(f"bk-m-{n}", proc.id),) if n % 2 else ()
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None, outbox=box))
+        if n % 3:
+            done = attrs.evolve(proc, state="cancelled", version=2, code=None, ended_at=T0)
+            commit_in_transaction(store, Commit(procedure=done, expected_version=1))
+    clock.advance(days=40)
+    now = clock.now()
+    maintenance = sql_storage.maintenance(batch_size=2)
+    barrier = threading.Barrier(16)
+    errors: list[BaseException] = []
+    reports: list[MaintenanceReport] = []
+
+    def maintain() -> None:
+        barrier.wait()
+        for _ in range(5):
+            try:
+                reports.append(maintenance.run(now))
+            except ec.ServiceUnavailable:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    def drive(chunk: tuple[str, ...]) -> None:
+        barrier.wait()
+        for insured in chunk:
+            try:
+                pid = service.start(insured).procedure_id
+                with pytest.raises(ec.EmailChangeError):
+                    service.submit_code(insured, pid, "0000" if insured[-1] != "0" else "9999")
+                service.cancel(insured, pid)
+            except (ec.ServiceUnavailable, ec.ConcurrentUpdate):
+                pass
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=maintain) for _ in range(8)] + [
+        threading.Thread(target=drive, args=(insureds[n::8],)) for n in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a run did not terminate"
+    assert not errors, errors
+    q = sql_storage.db.query
+    orphans = q(
+        "SELECT o.id FROM outbox o WHERE o.done_at IS NULL AND o.dead_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM procedures p WHERE p.id = o.procedure_id)"
+    )
+    assert orphans == []
+    final = maintenance.run(now + timedelta(days=1))
+    del final
+    assert maintenance.run(now + timedelta(days=1)) == MaintenanceReport()
+    due = store.procedures_due(expiry_cutoffs(ec.Policy(), now), 100)
+    assert list(due) == []
+    assert all(r.procedures_purged >= 0 for r in reports)
