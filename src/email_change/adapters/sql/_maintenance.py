@@ -194,7 +194,9 @@ class Maintenance:
 
         A freeze mark (a dispute, a lift) goes only once a later mark of the same insured makes
         it moot (a freeze lasts until it is lifted, and deleting moot marks, in any order and
-        any batches, never changes an insured's latest one) and once it is older than the
+        any batches, never changes an insured's latest one; "later" in the order the ledger is
+        read, by time and then the order written, so a clock that went back between two marks
+        changes nothing) and once it is older than the
         policy's dispute window too: a dispute mark is what keeps the links of the changes
         registered before it dead, and the last of those lives one window after the dispute.
         """
@@ -210,7 +212,8 @@ class Maintenance:
         sql = (
             "DELETE FROM ledger WHERE seq IN (SELECT l.seq FROM ledger l WHERE l.at < ?"  # noqa: S608
             f" AND (l.kind NOT IN ({among}) OR (l.at < ? AND EXISTS (SELECT 1 FROM ledger later"
-            " WHERE later.insured_id = l.insured_id AND later.seq > l.seq"
+            " WHERE later.insured_id = l.insured_id"
+            " AND (later.at > l.at OR (later.at = l.at AND later.seq > l.seq))"
             f" AND later.kind IN ({among}))))"
             f" ORDER BY l.at LIMIT ?{self.db.dialect.skip_locked})"
         )
