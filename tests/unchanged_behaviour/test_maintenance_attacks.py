@@ -138,6 +138,8 @@ def test_the_sweep_takes_tied_procedures_a_limit_at_a_time_and_starves_none(
     ordering key), 10 not due yet: each sweep returns at most ``limit``, only due ones, and
     repeated sweeps expire every due one in ceil(40 / 7) calls."""
     store = sql_storage.store
+    code = make_procedure().code
+    assert code is not None
     due = [make_procedure(f"tie-{n:02d}", f"i-tie-{n:02d}") for n in range(40)]
     later = [
         make_procedure(
@@ -145,7 +147,7 @@ def test_the_sweep_takes_tied_procedures_a_limit_at_a_time_and_starves_none(
             f"i-later-{n}",
             last_code_sent_at=T0 + timedelta(days=10),
             code=attrs.evolve(
-                make_procedure().code,  # type: ignore[arg-type]
+                code,
                 sent_at=T0 + timedelta(days=10),
                 expires_at=T0 + timedelta(days=10, minutes=15),
             ),
@@ -160,7 +162,7 @@ def test_the_sweep_takes_tied_procedures_a_limit_at_a_time_and_starves_none(
     assert {p.id for p in first} <= {p.id for p in due}
     service, _mailer, clock = service_on(store, sql_storage.registry)
     clock.advance(days=1)
-    rounds = []
+    rounds: list[int] = []
     while (n := service.expire_due(limit=7)) and len(rounds) < 20:
         rounds.append(n)
     assert rounds == [7, 7, 7, 7, 7, 5]

@@ -29,6 +29,8 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
+from email_change._arguments import MAX_LIMIT, instant
+from email_change._errors import InvalidArgument
 from email_change._machine import FREEZE_MARKS, ProcedureState, expiry_cutoffs
 from email_change._policy import Policy
 from email_change._ports import Clock
@@ -66,7 +68,14 @@ class MaintenanceReport:
 
 
 class Maintenance:
-    """Bulk expiry and purge on a SQL database (the one the SQL store uses)."""
+    """Bulk expiry and purge on a SQL database (the one the SQL store uses).
+
+    A wrong argument is :class:`~email_change.InvalidArgument` naming it, before anything is
+    read or written: ``batch_size`` not an ``int`` from 1 to 100,000, ``retention`` or
+    ``policy`` of another type, a negative retention, a ``now`` that is not a timezone-aware
+    :class:`~datetime.datetime`. A ledger retention shorter than the policy's rolling window
+    is a ``ValueError``.
+    """
 
     dependency = "procedure_store"
 
@@ -79,23 +88,35 @@ class Maintenance:
         clock: Clock | None = None,
         batch_size: int = 1000,
     ) -> None:
-        self.retention = retention or Retention()
-        self.policy = policy or Policy()
+        self.retention = Retention() if retention is None else retention
+        self.policy = Policy() if policy is None else policy
+        if not isinstance(self.retention, Retention) or not all(
+            isinstance(kept, timedelta) and kept >= timedelta(0)
+            for kept in attrs.astuple(self.retention)
+        ):
+            raise InvalidArgument(field="retention")
+        if not isinstance(self.policy, Policy):
+            raise InvalidArgument(field="policy")
+        if type(batch_size) is not int or not 1 <= batch_size <= MAX_LIMIT:
+            # Not a bool, a float or a str: each would reach the driver (or a comparison) and
+            # fail there, untyped, or be taken for another number.
+            raise InvalidArgument(field="batch_size")
         window = self.policy.insured_window
         if self.retention.ledger < window:
             raise ValueError(
                 f"ledger retention {self.retention.ledger} is shorter than the policy's "
                 f"rolling window {window}: the per-insured budgets would forget failures"
             )
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
         self.db = db
         self._clock = clock
         self._batch = batch_size
 
-    def _now(self, now: datetime | None) -> datetime:
-        if now is not None:
-            return now
+    def _now(self, now: object) -> datetime:
+        """``now`` checked (a timezone-aware datetime, else :class:`InvalidArgument` naming it,
+        before anything is read or written), or the clock's."""
+        given = instant(now, "now")
+        if given is not None:
+            return given
         return self._clock.now() if self._clock is not None else datetime.now(UTC)
 
     def _batches(self, sql: str, params: tuple[object, ...]) -> int:
