@@ -19,7 +19,7 @@ from email_change._machine import expiry_cutoffs, is_frozen
 from email_change.adapters.sql import MaintenanceReport, Retention, SQLStorage
 from email_change.testing import make_procedure
 from email_change.testing._contracts import commit_in_transaction, mail_item
-from tests.storage_helpers import T0, service_on
+from tests.storage_helpers import INSURED, T0, card, complete_procedure, service_on, token_in
 
 
 def _mark(storage: SQLStorage, insured: str, kind: LedgerKind, at: datetime) -> None:
@@ -119,7 +119,7 @@ def test_a_bad_now_is_refused_by_name_and_changes_nothing(
     in the dialect."""
     _seed_work(sql_storage)
     before = _snapshot(sql_storage)
-    maintenance = sql_storage.maintenance(retention=Retention(ended_procedures=timedelta(0)))
+    maintenance = sql_storage.maintenance()
     with pytest.raises(ec.InvalidArgument) as refused:
         getattr(maintenance, step)(now)
     assert refused.value.field == "now"
@@ -207,10 +207,8 @@ def test_the_procedure_purge_keeps_exactly_those_that_owe_whatever_their_ids(
         commit_in_transaction(store, Commit(procedure=proc, expected_version=None, outbox=box))
         done = attrs.evolve(proc, state="cancelled", version=2, code=None, ended_at=T0)
         commit_in_transaction(store, Commit(procedure=done, expected_version=1))
-    maintenance = sql_storage.maintenance(
-        retention=Retention(ended_procedures=timedelta(days=1)), batch_size=3
-    )
-    at = T0 + timedelta(days=2)
+    maintenance = sql_storage.maintenance(batch_size=3)
+    at = T0 + timedelta(days=31)
     assert maintenance.purge_procedures(at) == len(_ODD_IDS) - len(owing)
     left = {r[0] for r in sql_storage.db.query("SELECT id FROM procedures")}
     assert left == owing
@@ -325,3 +323,33 @@ def test_maintenance_runs_concurrently_with_itself_and_the_service(sql_storage: 
     due = store.procedures_due(expiry_cutoffs(ec.Policy(), now), 100)
     assert list(due) == []
     assert all(r.procedures_purged >= 0 for r in reports)
+
+
+# --- retention against the dispute window
+
+
+def test_a_confirmed_change_stays_disputable_for_the_whole_dispute_window(
+    sql_storage: SQLStorage,
+) -> None:
+    """A retention of ended procedures shorter than the policy's ``dispute_window`` would purge
+    a confirmed change while the previous address's notice link still promises a dispute: the
+    owner of a hijacked account could no longer take it back. Maintenance refuses such a
+    retention, as it refuses a ledger retention shorter than the rolling window."""
+    sql_storage.registry.upsert([(INSURED, card())])
+    service, mailer, clock = service_on(sql_storage.store, sql_storage.registry)
+    proc_id = complete_procedure(service, sql_storage.store, mailer, INSURED)
+    notice = token_in(mailer.to(f"{INSURED}@exemple.fr")[-1])
+    policy = ec.Policy()
+    with pytest.raises(ValueError, match="dispute window"):
+        sql_storage.maintenance(
+            retention=Retention(ended_procedures=timedelta(days=1)), policy=policy
+        )
+    # At the shortest retention allowed, the change is still there to dispute to the end of
+    # its window.
+    maintenance = sql_storage.maintenance(
+        retention=Retention(ended_procedures=policy.dispute_window), policy=policy
+    )
+    clock.advance(days=policy.dispute_window.days, seconds=-1)
+    assert maintenance.run(clock.now()).procedures_purged == 0
+    assert service.revert(notice).state == "reverted"
+    assert sql_storage.store.load(proc_id).state == "reverted"  # type: ignore[union-attr]
