@@ -45,7 +45,8 @@ __all__ = ["Maintenance", "MaintenanceReport", "Retention"]
 class Retention:
     """How long ended data is kept."""
 
-    #: Ended procedures (confirmed, cancelled, expired, locked, reverted), from their end.
+    #: Ended procedures (confirmed, cancelled, expired, locked, reverted), from their end. At
+    #: least the policy's ``dispute_window``: a confirmed change stays disputable that long.
     ended_procedures: timedelta = timedelta(days=30)
     #: Ledger entries, from when they were counted. At least the policy's rolling window.
     ledger: timedelta = timedelta(days=1)
@@ -73,8 +74,9 @@ class Maintenance:
     A wrong argument is :class:`~email_change.InvalidArgument` naming it, before anything is
     read or written: ``batch_size`` not an ``int`` from 1 to 100,000, ``retention`` or
     ``policy`` of another type, a negative retention, a ``now`` that is not a timezone-aware
-    :class:`~datetime.datetime`. A ledger retention shorter than the policy's rolling window
-    is a ``ValueError``.
+    :class:`~datetime.datetime`. A ledger retention shorter than the policy's rolling window,
+    or a retention of ended procedures shorter than its ``dispute_window``, is a
+    ``ValueError``.
     """
 
     dependency = "procedure_store"
@@ -106,6 +108,16 @@ class Maintenance:
             raise ValueError(
                 f"ledger retention {self.retention.ledger} is shorter than the policy's "
                 f"rolling window {window}: the per-insured budgets would forget failures"
+            )
+        disputable = self.policy.dispute_window
+        if self.retention.ended_procedures < disputable:
+            # A confirmed change ends at its confirmation, after its registration, and stays
+            # disputable for the window from the registration: kept that long, it is never
+            # purged while the previous address's notice link still promises a dispute.
+            raise ValueError(
+                f"ended procedures retention {self.retention.ended_procedures} is shorter than"
+                f" the policy's dispute window {disputable}: a confirmed change could be purged"
+                " while its owner can still dispute it"
             )
         self.db = db
         self._clock = clock
