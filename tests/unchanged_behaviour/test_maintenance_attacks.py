@@ -14,10 +14,10 @@ import attrs
 import pytest
 
 import email_change as ec
-from email_change import Commit, LedgerKind
+from email_change import AccountAction, AccountEffect, Commit, LedgerKind, OutboxItem
 from email_change._machine import expiry_cutoffs, is_frozen
 from email_change.adapters.sql import MaintenanceReport, Retention, SQLStorage
-from email_change.testing import make_procedure
+from email_change.testing import full_procedure, make_procedure
 from email_change.testing._contracts import commit_in_transaction, mail_item
 from tests.storage_helpers import INSURED, T0, card, complete_procedure, service_on, token_in
 
@@ -353,3 +353,61 @@ def test_a_confirmed_change_stays_disputable_for_the_whole_dispute_window(
     assert maintenance.run(clock.now()).procedures_purged == 0
     assert service.revert(notice).state == "reverted"
     assert sql_storage.store.load(proc_id).state == "reverted"  # type: ignore[union-attr]
+
+
+# --- consents: a dead record_consents
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "A record_consents the directory refused for good is a dead letter that keeps no"
+        " consents (buried()); the purge takes a dead item for one that owes nothing, so the"
+        " procedure, the only copy left, goes after ended_procedures (and the dead letter after"
+        " dead_outbox). Telling a dead account change from a dead mail needs the item's kind,"
+        " which a sealed row hides from SQL: not a small fix."
+    ),
+)
+def test_a_procedure_whose_consents_never_reached_the_directory_is_never_purged(
+    sql_storage: SQLStorage,
+) -> None:
+    """BROKEN on main (xfail). The promise: consents' only copy is never removed. The relay gives
+    up on the ``record_consents`` change (a permanent refusal, ``DeliveryRefused``) exactly as
+    it does in ``Relay._bury``; the change is then confirmed and ends; a month on, the
+    maintenance run deletes the dead letter and the procedure, and the consent choices are
+    nowhere."""
+    store = sql_storage.store
+    proc = full_procedure("p-dc", "i-dc")
+    assert proc.consents
+    owed = OutboxItem(
+        id="o-consents",
+        effect=AccountEffect(
+            action=AccountAction.RECORD_CONSENTS,
+            insured_id=proc.insured_id,
+            procedure_id=proc.id,
+            consents=proc.consents,
+        ),
+        created_at=T0,
+        next_attempt_at=T0,
+    )
+    commit_in_transaction(store, Commit(procedure=proc, expected_version=None, outbox=(owed,)))
+    given_up = T0 + timedelta(minutes=10)
+    store.update_outbox(
+        attrs.evolve(
+            owed,
+            effect=owed.effect.buried(),
+            attempts=1,
+            last_error="DeliveryRefused",
+            dead_at=given_up,
+        )
+    )
+    confirmed = attrs.evolve(
+        proc, state="confirmed", version=proc.version + 1, link=None, ended_at=given_up
+    )
+    commit_in_transaction(store, Commit(procedure=confirmed, expected_version=proc.version))
+    sql_storage.maintenance().run(given_up + timedelta(days=31))
+    kept = store.load(proc.id)
+    in_directory = list(sql_storage.directory.consents_of(proc.insured_id))
+    assert in_directory == list(proc.consents) or (
+        kept is not None and kept.consents == proc.consents
+    )
