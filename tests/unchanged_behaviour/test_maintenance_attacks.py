@@ -411,3 +411,69 @@ def test_a_procedure_whose_consents_never_reached_the_directory_is_never_purged(
     assert in_directory == list(proc.consents) or (
         kept is not None and kept.consents == proc.consents
     )
+
+
+@pytest.mark.postgres
+def test_maintenance_in_processes_changes_each_row_once(
+    pg_storage: SQLStorage, pg_dsn: str, pg_schema: str
+) -> None:
+    """HELD. 4 processes run maintenance (batches of 2) on one backlog while 2 processes of 4
+    threads each storm the service (start, wrong codes, cancel) behind the same barrier. Every
+    process ends; each due procedure is expired exactly once (version 2); each purgeable one
+    is deleted once (the counts add up to the backlog); nothing that owes a mail is gone; a
+    last run finds nothing."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tests.concurrency_workers import race_in_process
+    from tests.unchanged_behaviour._maintenance_workers import maintain_in_process
+
+    store = pg_storage.store
+    for n in range(60):
+        proc = make_procedure(f"due-{n}", f"due-i-{n}")
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None))
+    owing = set()
+    for n in range(60):
+        proc = make_procedure(f"old-{n}", f"old-i-{n}")
+        box = (mail_item(f"old-m-{n}", proc.id),) if n % 3 == 0 else ()
+        if box:
+            owing.add(proc.id)
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None, outbox=box))
+        done = attrs.evolve(proc, state="cancelled", version=2, code=None, ended_at=T0)
+        commit_in_transaction(store, Commit(procedure=done, expected_version=1))
+    now = T0 + timedelta(days=40)
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(6, mp_context=context) as pool:
+        barrier = manager.Barrier(6)
+        maintainers = [
+            pool.submit(maintain_in_process, pg_dsn, pg_schema, now.isoformat(), 4, barrier)
+            for _ in range(4)
+        ]
+        storms = [
+            pool.submit(
+                race_in_process,
+                pg_dsn,
+                pg_schema,
+                policy={},
+                action="storm",
+                args=(f"storm-{k}",),
+                threads=4,
+                offset=4 * k,
+                barrier=barrier,
+            )
+            for k in range(2)
+        ]
+        totals = [f.result(timeout=300) for f in maintainers]
+        answers = [a for f in storms for a in f.result(timeout=300)]
+    assert not [a for a in answers if "crash" in a], answers
+    due = [store.load(f"due-{n}") for n in range(60)]
+    assert {(p.state, p.version) for p in due if p is not None} == {("expired", 2)}
+    purged = sum(t[1] for t in totals)
+    left = {
+        r[0] for r in pg_storage.db.query("SELECT id FROM procedures WHERE id LIKE ?", ("old-%",))
+    }
+    assert left == owing
+    assert purged >= 60 - len(owing)
+    maintenance = pg_storage.maintenance()
+    maintenance.run(now)
+    assert maintenance.run(now) == MaintenanceReport()
