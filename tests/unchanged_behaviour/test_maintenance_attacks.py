@@ -477,3 +477,64 @@ def test_maintenance_in_processes_changes_each_row_once(
     maintenance = pg_storage.maintenance()
     maintenance.run(now)
     assert maintenance.run(now) == MaintenanceReport()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("step", ["procedures", "ledger", "outbox", "dead_outbox"])
+def test_a_purge_skips_a_held_row_and_a_later_run_takes_it(
+    pg_storage: SQLStorage, pg_dsn: str, pg_schema: str, step: str
+) -> None:
+    """HELD. Five purgeable rows of each kind, the middle one held (``FOR UPDATE``) by another
+    transaction: with batches of 2 the purge takes the other four without waiting, then ends;
+    once released, the next run takes it; the one after takes nothing."""
+    import psycopg
+
+    store, old = pg_storage.store, T0
+    for n in range(5):
+        proc = make_procedure(f"h-{n}", f"h-i-{n}")
+        item = mail_item(f"h-m-{n}", proc.id)
+        commit_in_transaction(store, Commit(procedure=proc, expected_version=None, outbox=(item,)))
+        done = attrs.evolve(proc, state="cancelled", version=2, code=None, ended_at=old)
+        commit_in_transaction(store, Commit(procedure=done, expected_version=1))
+        settled = attrs.evolve(item, effect=item.effect.settled(), attempts=1)
+        if step == "dead_outbox":
+            store.update_outbox(attrs.evolve(settled, dead_at=old))
+        else:
+            store.update_outbox(attrs.evolve(settled, done_at=old))
+        _mark(pg_storage, f"h-i-{n}", LedgerKind.WRONG_CODE, old)
+    table, key, held = {
+        "procedures": ("procedures", "id", "h-2"),
+        "ledger": ("ledger", "insured_id", "h-i-2"),
+        "outbox": ("outbox", "id", "h-m-2"),
+        "dead_outbox": ("outbox", "id", "h-m-2"),
+    }[step]
+    maintenance = pg_storage.maintenance(batch_size=2)
+    purge = getattr(maintenance, f"purge_{step}")
+    at = old + timedelta(days=40)
+    with psycopg.connect(pg_dsn, autocommit=False) as holder:
+        holder.execute(f'SET search_path TO "{pg_schema}"')
+        holder.execute(f"SELECT 1 FROM {table} WHERE {key} = %s FOR UPDATE", (held,))  # noqa: S608
+        assert purge(at) == 4
+        holder.rollback()
+    assert purge(at) == 1
+    assert purge(at) == 0
+
+
+@pytest.mark.parametrize("offset_us", [-1, 0, 1])
+def test_bulk_expiry_and_the_sweep_agree_with_the_machine_at_the_deadline(
+    sql_storage: SQLStorage, offset_us: int
+) -> None:
+    """HELD. A microsecond before the machine's deadline nothing is due, at it and after it the
+    procedure is: the sweep's query, bulk expiry and ``deadline_of`` agree, on every store."""
+    from email_change._machine import deadline_of
+
+    policy = ec.Policy()
+    proc = make_procedure("edge", "i-edge")
+    commit_in_transaction(sql_storage.store, Commit(procedure=proc, expected_version=None))
+    deadline = deadline_of(proc, policy)
+    assert deadline is not None
+    at = deadline + timedelta(microseconds=offset_us)
+    due = offset_us >= 0
+    found = sql_storage.store.procedures_due(expiry_cutoffs(policy, at), 10)
+    assert [p.id for p in found] == (["edge"] if due else [])
+    assert sql_storage.maintenance(policy=policy).expire_abandoned(at) == int(due)
