@@ -128,6 +128,26 @@ def test_a_bad_now_is_refused_by_name_and_changes_nothing(
     assert maintenance.run(T0 + timedelta(days=90)) != MaintenanceReport()
 
 
+@pytest.mark.parametrize("told", [None, "now", datetime(2026, 12, 1)], ids=repr)  # noqa: DTZ001
+def test_a_clock_that_tells_no_aware_time_is_refused_by_name(
+    sql_storage: SQLStorage, told: object
+) -> None:
+    """BROKEN on main: a host clock answering ``None``, a ``str`` or a naive datetime failed
+    untyped, deep in the SQL dialect."""
+
+    class Broken:
+        def now(self) -> object:
+            return told
+
+    _seed_work(sql_storage)
+    before = _snapshot(sql_storage)
+    maintenance = sql_storage.maintenance(clock=Broken())
+    with pytest.raises(ec.InvalidArgument) as refused:
+        maintenance.run()
+    assert refused.value.field == "clock"
+    assert _snapshot(sql_storage) == before
+
+
 # --- the sweep ------------------------------------------------------------------------------------
 
 

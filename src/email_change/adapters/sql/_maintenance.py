@@ -73,8 +73,8 @@ class Maintenance:
 
     A wrong argument is :class:`~email_change.InvalidArgument` naming it, before anything is
     read or written: ``batch_size`` not an ``int`` from 1 to 100,000, ``retention`` or
-    ``policy`` of another type, a negative retention, a ``now`` that is not a timezone-aware
-    :class:`~datetime.datetime`. A ledger retention shorter than the policy's rolling window,
+    ``policy`` of another type, a negative retention, a ``now`` (or the ``clock``'s answer)
+    that is not a timezone-aware :class:`~datetime.datetime`. A ledger retention shorter than the policy's rolling window,
     or a retention of ended procedures shorter than its ``dispute_window``, is a
     ``ValueError``.
     """
@@ -129,7 +129,12 @@ class Maintenance:
         given = instant(now, "now")
         if given is not None:
             return given
-        return self._clock.now() if self._clock is not None else datetime.now(UTC)
+        if self._clock is None:
+            return datetime.now(UTC)
+        told = instant(self._clock.now(), "clock")  # the host's clock, checked the same way
+        if told is None:
+            raise InvalidArgument(field="clock")
+        return told
 
     def _batches(self, sql: str, params: tuple[object, ...]) -> int:
         """Run one batch after another, each in a transaction of its own, until one changes fewer
