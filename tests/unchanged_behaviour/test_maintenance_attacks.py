@@ -7,6 +7,7 @@ was tried.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import date, datetime, timedelta
 
@@ -558,3 +559,61 @@ def test_bulk_expiry_and_the_sweep_agree_with_the_machine_at_the_deadline(
     found = sql_storage.store.procedures_due(expiry_cutoffs(policy, at), 10)
     assert [p.id for p in found] == (["edge"] if due else [])
     assert sql_storage.maintenance(policy=policy).expire_abandoned(at) == int(due)
+
+
+def test_requests_racing_bulk_expiry_on_every_store_see_one_side_whole(
+    sql_storage: SQLStorage,
+) -> None:
+    """HELD. The PostgreSQL race of ``test_pg_expiry_race`` on every SQL store, sealed ones
+    included (bulk expiry leaves a sealed record as it is and the load brings it up to date):
+    8 threads submit the right code just before the deadline while bulk expiry (batches of 3)
+    runs 50 times; each procedure ends as the side that won says, one version on, counted
+    once."""
+    from tests.storage_helpers import live_code
+
+    store = sql_storage.store
+    insureds = tuple(f"rx-{n}" for n in range(24))
+    service, _mailer, clock = service_on(store, sql_storage.registry, insured=insureds)
+    started = {i: service.start(i).procedure_id for i in insureds}
+    codes = {i: live_code(store.load(p)) for i, p in started.items()}  # type: ignore[arg-type]
+    before = {p: store.load(p).version for p in started.values()}  # type: ignore[union-attr]
+    clock.advance(minutes=14)
+    at = T0 + timedelta(minutes=31)
+    maintenance = sql_storage.maintenance(batch_size=3)
+    results: dict[str, str] = {}
+    expired: list[int] = []
+    barrier = threading.Barrier(9)
+
+    def request(chunk: tuple[str, ...]) -> None:
+        barrier.wait()
+        for insured in chunk:
+            try:
+                results[insured] = service.submit_code(
+                    insured, started[insured], codes[insured]
+                ).state
+            except ec.EmailChangeError as exc:
+                results[insured] = type(exc).__name__
+
+    def sweep() -> None:
+        barrier.wait()
+        for _ in range(50):
+            with contextlib.suppress(ec.ServiceUnavailable):
+                expired.append(maintenance.expire_abandoned(at))
+
+    threads = [threading.Thread(target=request, args=(insureds[k::8],)) for k in range(8)]
+    threads.append(threading.Thread(target=sweep))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    n_expired = 0
+    for insured, pid in started.items():
+        proc = store.load(pid)
+        assert proc is not None
+        if results[insured] == "code_verified":
+            assert proc.state == "code_verified", insured
+        else:
+            assert proc.state == "expired", (insured, results[insured])
+            n_expired += 1
+        assert proc.version == before[pid] + 1, insured
+    assert sum(expired) == n_expired

@@ -74,9 +74,9 @@ class Maintenance:
     A wrong argument is :class:`~email_change.InvalidArgument` naming it, before anything is
     read or written: ``batch_size`` not an ``int`` from 1 to 100,000, ``retention`` or
     ``policy`` of another type, a negative retention, a ``now`` (or the ``clock``'s answer)
-    that is not a timezone-aware :class:`~datetime.datetime`. A ledger retention shorter than the policy's rolling window,
-    or a retention of ended procedures shorter than its ``dispute_window``, is a
-    ``ValueError``.
+    that is not a timezone-aware :class:`~datetime.datetime`. A ledger retention shorter than
+    the policy's rolling window, or a retention of ended procedures shorter than its
+    ``dispute_window``, is a ``ValueError``.
     """
 
     dependency = "procedure_store"
