@@ -29,6 +29,8 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
+from email_change._arguments import MAX_LIMIT, instant
+from email_change._errors import InvalidArgument
 from email_change._machine import FREEZE_MARKS, ProcedureState, expiry_cutoffs
 from email_change._policy import Policy
 from email_change._ports import Clock
@@ -43,7 +45,8 @@ __all__ = ["Maintenance", "MaintenanceReport", "Retention"]
 class Retention:
     """How long ended data is kept."""
 
-    #: Ended procedures (confirmed, cancelled, expired, locked, reverted), from their end.
+    #: Ended procedures (confirmed, cancelled, expired, locked, reverted), from their end. At
+    #: least the policy's ``dispute_window``: a confirmed change stays disputable that long.
     ended_procedures: timedelta = timedelta(days=30)
     #: Ledger entries, from when they were counted. At least the policy's rolling window.
     ledger: timedelta = timedelta(days=1)
@@ -66,7 +69,15 @@ class MaintenanceReport:
 
 
 class Maintenance:
-    """Bulk expiry and purge on a SQL database (the one the SQL store uses)."""
+    """Bulk expiry and purge on a SQL database (the one the SQL store uses).
+
+    A wrong argument is :class:`~email_change.InvalidArgument` naming it, before anything is
+    read or written: ``batch_size`` not an ``int`` from 1 to 100,000, ``retention`` or
+    ``policy`` of another type, a negative retention, a ``now`` (or the ``clock``'s answer)
+    that is not a timezone-aware :class:`~datetime.datetime`. A ledger retention shorter than
+    the policy's rolling window, or a retention of ended procedures shorter than its
+    ``dispute_window``, is a ``ValueError``.
+    """
 
     dependency = "procedure_store"
 
@@ -79,24 +90,51 @@ class Maintenance:
         clock: Clock | None = None,
         batch_size: int = 1000,
     ) -> None:
-        self.retention = retention or Retention()
-        self.policy = policy or Policy()
+        self.retention = Retention() if retention is None else retention
+        self.policy = Policy() if policy is None else policy
+        if not isinstance(self.retention, Retention) or not all(
+            isinstance(kept, timedelta) and kept >= timedelta(0)
+            for kept in attrs.astuple(self.retention)
+        ):
+            raise InvalidArgument(field="retention")
+        if not isinstance(self.policy, Policy):
+            raise InvalidArgument(field="policy")
+        if type(batch_size) is not int or not 1 <= batch_size <= MAX_LIMIT:
+            # Not a bool, a float or a str: each would reach the driver (or a comparison) and
+            # fail there, untyped, or be taken for another number.
+            raise InvalidArgument(field="batch_size")
         window = self.policy.insured_window
         if self.retention.ledger < window:
             raise ValueError(
                 f"ledger retention {self.retention.ledger} is shorter than the policy's "
                 f"rolling window {window}: the per-insured budgets would forget failures"
             )
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        disputable = self.policy.dispute_window
+        if self.retention.ended_procedures < disputable:
+            # A confirmed change ends at its confirmation, after its registration, and stays
+            # disputable for the window from the registration: kept that long, it is never
+            # purged while the previous address's notice link still promises a dispute.
+            raise ValueError(
+                f"ended procedures retention {self.retention.ended_procedures} is shorter than"
+                f" the policy's dispute window {disputable}: a confirmed change could be purged"
+                " while its owner can still dispute it"
+            )
         self.db = db
         self._clock = clock
         self._batch = batch_size
 
-    def _now(self, now: datetime | None) -> datetime:
-        if now is not None:
-            return now
-        return self._clock.now() if self._clock is not None else datetime.now(UTC)
+    def _now(self, now: object) -> datetime:
+        """``now`` checked (a timezone-aware datetime, else :class:`InvalidArgument` naming it,
+        before anything is read or written), or the clock's."""
+        given = instant(now, "now")
+        if given is not None:
+            return given
+        if self._clock is None:
+            return datetime.now(UTC)
+        told = instant(self._clock.now(), "clock")  # the host's clock, checked the same way
+        if told is None:
+            raise InvalidArgument(field="clock")
+        return told
 
     def _batches(self, sql: str, params: tuple[object, ...]) -> int:
         """Run one batch after another, each in a transaction of its own, until one changes fewer
@@ -194,7 +232,9 @@ class Maintenance:
 
         A freeze mark (a dispute, a lift) goes only once a later mark of the same insured makes
         it moot (a freeze lasts until it is lifted, and deleting moot marks, in any order and
-        any batches, never changes an insured's latest one) and once it is older than the
+        any batches, never changes an insured's latest one; "later" in the order the ledger is
+        read, by time and then the order written, so a clock that went back between two marks
+        changes nothing) and once it is older than the
         policy's dispute window too: a dispute mark is what keeps the links of the changes
         registered before it dead, and the last of those lives one window after the dispute.
         """
@@ -210,7 +250,8 @@ class Maintenance:
         sql = (
             "DELETE FROM ledger WHERE seq IN (SELECT l.seq FROM ledger l WHERE l.at < ?"  # noqa: S608
             f" AND (l.kind NOT IN ({among}) OR (l.at < ? AND EXISTS (SELECT 1 FROM ledger later"
-            " WHERE later.insured_id = l.insured_id AND later.seq > l.seq"
+            " WHERE later.insured_id = l.insured_id"
+            " AND (later.at > l.at OR (later.at = l.at AND later.seq > l.seq))"
             f" AND later.kind IN ({among}))))"
             f" ORDER BY l.at LIMIT ?{self.db.dialect.skip_locked})"
         )
