@@ -18,7 +18,9 @@ so it runs while the service runs:
 
 Consents: a procedure record holds the insured's consent choices, but the copy of record is the
 account directory's (the ``record_consents`` effect delivers them there). A procedure is purged
-only once that effect is delivered, so the purge never removes the only copy.
+only once that effect is delivered or dead. A dead one (the directory refused it for good) keeps
+no consents, so the procedure's copy is then the only one until the purge: see "Consents" in
+``docs/storage.md``.
 
 Every step is idempotent: running it again finds nothing more to do.
 """
