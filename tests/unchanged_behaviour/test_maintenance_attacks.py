@@ -564,7 +564,7 @@ def test_bulk_expiry_and_the_sweep_agree_with_the_machine_at_the_deadline(
 def test_requests_racing_bulk_expiry_on_every_store_see_one_side_whole(
     sql_storage: SQLStorage,
 ) -> None:
-    """HELD. The PostgreSQL race of ``test_pg_expiry_race`` on every SQL store, sealed ones
+    """HELD. Requests racing bulk expiry, on every SQL store, sealed ones
     included (bulk expiry leaves a sealed record as it is and the load brings it up to date):
     8 threads submit the right code just before the deadline while bulk expiry (batches of 3)
     runs 50 times; each procedure ends as the side that won says, one version on, counted
@@ -572,6 +572,11 @@ def test_requests_racing_bulk_expiry_on_every_store_see_one_side_whole(
     from tests.storage_helpers import live_code
 
     store = sql_storage.store
+    json_state = (
+        "json_extract(record, '$.state'), json_extract(record, '$.version')"
+        if sql_storage.db.dialect.name == "sqlite"
+        else "record ->> 'state', (record ->> 'version')::int"
+    )
     insureds = tuple(f"rx-{n}" for n in range(24))
     service, _mailer, clock = service_on(store, sql_storage.registry, insured=insureds)
     started = {i: service.start(i).procedure_id for i in insureds}
@@ -616,4 +621,13 @@ def test_requests_racing_bulk_expiry_on_every_store_see_one_side_whole(
             assert proc.state == "expired", (insured, results[insured])
             n_expired += 1
         assert proc.version == before[pid] + 1, insured
+        # The columns and the JSON (where it holds them: not sealed, not left out) agree.
+        row = sql_storage.db.query(
+            f"SELECT state, version, {json_state} FROM procedures WHERE id = ?",  # noqa: S608
+            (pid,),
+        )[0]
+        assert row[0] == proc.state.value
+        assert row[1] == proc.version
+        assert row[2] in (None, proc.state.value)
+        assert row[3] in (None, proc.version)
     assert sum(expired) == n_expired
