@@ -1,0 +1,130 @@
+"""Bulk expiry on PostgreSQL: what each side makes the server do, beside its time.
+
+    EMAIL_CHANGE_TEST_PG_DSN=... .venv/bin/python -m benchmarks.pg_expiry_probe \\
+        [--rows 1000000] [--runs 1] [--sides raw,library,library-unlocked]
+
+Each run of each side gets a fresh schema seeded with ``--rows`` due procedures (seeding not
+timed, not counted), the sides alternating which goes first. Printed per side: seconds, the
+server's checkpoints and the autovacuum and autoanalyze runs on the schema's tables during the
+timed part, and the WAL records, full-page images and bytes it wrote (``pg_stat_bgwriter``,
+``pg_stat_all_tables``, ``pg_stat_wal``, read 1.5 s after the work, once the backends have
+reported: server-wide, so other clients' work counts too).
+``library`` is ``Maintenance.expire_abandoned``'s batches (5,000 rows, one transaction each);
+``library-unlocked`` the same batches without ``FOR UPDATE SKIP LOCKED``, to see what the row
+locks cost (not safe beside the service: a diagnostic only); ``raw`` the one ``UPDATE`` of
+``make bench``. Not a test, and not run by ``make bench``.
+"""
+
+# ruff: noqa: S101, S608 - a benchmark checks its own results; its SQL has no outside input
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from benchmarks.sql import _drop_schema
+from benchmarks.store_bench import T0, seed_expirable
+from email_change._machine import ProcedureState, expiry_cutoffs
+from email_change._policy import Policy
+from email_change.adapters.sql import SQLStorage, open_postgres
+from email_change.adapters.sql._expiry import due_predicate, expired_record
+
+AT = T0 + timedelta(hours=1)
+
+
+def _server(dsn: str, schema: str) -> tuple[int, ...]:
+    # A backend reports its counts to the cumulative statistics when idle, at most once a second.
+    time.sleep(1.5)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        checkpoints = conn.execute(
+            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+        ).fetchone()
+        vacuums = conn.execute(
+            "SELECT coalesce(sum(autovacuum_count), 0), coalesce(sum(autoanalyze_count), 0)"
+            " FROM pg_stat_all_tables WHERE schemaname = %s",
+            (schema,),
+        ).fetchone()
+        wal = conn.execute("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal").fetchone()
+    assert checkpoints is not None
+    assert vacuums is not None
+    assert wal is not None
+    return tuple(int(v) for v in (*checkpoints, *vacuums, *wal))
+
+
+def _raw(storage: SQLStorage) -> int:
+    d = storage.db.dialect
+    due, due_params = due_predicate(expiry_cutoffs(Policy(), AT), d)
+    record, record_params = expired_record(d, AT)
+    sql = (
+        "UPDATE procedures SET state = ?, version = version + 1, updated_at = ?,"
+        f" ended_at = ?, expiry_anchor = NULL, record = {record} WHERE {due}"
+    )
+    params = (ProcedureState.EXPIRED.value, d.time(AT), d.time(AT), *record_params, *due_params)
+    with storage.db.transaction() as tx:
+        return tx.execute(sql, params)
+
+
+def _batches(storage: SQLStorage, *, locked: bool) -> int:
+    maintenance = storage.maintenance(batch_size=5000)
+    if locked:
+        return maintenance.expire_abandoned(AT)
+    sql, params = maintenance._expiry_batch(AT)
+    sql = sql.replace(storage.db.dialect.skip_locked, "")
+    total = 0
+    while True:
+        with storage.db.transaction() as tx:
+            tx.query(storage.db.dialect.index_order_only)
+            changed = tx.execute(sql, params)
+        total += changed
+        if changed < 5000:
+            return total
+
+
+SIDES: dict[str, Callable[[SQLStorage], int]] = {
+    "raw": _raw,
+    "library": lambda s: _batches(s, locked=True),
+    "library-unlocked": lambda s: _batches(s, locked=False),
+}
+
+
+def measure(dsn: str, side: str, rows: int) -> dict[str, Any]:
+    schema = f"email_change_probe_{uuid.uuid4().hex[:8]}"
+    try:
+        with open_postgres(dsn, schema=schema) as storage:
+            seed_expirable(storage, rows)
+            before = _server(dsn, schema)
+            started = time.perf_counter()
+            changed = SIDES[side](storage)
+            seconds = time.perf_counter() - started
+            after = _server(dsn, schema)
+        assert changed == rows, changed
+    finally:
+        _drop_schema(dsn, schema)
+    names = ("checkpoints", "autovacuums", "autoanalyzes", "wal_records", "wal_fpi", "wal_bytes")
+    return {"seconds": round(seconds, 2)} | {
+        n: a - b for n, a, b in zip(names, after, before, strict=True)
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--sides", default="raw,library,library-unlocked")
+    args = parser.parse_args()
+    dsn = os.environ["EMAIL_CHANGE_TEST_PG_DSN"]
+    sides = args.sides.split(",")
+    for run in range(args.runs):
+        for side in sides if run % 2 == 0 else list(reversed(sides)):
+            print(side, measure(dsn, side, args.rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()
