@@ -15,7 +15,7 @@ locks cost (not safe beside the service: a diagnostic only); ``raw`` the one ``U
 ``make bench``. Not a test, and not run by ``make bench``.
 """
 
-# ruff: noqa: S101, S608 - a benchmark checks its own results; its SQL has no outside input
+# ruff: noqa: S101 - a benchmark checks its own results
 
 from __future__ import annotations
 
@@ -29,12 +29,9 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.sql import _drop_schema
+from benchmarks.sql import _drop_schema, raw_expiry_statement
 from benchmarks.store_bench import T0, seed_expirable
-from email_change._machine import ProcedureState, expiry_cutoffs
-from email_change._policy import Policy
 from email_change.adapters.sql import SQLStorage, open_postgres
-from email_change.adapters.sql._expiry import due_predicate, expired_record
 
 AT = T0 + timedelta(hours=1)
 
@@ -59,14 +56,7 @@ def _server(dsn: str, schema: str) -> tuple[int, ...]:
 
 
 def _raw(storage: SQLStorage) -> int:
-    d = storage.db.dialect
-    due, due_params = due_predicate(expiry_cutoffs(Policy(), AT), d)
-    record, record_params = expired_record(d, AT)
-    sql = (
-        "UPDATE procedures SET state = ?, version = version + 1, updated_at = ?,"
-        f" ended_at = ?, expiry_anchor = NULL, record = {record} WHERE {due}"
-    )
-    params = (ProcedureState.EXPIRED.value, d.time(AT), d.time(AT), *record_params, *due_params)
+    sql, params = raw_expiry_statement(storage.db.dialect)
     with storage.db.transaction() as tx:
         return tx.execute(sql, params)
 

@@ -131,17 +131,15 @@ def _drop_schema(dsn: str, schema: str) -> None:
 # --- bulk expiry ----------------------------------------------------------------------------------
 
 
-def _raw_expiry(storage: Any, rows: int) -> float:
-    """Seconds for the raw side: one ``UPDATE`` of every due row in one transaction, writing
-    what ``expire_abandoned`` writes (the same columns and the same JSON edit, taken from the
-    same generators), without batches, ordering or the re-checked sub-select."""
-    from benchmarks.store_bench import T0, seed_expirable
+def raw_expiry_statement(d: Any) -> tuple[str, tuple[Any, ...]]:
+    """The raw side's statement: one ``UPDATE`` of every due row, writing what
+    ``expire_abandoned`` writes (the same columns and the same JSON edit, taken from the same
+    generators), without batches, ordering or the re-checked sub-select."""
+    from benchmarks.store_bench import T0
     from email_change._machine import ProcedureState, expiry_cutoffs
     from email_change._policy import Policy
     from email_change.adapters.sql._expiry import due_predicate, expired_record
 
-    seed_expirable(storage, rows)
-    d = storage.db.dialect
     at = T0 + timedelta(hours=1)
     due, due_params = due_predicate(expiry_cutoffs(Policy(), at), d)
     record, record_params = expired_record(d, at)
@@ -150,6 +148,15 @@ def _raw_expiry(storage: Any, rows: int) -> float:
         f" ended_at = ?, expiry_anchor = NULL, record = {record} WHERE {due}"
     )
     params = (ProcedureState.EXPIRED.value, d.time(at), d.time(at), *record_params, *due_params)
+    return sql, params
+
+
+def _raw_expiry(storage: Any, rows: int) -> float:
+    """Seconds for the raw side (:func:`raw_expiry_statement`) in one transaction."""
+    from benchmarks.store_bench import seed_expirable
+
+    seed_expirable(storage, rows)
+    sql, params = raw_expiry_statement(storage.db.dialect)
     started = time.perf_counter()
     with storage.db.transaction() as tx:
         changed = tx.execute(sql, params)
