@@ -70,7 +70,7 @@ def _batches(storage: SQLStorage, *, locked: bool) -> int:
     total = 0
     while True:
         with storage.db.transaction() as tx:
-            tx.query(storage.db.dialect.index_order_only)
+            tx.query(storage.db.dialect.batch_setup)
             changed = tx.execute(sql, params)
         total += changed
         if changed < 5000:

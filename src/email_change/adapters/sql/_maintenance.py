@@ -140,9 +140,9 @@ class Maintenance:
 
     def _batches(self, sql: str, params: tuple[object, ...]) -> int:
         """Run one batch after another, each in a transaction of its own, until one changes fewer
-        than ``batch_size`` rows. Each batch walks its index in order and never sorts
-        (:attr:`~email_change.adapters.sql._db.Dialect.index_order_only`)."""
-        setup = self.db.dialect.index_order_only
+        than ``batch_size`` rows. Each batch walks its index in order, never sorts and is never
+        compiled to machine code (:attr:`~email_change.adapters.sql._db.Dialect.batch_setup`)."""
+        setup = self.db.dialect.batch_setup
         total = 0
         while True:
             with unavailable_as(self.dependency), self.db.transaction() as tx:
@@ -159,8 +159,8 @@ class Maintenance:
         Each batch is one statement: the oldest ``batch_size`` due rows nobody holds, locked
         (PostgreSQL) and taken in the order of the expiry index, then updated where the
         conditions still hold. On PostgreSQL the chosen rows are a materialised ``WITH`` the
-        ``UPDATE`` joins on the primary key, and the batch never sorts (see
-        :attr:`~email_change.adapters.sql._db.Dialect.index_order_only`). On SQLite the ``UPDATE``
+        ``UPDATE`` joins on the primary key, and the batch neither sorts nor is compiled (see
+        :attr:`~email_change.adapters.sql._db.Dialect.batch_setup`). On SQLite the ``UPDATE``
         names the chosen rows by ``rowid``, so it finds each in the table itself, with no probe
         of the primary-key index (:attr:`~email_change.adapters.sql._db.Dialect.row_key`).
         """
@@ -206,7 +206,7 @@ class Maintenance:
         next to none, and otherwise joins every candidate against all of them (or scans
         ``outbox_due``, which holds the same rows, for each candidate): ``batch_size`` times the
         mail backlog for each batch. An ``OFFSET`` keeps the subquery a probe (it is never
-        pulled up into a join), and with sorting off (:attr:`Dialect.index_order_only`) only an
+        pulled up into a join), and with sorting off (:attr:`Dialect.batch_setup`) only an
         index in ``procedure_id`` order can serve its ``ORDER BY``; the range is the equality
         (one value, in the column's collation), written so that the order is not dropped as
         constant.
@@ -301,7 +301,7 @@ class Maintenance:
         while True:
             sql, params = self._purge_insureds_batch(after)
             with unavailable_as(self.dependency), self.db.transaction() as tx:
-                tx.query(self.db.dialect.index_order_only)
+                tx.query(self.db.dialect.batch_setup)
                 ((count, last),) = tx.query(sql, params)
             deleted = int(count)
             total += deleted

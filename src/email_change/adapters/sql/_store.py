@@ -232,7 +232,7 @@ class SQLProcedureStore:
 
     def procedures_due(self, cutoffs: Sequence[ExpiryCutoff], limit: int) -> Sequence[Procedure]:
         sql, params = self._due_query(cutoffs, limit)
-        setup = self._d.index_order_only
+        setup = self._d.batch_setup
         if not setup:
             return [self._procedure(r) for r in self._query(sql, params)]
         with unavailable_as(self.dependency), self.db.transaction() as tx:
