@@ -56,8 +56,8 @@ class Dialect:
     #: Whether a transaction can lock one row (``SELECT ... FOR UPDATE``); SQLite's write
     #: transaction locks the whole file instead.
     locks_rows: bool = False
-    #: Run first in each transaction of a maintenance batch and of the sweep's read. Two settings,
-    #: each until the commit (``set_config(..., true)``):
+    #: Run first in each transaction of a maintenance batch and of the sweep's read. Three
+    #: settings, each until the commit (``set_config(..., true)``):
     #:
     #: * ``enable_sort`` off: the batch must walk its index in order and stop after
     #:   ``batch_size`` rows. PostgreSQL has no statistics on rows a bulk insert or the previous
@@ -67,6 +67,11 @@ class Dialect:
     #:   290,000 for 1,000,000 due rows, against ``jit_above_cost`` 100,000), so the server
     #:   compiled each batch's expressions to machine code: 17-30 ms of a 130-320 ms batch of
     #:   5,000, paid again by every batch, as JIT code is never reused between statements.
+    #: * ``synchronous_commit`` off: a batch's commit does not wait for its WAL to reach the disk
+    #:   (12-18 ms a batch, 6 % of a bulk expiry). A batch is work the next run redoes: a crash
+    #:   can undo only the batches of the last moments (at most three ``wal_writer_delay``), and
+    #:   any later commit that waits for the disk, such as the service's next write, makes every
+    #:   batch before it durable too, as the log is written in order.
     batch_setup: str = ""
     #: What a maintenance batch selects to name the rows it picked and then changes, in the same
     #: statement. SQLite: ``rowid``, the table's own b-tree key, so each row is found without a
@@ -125,7 +130,10 @@ POSTGRES = Dialect(
     serial_key="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     locks_rows=True,
-    batch_setup="SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true)",
+    batch_setup=(
+        "SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true),"
+        " set_config('synchronous_commit', 'off', true)"
+    ),
 )
 
 
