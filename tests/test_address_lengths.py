@@ -142,13 +142,12 @@ def test_step_3_refuses_a_long_local_part_and_changes_nothing(field: str, smtput
     before = w.store.load(pid)
     mails = len(w.mailer.outbox)
     long_address = ("é" * 33 if smtputf8 else "a" * 65) + "@exemple.fr"
-    typed = {field: long_address}
     if field == "confirmation":
-        typed["new_address"] = insured.new_address
+        form = w.form(insured.id, confirmation=long_address)
     else:
-        typed["confirmation"] = long_address
+        form = w.form(insured.id, new_address=long_address)
     with pytest.raises((ec.InvalidAddress, ec.MismatchedConfirmation)) as refused:
-        w.service.submit_new_address(insured.id, pid, w.form(insured.id, **typed))
+        w.service.submit_new_address(insured.id, pid, form)
     if field == "new_address":
         assert isinstance(refused.value, ec.InvalidAddress)
         assert refused.value.reason == "too_long"
