@@ -77,6 +77,14 @@ def test_the_local_part_is_counted_after_normalisation() -> None:
     assert refused.value.reason == "too_long"
 
 
+def test_a_decomposed_local_part_is_counted_as_it_is_sent() -> None:
+    """``e`` and a combining acute accent (3 octets) are stored and sent as ``é`` (2): 22 of
+    them, 66 octets as typed, are 44 octets once normalised, and taken."""
+    raw = "e\u0301" * 22 + "@exemple.fr"
+    address = ec.parse_address(raw, allow_smtputf8=True)
+    assert address.value == "é" * 22 + "@exemple.fr"
+
+
 @given(st.integers(ADDRESS_MAX - 3, ADDRESS_MAX + 3), st.sampled_from([1, 2]))
 def test_an_address_is_at_most_254_octets(size: int, width: int) -> None:
     """HELD on main (email-validator always checks the whole address, in octets)."""

@@ -129,8 +129,8 @@ class EmailAddress:
         return self.value
 
 
-#: RFC 5321 4.5.3.1.1: the most octets before the @ of a new address, in UTF-8 (RFC 6531), as
-#: typed and once normalised (NFC can lengthen a local part). The whole address is at most 254
+#: RFC 5321 4.5.3.1.1: the most octets before the @ of a new address, in UTF-8 (RFC 6531), once
+#: normalised as it is stored and sent. The whole address is at most 254
 #: octets (RFC 5321 4.5.3.1.3 with RFC 3696's erratum), which email-validator always checks.
 LOCAL_PART_MAX_OCTETS = 64
 
@@ -190,10 +190,9 @@ def _address(raw: object, *, allow_smtputf8: bool, new: bool) -> EmailAddress:
         reason = "too_long" if "too long" in str(exc).lower() else "syntax"
         raise InvalidAddress(reason=reason) from None
     normalized: str = valid.normalized
-    if new and any(
-        len(local.encode("utf-8")) > LOCAL_PART_MAX_OCTETS
-        for local in (valid.local_part, valid.original.rpartition("@")[0])
-    ):
+    # The local part as it is stored and sent: NFC-normalised, which can lengthen it (U+0958
+    # becomes two characters) or shorten it (``e`` and a combining accent become ``é``).
+    if new and len(valid.local_part.encode("utf-8")) > LOCAL_PART_MAX_OCTETS:
         raise InvalidAddress(reason="too_long")
     return EmailAddress(value=normalized, key=normalized.casefold())
 
