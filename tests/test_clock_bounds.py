@@ -39,6 +39,7 @@ BAD_ANSWERS = [
     None,
     "2026-11-26T09:00:00+00:00",
     datetime(2026, 11, 26, 9, 0),  # noqa: DTZ001 - naive, on purpose
+    OSError("the time server is down"),  # a clock that raises
 ]
 
 
@@ -53,6 +54,8 @@ class ToldClock(memory.FakeClock):
         self.told: object = _RIGHT
 
     def now(self) -> datetime:
+        if isinstance(self.told, Exception):
+            raise self.told
         return super().now() if self.told is _RIGHT else self.told  # type: ignore[return-value]
 
 
