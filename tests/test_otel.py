@@ -175,11 +175,32 @@ def test_refusals_before_any_event_and_failures() -> None:
     assert down.status.status_code is StatusCode.ERROR
     assert telemetry.total("email_change.events", email_change__event="submit_serial") == 0
 
-    # An exception that is no refusal: its class, never its message.
-    world.clock._now = world.clock.now().replace(tzinfo=None)
-    with pytest.raises(ValueError, match="timezone-aware"):
+    # A clock that answers no usable time is a dependency down.
+    right = world.clock.now()
+    world.clock._now = right.replace(tzinfo=None)
+    with pytest.raises(ec.ServiceUnavailable):
         world.service.view(INSURED, pid)
-    (bug,) = telemetry.finished("email_change.view")
+    world.clock._now = right
+    (clock,) = telemetry.finished("email_change.view")
+    assert dict(clock.attributes or {})[otel.DEPENDENCY] == "clock"
+
+    # An exception that is no refusal: its class, never its message.
+    class Broken:
+        def token_bytes(self, n: int) -> bytes:  # noqa: ARG002 - the port's signature
+            raise ValueError("a detail the telemetry must not carry")
+
+        def randbelow(self, n: int) -> int:  # noqa: ARG002 - the port's signature
+            raise ValueError("a detail the telemetry must not carry")
+
+    world.service._rng = Broken()
+    other = world.kit.insureds[1].id
+    with pytest.raises(ValueError, match="must not carry"):
+        world.service.start(other)
+    (bug,) = [
+        s
+        for s in telemetry.finished("email_change.start")
+        if (s.attributes or {})[OUTCOME] == "error"
+    ]
     assert dict(bug.attributes or {})[ERR] == "ValueError"
     assert bug.status.status_code is StatusCode.ERROR
     assert bug.status.description == "ValueError" and not bug.events

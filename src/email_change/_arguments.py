@@ -9,13 +9,30 @@ the caller's object runs.
 
 from __future__ import annotations
 
+import logging
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
-from email_change._errors import InvalidArgument, ProcedureNotFound
+from email_change._errors import InvalidArgument, ProcedureNotFound, ServiceUnavailable
+from email_change._policy import MAX_DURATION
+from email_change._ports import Clock
 from email_change._values import Channel, plain_text
 
-__all__ = ["channel", "instant", "insured_id", "limit", "locale", "procedure_id", "reason"]
+__all__ = [
+    "EARLIEST",
+    "LATEST",
+    "channel",
+    "clock_answer",
+    "in_reach",
+    "instant",
+    "insured_id",
+    "limit",
+    "locale",
+    "procedure_id",
+    "reason",
+]
+
+log = logging.getLogger("email_change")
 
 #: Insured ids are the host's (a NIR, a UUID...): opaque, but printable and bounded.
 MAX_INSURED_ID = 255
@@ -26,6 +43,19 @@ _PROCEDURE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 MAX_REASON = 500
 #: The most procedures one sweep takes: a batch, and a number every SQL engine can bind.
 MAX_LIMIT = 100_000
+#: How far from an instant it is given (a clock's answer, a ``now``) the library computes others:
+#: a deadline, a window's start, a retry time are at most two policy durations away (a code's
+#: last chance runs two of its lifetimes); twice that leaves room for the login leeway and the
+#: relay's backoff, and for a record written at the last instant to be read and moved on.
+REACH = 4 * MAX_DURATION
+#: The earliest instant the library takes: the ledger is read from there (a budget or a freeze
+#: counted before it would be forgotten), and every instant derived from one is on the calendar.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+#: The latest instant the library takes: :data:`REACH` before the end of Python's calendar, in
+#: UTC and in any offset (at most a day).
+LATEST = datetime.max.replace(tzinfo=UTC) - REACH
+
+
 #: A BCP 47 language tag, as far as catalogues need one (``fr``, ``en``, ``fr-FR``).
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,3}")
 
@@ -118,3 +148,33 @@ def instant(value: object, field: str) -> datetime | None:
     if type(value) is not datetime or value.tzinfo is None or value.utcoffset() is None:
         raise InvalidArgument(field=field)
     return value
+
+
+def in_reach(value: datetime) -> bool:
+    """Whether ``value`` (a timezone-aware datetime) lies from :data:`EARLIEST` to
+    :data:`LATEST`: every instant the library derives from it is one Python can hold.
+
+    >>> in_reach(datetime(2026, 11, 26, tzinfo=UTC)), in_reach(datetime.max.replace(tzinfo=UTC))
+    (True, False)
+    """
+    return EARLIEST <= value <= LATEST
+
+
+def clock_answer(clock: Clock) -> datetime:
+    """The time by the service's clock: a timezone-aware datetime :func:`in_reach`, else the
+    clock is failing and ``ServiceUnavailable(dependency="clock")`` is raised.
+
+    The service and its relay ask through here before every instant they compute or write:
+    an answer off the calendar, naive, of another type (or a clock that raises) is refused
+    before anything is read or written, and nothing is counted.
+    """
+    try:
+        told = clock.now()
+        # A datetime subclass counts (a host's test clock, freezegun's): it compares as one.
+        if isinstance(told, datetime) and told.utcoffset() is not None and in_reach(told):
+            return told
+    except Exception:
+        log.warning("the clock failed", exc_info=True)
+    else:
+        log.warning("the clock answered no usable time (%s)", type(told).__name__)
+    raise ServiceUnavailable(dependency="clock")

@@ -319,7 +319,8 @@ class NoCurrentAddress(EmailChangeError):
 
 @attrs.define(kw_only=True, eq=False, str=False)
 class ServiceUnavailable(EmailChangeError):
-    """A dependency (card registry, account directory) is down. No try was counted; retry later."""
+    """A dependency (card registry, account directory, store, clock) is down. No try was counted;
+    retry later."""
 
     code = "service.unavailable"
     http_status = 503

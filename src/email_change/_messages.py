@@ -29,7 +29,7 @@ import attrs
 from email_change._errors import EmailChangeError, InvalidAddress
 from email_change._mime import MailParts
 from email_change._records import MailEffect, MailKind, OutboxItem
-from email_change._values import CardModel, ascii_form, parse_address
+from email_change._values import CardModel, ascii_form, known_address, parse_address
 
 __all__ = ["MAIL_KIND_HEADER", "MailSettings", "Messages", "is_addressed_to"]
 
@@ -269,7 +269,7 @@ def is_addressed_to(message: EmailMessage, address: str) -> bool:
 
 def _address_key(text: str) -> str:
     try:
-        return parse_address(text, allow_smtputf8=True).key
+        return known_address(text).key
     except InvalidAddress:
         return text.strip().casefold()  # not an address: compared as written, case aside
 

@@ -25,7 +25,9 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from email_change._arguments import clock_answer
 from email_change._crypto import Keyring, UnknownKeyError
+from email_change._errors import ServiceUnavailable
 from email_change._messages import MailSettings, Messages
 from email_change._observe import DeliveryAttempt, Observers
 from email_change._policy import MAX_DURATION
@@ -148,7 +150,7 @@ class OutboxRelay:
         metrics and readiness); ``None`` if the store cannot tell (no ``outbox_backlog``)."""
         if not isinstance(self._store, OutboxBacklogReader):
             return None
-        return self._store.outbox_backlog(self._clock.now())
+        return self._store.outbox_backlog(clock_answer(self._clock))
 
     def on_dead_letter(self, listener: Callable[[OutboxItem], None]) -> None:
         """Call ``listener(item)`` for every item given up on (metrics, alerts...).
@@ -168,7 +170,7 @@ class OutboxRelay:
 
     def run_once(self, limit: int = 100) -> RelayReport:
         """Deliver the items that are due; for a scheduler or :meth:`run_forever`."""
-        return self._deliver_all(self._store.due_outbox(self._clock.now(), limit))
+        return self._deliver_all(self._store.due_outbox(clock_answer(self._clock), limit))
 
     def run_forever(
         self, *, idle_seconds: float = 2.0, stop: object = None, limit: int = 100
@@ -224,10 +226,13 @@ class OutboxRelay:
     def _attempt(
         self, item: OutboxItem, buried: list[OutboxItem], attempt: DeliveryAttempt, marks: _Marks
     ) -> str:
+        # Asked before anything is sent: a failing clock stops the pass here, with nothing sent
+        # and nothing recorded for this item (the next pass delivers it).
+        before = clock_answer(self._clock)
         try:
             self._apply(item)
         except Exception as exc:  # noqa: BLE001 - any adapter failure is retried or given up on
-            now = self._clock.now()
+            now = self._after(before)
             attempts = item.attempts + 1
             error = attempt.error = type(exc).__name__
             # A mail late by a day is no use (its code or link is dead); an account change is
@@ -253,11 +258,19 @@ class OutboxRelay:
                 item,
                 effect=item.effect.settled(),  # no secret, address or payload kept once sent
                 attempts=item.attempts + 1,
-                done_at=self._clock.now(),
+                done_at=self._after(before),
                 last_error=None,
             )
         )
         return "delivered"
+
+    def _after(self, before: datetime) -> datetime:
+        """The time after an attempt: the clock's, or ``before`` if the clock failed meanwhile
+        (what was sent must be recorded as sent, or the next pass would send it again)."""
+        try:
+            return clock_answer(self._clock)
+        except ServiceUnavailable:
+            return before
 
     def _bury(
         self, item: OutboxItem, marks: _Marks, *, attempts: int, error: str, now: datetime

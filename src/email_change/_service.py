@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import attrs
@@ -101,8 +101,9 @@ _UNOBSERVED = contextlib.nullcontext()
 
 log = logging.getLogger("email_change")
 
-#: Before any ledger entry: reading from here gives every entry the store keeps.
-LEDGER_START = datetime(1970, 1, 1, tzinfo=UTC)
+#: Before any ledger entry: reading from here gives every entry the store keeps (the clock's
+#: answers are refused before it).
+LEDGER_START = arguments.EARLIEST
 #: Replays of one operation after losing a race while the state stayed the same.
 MAX_REPLAYS = 64
 #: A link token is ``<procedure id>.<secret>``: 32 hex digits, a dot, 43 base64url characters.
@@ -378,9 +379,17 @@ class EmailChangeService:
 
     def _audit_refusal(self, call: _Call, error: EmailChangeError) -> None:
         if not call.audited:
+            at: datetime | None = None
+            with contextlib.suppress(ServiceUnavailable):
+                at = self._now()
+            if at is None:
+                # The clock is failing (and may be what is refused): the refusal is logged,
+                # since no time can be given to the audit sink.
+                log.error("%s refused (%s), not audited: the clock failed", call.event, error.code)
+                return
             self._audit_record(
                 AuditRecord(
-                    at=self._clock.now(),
+                    at=at,
                     insured_id=call.insured_id,
                     procedure_id=call.procedure_id,
                     event=call.event,
@@ -397,11 +406,11 @@ class EmailChangeService:
         call.procedure_id = pid
         return insured, pid
 
-    def _now(self) -> Any:
-        now = self._clock.now()
-        if now.tzinfo is None:
-            raise ValueError("the clock must return timezone-aware datetimes")
-        return now
+    def _now(self) -> datetime:
+        # Checked at every reading, before the instant is used: an answer no deadline can be
+        # computed from is ServiceUnavailable(dependency="clock"), inside a transaction too
+        # (which it rolls back), never an OverflowError half-way through an event.
+        return arguments.clock_answer(self._clock)
 
     def _call(self, dependency: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:

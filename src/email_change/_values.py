@@ -29,6 +29,7 @@ __all__ = [
     "ConsentRecord",
     "EmailAddress",
     "ascii_form",
+    "known_address",
     "mask_address",
     "parse_address",
     "parse_code",
@@ -128,8 +129,16 @@ class EmailAddress:
         return self.value
 
 
+#: RFC 5321 4.5.3.1.1: the most octets before the @ of a new address, in UTF-8 (RFC 6531), once
+#: normalised as it is stored and sent. The whole address is at most 254
+#: octets (RFC 5321 4.5.3.1.3 with RFC 3696's erratum), which email-validator always checks.
+LOCAL_PART_MAX_OCTETS = 64
+
+
 def parse_address(raw: object, *, allow_smtputf8: bool = False) -> EmailAddress:
-    """Validate and normalise an address with ``email-validator`` (no DNS lookup).
+    """Validate and normalise a new address with ``email-validator`` (no DNS lookup).
+
+    At most 64 octets of UTF-8 before the @ and 254 in all, else ``reason="too_long"``.
 
     >>> parse_address(" Jeanne.Martin@Exemple.FR ")
     EmailAddress(value='Jeanne.Martin@exemple.fr', key='jeanne.martin@exemple.fr')
@@ -137,7 +146,22 @@ def parse_address(raw: object, *, allow_smtputf8: bool = False) -> EmailAddress:
     Traceback (most recent call last):
     ...
     email_change._errors.InvalidAddress: address.invalid (reason='syntax')
+    >>> parse_address("é" * 33 + "@exemple.fr", allow_smtputf8=True)
+    Traceback (most recent call last):
+    ...
+    email_change._errors.InvalidAddress: address.invalid (reason='too_long')
     """
+    return _address(raw, allow_smtputf8=allow_smtputf8, new=True)
+
+
+def known_address(raw: object) -> EmailAddress:
+    """An address an account already has (an account directory's), read as :func:`parse_address`
+    reads a new one but without its limit before the @, and with any local part (SMTPUTF8): an
+    account is never stranded on an address an earlier release, or the host, accepted."""
+    return _address(raw, allow_smtputf8=True, new=False)
+
+
+def _address(raw: object, *, allow_smtputf8: bool, new: bool) -> EmailAddress:
     text = plain_text(raw)
     if text is None:
         raise InvalidAddress(reason="syntax")
@@ -147,6 +171,8 @@ def parse_address(raw: object, *, allow_smtputf8: bool = False) -> EmailAddress:
     if len(text) > 320:
         raise InvalidAddress(reason="too_long")
     try:
+        # Every option the rules rely on is given: email-validator's module-level defaults
+        # (``STRICT``, ``GLOBALLY_DELIVERABLE``...) belong to whoever else in the process sets them.
         valid = email_validator.validate_email(
             text,
             check_deliverability=False,
@@ -154,11 +180,20 @@ def parse_address(raw: object, *, allow_smtputf8: bool = False) -> EmailAddress:
             allow_quoted_local=False,
             allow_domain_literal=False,
             allow_display_name=False,
+            allow_empty_local=False,
+            globally_deliverable=True,
+            test_environment=False,
+            # Strict: the local part's 64, which email-validator checks in characters only.
+            strict=new,
         )
     except email_validator.EmailNotValidError as exc:
         reason = "too_long" if "too long" in str(exc).lower() else "syntax"
         raise InvalidAddress(reason=reason) from None
     normalized: str = valid.normalized
+    # The local part as it is stored and sent: NFC-normalised, which can lengthen it (U+0958
+    # becomes two characters) or shorten it (``e`` and a combining accent become ``é``).
+    if new and len(valid.local_part.encode("utf-8")) > LOCAL_PART_MAX_OCTETS:
+        raise InvalidAddress(reason="too_long")
     return EmailAddress(value=normalized, key=normalized.casefold())
 
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import email_change as ec
 from email_change import AccountAction, AccountEffect, Commit, LedgerKind, OutboxItem
+from email_change._arguments import EARLIEST, LATEST
 from email_change._machine import expiry_cutoffs, is_frozen
-from email_change.adapters.sql import MaintenanceReport, Retention, SQLStorage
+from email_change.adapters.sql import Maintenance, MaintenanceReport, Retention, SQLStorage
+from email_change.adapters.sql._db import POSTGRES, SQLITE, Dialect
 from email_change.testing import full_procedure, make_procedure
 from email_change.testing._contracts import commit_in_transaction, mail_item
 from tests.storage_helpers import INSURED, T0, card, complete_procedure, service_on, token_in
@@ -147,6 +151,181 @@ def test_a_clock_that_tells_no_aware_time_is_refused_by_name(
         maintenance.run()
     assert refused.value.field == "clock"
     assert _snapshot(sql_storage) == before
+
+
+# --- instants off the calendar -------------------------------------------------------------------
+
+_EAST, _WEST = timezone(timedelta(hours=14)), timezone(timedelta(hours=-12))
+#: ``now`` values a run cannot compute its cutoffs from (or that lie past where the library
+#: computes anything: :data:`~email_change._arguments.EARLIEST`, ``LATEST``).
+_OFF_CALENDAR = [
+    datetime(1, 1, 1, 1, tzinfo=UTC),
+    datetime.min.replace(tzinfo=UTC),
+    datetime.min.replace(tzinfo=_EAST),
+    datetime.max.replace(tzinfo=UTC),
+    datetime.max.replace(tzinfo=_WEST),
+    EARLIEST - timedelta(microseconds=1),
+    LATEST + timedelta(microseconds=1),
+]
+_STEPS = [
+    "run",
+    "expire_abandoned",
+    "purge_procedures",
+    "purge_ledger",
+    "purge_outbox",
+    "purge_dead_outbox",
+]
+
+
+def _seed_ancient(storage: SQLStorage) -> None:
+    """:func:`_seed_work`, and a procedure whose code went out in the first minute of the
+    calendar: due at ``datetime(1, 1, 1, 1)``, so a run there has expiry work before it reaches
+    the purges."""
+    _seed_work(storage)
+    dawn = datetime.min.replace(tzinfo=UTC)
+    code = make_procedure().code
+    assert code is not None
+    ancient = make_procedure(
+        "ancient",
+        "i-ancient",
+        created_at=dawn,
+        updated_at=dawn,
+        last_code_sent_at=dawn,
+        code=attrs.evolve(code, sent_at=dawn, expires_at=dawn + timedelta(minutes=15)),
+    )
+    commit_in_transaction(storage.store, Commit(procedure=ancient, expected_version=None))
+
+
+@pytest.mark.parametrize("now", _OFF_CALENDAR, ids=repr)
+@pytest.mark.parametrize("step", _STEPS)
+def test_a_now_off_the_calendar_is_refused_by_name_and_changes_nothing(
+    sql_storage: SQLStorage, now: datetime, step: str
+) -> None:
+    """BROKEN on main: ``run(datetime(1, 1, 1, 1, tzinfo=UTC))`` expired the procedure due then,
+    committed, and only then raised a bare ``OverflowError`` computing the purge's cutoff
+    (``now - 30 days``); a ``now`` whose UTC time is off the calendar (``datetime.max`` at
+    UTC-12) raised it from the dialect."""
+    _seed_ancient(sql_storage)
+    before = _snapshot(sql_storage)
+    maintenance = sql_storage.maintenance()
+    with pytest.raises(ec.InvalidArgument) as refused:
+        getattr(maintenance, step)(now)
+    assert refused.value.field == "now"
+    assert _snapshot(sql_storage) == before
+
+
+@pytest.mark.parametrize("told", _OFF_CALENDAR, ids=repr)
+def test_a_clock_answer_off_the_calendar_is_refused_by_name(
+    sql_storage: SQLStorage, told: datetime
+) -> None:
+    """BROKEN on main, as for ``now``."""
+
+    class Stuck:
+        def now(self) -> datetime:
+            return told
+
+    _seed_ancient(sql_storage)
+    before = _snapshot(sql_storage)
+    with pytest.raises(ec.InvalidArgument) as refused:
+        sql_storage.maintenance(clock=Stuck()).run()
+    assert refused.value.field == "clock"
+    assert _snapshot(sql_storage) == before
+
+
+@pytest.mark.parametrize(
+    "retention",
+    [
+        Retention(ended_procedures=timedelta.max),
+        Retention(ledger=timedelta.max),
+        Retention(delivered_outbox=timedelta(days=800_000)),
+        Retention(dead_outbox=timedelta.max),
+    ],
+    ids=["ended_procedures", "ledger", "delivered_outbox", "dead_outbox"],
+)
+def test_a_retention_that_reaches_off_the_calendar_is_refused_before_any_step(
+    sql_storage: SQLStorage, retention: Retention
+) -> None:
+    """BROKEN on main: the run expired the due procedure, committed, then raised a bare
+    ``OverflowError`` at the purge whose cutoff (``now - retention``) falls before the year 1."""
+    _seed_work(sql_storage)
+    before = _snapshot(sql_storage)
+    maintenance = sql_storage.maintenance(retention=retention)
+    with pytest.raises(ec.InvalidArgument) as refused:
+        maintenance.run(T0 + timedelta(days=90))
+    assert refused.value.field == "retention"
+    assert _snapshot(sql_storage) == before
+
+
+@pytest.mark.parametrize("edge", ["earliest", "latest"])
+def test_a_run_at_either_end_of_the_range_works_and_reads_back(
+    sql_storage: SQLStorage, edge: str
+) -> None:
+    """HELD on main for the earliest; the latest is where every instant a run writes
+    (``updated_at``, ``ended_at`` of what it expires) is still read back by the store."""
+    at = EARLIEST if edge == "earliest" else LATEST
+    policy = ec.Policy()
+    due_anchor = at - 2 * policy.code_lifetime
+    code = make_procedure().code
+    assert code is not None
+    proc = make_procedure(
+        "edge",
+        "i-edge",
+        created_at=due_anchor,
+        updated_at=due_anchor,
+        last_code_sent_at=due_anchor,
+        code=attrs.evolve(code, sent_at=due_anchor, expires_at=due_anchor + policy.code_lifetime),
+    )
+    commit_in_transaction(sql_storage.store, Commit(procedure=proc, expected_version=None))
+    report = sql_storage.maintenance(policy=policy).run(at)
+    assert report.expired == 1
+    expired = sql_storage.store.load("edge")
+    assert expired is not None
+    assert expired.state == "expired"
+    assert expired.ended_at == at
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    now=st.datetimes(
+        min_value=datetime(1, 1, 1),  # noqa: DTZ001 - zones drawn apart
+        max_value=datetime(9999, 12, 31, 23, 59, 59, 999_999),  # noqa: DTZ001
+        timezones=st.sampled_from([UTC, _EAST, _WEST]),
+    )
+    | st.sampled_from([EARLIEST, LATEST, *_OFF_CALENDAR]),
+    retention=st.builds(
+        Retention,
+        ended_procedures=st.timedeltas(timedelta(days=7), timedelta.max),
+        ledger=st.timedeltas(timedelta(days=1), timedelta.max),
+        delivered_outbox=st.timedeltas(timedelta(0), timedelta.max),
+        dead_outbox=st.timedeltas(timedelta(0), timedelta.max),
+    ),
+)
+def test_every_statement_of_a_run_is_built_or_the_run_refused(
+    now: datetime, retention: Retention
+) -> None:
+    """Whatever ``now`` and retention: either every batch of the run can be built (so no step
+    fails for an instant after another committed), or the run is refused by name up front."""
+    for dialect in (SQLITE, POSTGRES):
+        db = _DialectOnly(dialect)
+        maintenance = Maintenance(db, retention=retention)  # type: ignore[arg-type]
+        try:
+            at = maintenance._now(now)
+        except ec.InvalidArgument as refused:
+            in_range = EARLIEST <= now <= LATEST
+            assert refused.field == ("retention" if in_range else "now")
+            continue
+        maintenance._expiry_batch(at)
+        maintenance._purge_procedures_batch(at)
+        maintenance._purge_ledger_batch(at)
+        maintenance._purge_outbox_batch(at)
+        maintenance._purge_dead_outbox_batch(at)
+
+
+@attrs.frozen
+class _DialectOnly:
+    """Just enough of a database to build its statements."""
+
+    dialect: Dialect
 
 
 # --- the sweep ------------------------------------------------------------------------------------

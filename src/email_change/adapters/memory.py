@@ -32,7 +32,7 @@ from email_change._records import (
     OutboxItem,
     Procedure,
 )
-from email_change._values import Card, ConsentRecord, EmailAddress, parse_address
+from email_change._values import Card, ConsentRecord, EmailAddress, known_address
 
 __all__ = [
     "FakeClock",
@@ -153,14 +153,14 @@ class InMemoryAccountDirectory:
 
     def __init__(self, accounts: dict[str, str] | None = None) -> None:
         self._accounts: dict[str, _Account] = {
-            insured: _Account(address=parse_address(addr))
+            insured: _Account(address=known_address(addr))
             for insured, addr in (accounts or {}).items()
         }
         self.consents: list[ConsentRecord] = []
         self._lock = threading.Lock()
 
     def add(self, insured_id: str, address: str | None) -> None:
-        self._accounts[insured_id] = _Account(address=parse_address(address) if address else None)
+        self._accounts[insured_id] = _Account(address=known_address(address) if address else None)
 
     def current_address(self, insured_id: str) -> EmailAddress | None:
         account = self._accounts.get(insured_id)

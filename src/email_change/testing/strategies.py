@@ -34,7 +34,14 @@ from email_change._errors import (
 )
 from email_change._machine import AddressForm
 from email_change._policy import MAX_COUNT, MAX_DURATION, Policy
-from email_change._values import MAX_INPUT_LENGTH, VITALE2_PREFIX, Card, CardModel, Channel
+from email_change._values import (
+    LOCAL_PART_MAX_OCTETS,
+    MAX_INPUT_LENGTH,
+    VITALE2_PREFIX,
+    Card,
+    CardModel,
+    Channel,
+)
 
 __all__ = [
     "SEPARATORS",
@@ -110,12 +117,18 @@ def _domain(draw: st.DrawFn) -> str:
     return ".".join([*labels, draw(st.sampled_from(_TLDS))])
 
 
+def _fits(local: str) -> bool:
+    # RFC 5321's 64 octets (of UTF-8) before the @: three words of two-octet letters can pass it.
+    return len(local.encode("utf-8")) <= LOCAL_PART_MAX_OCTETS
+
+
 @st.composite
 def accepted_addresses(draw: st.DrawFn, *, smtputf8: bool = False) -> str:
     """Addresses the library accepts: dotted local parts, sub-addresses (``+tag``), IDN domains,
     any case, blanks around. ``smtputf8=True``: local parts may hold non-ASCII letters too (for a
     policy with ``allow_smtputf8``)."""
-    address = f"{draw(_local_part(smtputf8=smtputf8))}@{draw(_domain())}"
+    local = draw(_local_part(smtputf8=smtputf8).filter(_fits))
+    address = f"{local}@{draw(_domain())}"
     padding = draw(st.sampled_from(["", " ", "\t"]))
     return padding + draw(_case_variant(address)) + padding
 
@@ -170,8 +183,11 @@ def _refused(draw: st.DrawFn, kind: AddressRefusal) -> str:  # noqa: PLR0911, PL
         name = draw(st.sampled_from(["Jeanne", "Jeanne Martin", '"Martin, Jeanne"']))
         return f"{name} <{local}@{domain}>"
     if kind is AddressRefusal.TOO_LONG:
-        if draw(st.booleans()):
+        too_long = draw(st.sampled_from(["address", "domain", "local_part"]))
+        if too_long == "address":
             return f"{'a' * draw(st.integers(250, 330))}@{domain}"
+        if too_long == "local_part":  # 65 octets and more before the @, the address short
+            return f"{'a' * draw(st.integers(LOCAL_PART_MAX_OCTETS + 1, 100))}@{domain}"
         return f"{local}@{'.'.join(['b' * 60] * 6)}.fr"
     if kind is AddressRefusal.NO_DOMAIN:
         return draw(st.sampled_from([local, f"{local}@", f"{local}@fr", f"{local}@."]))

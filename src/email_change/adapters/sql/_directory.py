@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from email_change._values import Channel, ConsentPurpose, ConsentRecord, EmailAddress, parse_address
+from email_change._values import Channel, ConsentPurpose, ConsentRecord, EmailAddress, known_address
 from email_change.adapters.sql._db import Database
 from email_change.adapters.sql._store import unavailable_as
 
@@ -32,7 +32,7 @@ class SQLAccountDirectory:
                 f"SELECT {column} FROM accounts WHERE insured_id = ?",  # noqa: S608 - fixed names
                 (insured_id,),
             )
-        return parse_address(rows[0][0], allow_smtputf8=True) if rows and rows[0][0] else None
+        return known_address(rows[0][0]) if rows and rows[0][0] else None
 
     def current_address(self, insured_id: str) -> EmailAddress | None:
         return self._address("address", insured_id)
@@ -51,7 +51,7 @@ class SQLAccountDirectory:
 
     def add(self, insured_id: str, address: str | None) -> None:
         """Create or replace an account (for seeding a demo or tests)."""
-        value = parse_address(address, allow_smtputf8=True).value if address else None
+        value = known_address(address).value if address else None
         self._write(
             "INSERT INTO accounts (insured_id, address, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT (insured_id) DO UPDATE SET address = excluded.address,"

@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
-from email_change._arguments import MAX_LIMIT, instant
+from email_change._arguments import MAX_LIMIT, in_reach, instant
 from email_change._errors import InvalidArgument
 from email_change._machine import FREEZE_MARKS, ProcedureState, expiry_cutoffs
 from email_change._policy import Policy
@@ -76,7 +76,9 @@ class Maintenance:
     A wrong argument is :class:`~email_change.InvalidArgument` naming it, before anything is
     read or written: ``batch_size`` not an ``int`` from 1 to 100,000, ``retention`` or
     ``policy`` of another type, a negative retention, a ``now`` (or the ``clock``'s answer)
-    that is not a timezone-aware :class:`~datetime.datetime`. A ledger retention shorter than
+    that is not a timezone-aware :class:`~datetime.datetime` from 1970 to about four years
+    before the end of the calendar (:data:`~email_change._arguments.EARLIEST`, ``LATEST``), a
+    retention that reaches from ``now`` to before the year 1. A ledger retention shorter than
     the policy's rolling window, or a retention of ended procedures shorter than its
     ``dispute_window``, is a ``ValueError``.
     """
@@ -126,17 +128,33 @@ class Maintenance:
         self._batch = batch_size
 
     def _now(self, now: object) -> datetime:
-        """``now`` checked (a timezone-aware datetime, else :class:`InvalidArgument` naming it,
-        before anything is read or written), or the clock's."""
-        given = instant(now, "now")
-        if given is not None:
-            return given
-        if self._clock is None:
-            return datetime.now(UTC)
-        told = instant(self._clock.now(), "clock")  # the host's clock, checked the same way
-        if told is None:
-            raise InvalidArgument(field="clock")
-        return told
+        """``now`` checked, or the clock's answer checked the same way, before anything is read
+        or written: :class:`InvalidArgument` naming ``now`` (or ``clock``) for anything but a
+        timezone-aware datetime from :data:`~email_change._arguments.EARLIEST` to
+        :data:`~email_change._arguments.LATEST`, and naming ``retention`` when a cutoff
+        (``now - retention``) would fall off the calendar. Every statement of a run is built
+        here once, so no step can fail on an instant after an earlier one committed."""
+        at, field = instant(now, "now"), "now"
+        if at is None:
+            field = "clock"
+            at = datetime.now(UTC) if self._clock is None else instant(self._clock.now(), field)
+            if at is None:
+                raise InvalidArgument(field=field)
+        if not in_reach(at):
+            raise InvalidArgument(field=field)
+        try:
+            for build in (
+                self._expiry_batch,
+                self._purge_procedures_batch,
+                self._purge_ledger_batch,
+                self._purge_outbox_batch,
+                self._purge_dead_outbox_batch,
+            ):
+                build(at)
+        except OverflowError:
+            # ``at`` is in reach of every policy duration: only a retention reaches further.
+            raise InvalidArgument(field="retention") from None
+        return at
 
     def _batches(self, sql: str, params: tuple[object, ...]) -> int:
         """Run one batch after another, each in a transaction of its own, until one changes fewer
