@@ -251,3 +251,61 @@ def test_batch_settings_never_reach_the_services_transactions(
     with db.transaction() as tx:
         seen.append(tx.query(_SETTINGS)[0])
     assert seen == [baseline, baseline]
+
+
+# --- 1d. The web app reads the clock too --------------------------------------------------------
+
+_WEB_BAD = [None, datetime.max.replace(tzinfo=UTC), datetime(1960, 1, 1, tzinfo=UTC)]
+
+
+class _Told:
+    """Makes the wired fake clock answer ``told`` while inside the block."""
+
+    def __init__(self, clock: memory.FakeClock, told: object) -> None:
+        self.clock, self.told = clock, told
+
+    def __enter__(self) -> None:
+        told = self.told
+        self.clock.now = lambda: told  # type: ignore[method-assign,return-value]
+
+    def __exit__(self, *_: object) -> None:
+        del self.clock.now
+
+
+@pytest.mark.parametrize("told", _WEB_BAD, ids=repr)
+def test_the_web_login_on_a_clock_the_service_refuses_is_503_and_opens_no_session(
+    told: object,
+) -> None:
+    """The service answers such a clock with ``ServiceUnavailable(clock)`` (HTTP 503). The web
+    app's sessions read the clock themselves, unchecked: ``None`` is a 500 (``AttributeError``),
+    and an answer in the year 9999 or 1960 logs the insured in, with a session issued then
+    (one issued in 9999 never reaches its lifetime)."""
+    from starlette.testclient import TestClient
+
+    from tests.web.asgi_support import INSURED, web_app, wire
+    from tests.web.test_sessions import _token
+
+    wired = wire()
+    client = TestClient(web_app(wired), follow_redirects=False, raise_server_exceptions=False)
+    token = _token(client)
+    with _Told(wired.clock, told):
+        answer = client.post(
+            "/connexion", data={"csrf_token": token, "login": INSURED, "password": "pw"}
+        )
+    assert answer.status_code == 503
+
+
+def test_a_web_session_checked_on_a_failing_clock_is_503() -> None:
+    """A logged-in insured's API call while the clock answers ``None``: the service would say
+    503 ``service.unavailable``; the session check fails first with a ``TypeError``, a 500."""
+    from starlette.testclient import TestClient
+
+    from tests.web.asgi_support import web_app, wire
+    from tests.web.test_sessions import _login
+
+    wired = wire()
+    client = TestClient(web_app(wired), follow_redirects=False, raise_server_exceptions=False)
+    _login(client)
+    with _Told(wired.clock, None):
+        answer = client.post("/api/v1/procedures")
+    assert answer.status_code == 503
