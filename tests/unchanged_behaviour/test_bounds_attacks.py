@@ -266,7 +266,7 @@ class _Told:
 
     def __enter__(self) -> None:
         told = self.told
-        self.clock.now = lambda: told  # type: ignore[method-assign,return-value]
+        self.clock.now = lambda: told  # type: ignore[method-assign,assignment,return-value]
 
     def __exit__(self, *_: object) -> None:
         del self.clock.now
