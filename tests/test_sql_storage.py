@@ -416,7 +416,7 @@ def test_upgrade_from_5_keeps_the_outbox_and_settles_items_without_a_next_attemp
                     d.json({"effect": {"kind": "security_code"}}),
                 ),
             )
-    assert migrate(db) == [6]
+    assert migrate(db, target=6) == [6]
     storage = open_database(db)
     pending, done = storage.store.outbox_items(["o-pending", "o-done"])
     assert (pending.next_attempt_at, pending.done_at) == (T0, None)
@@ -748,7 +748,8 @@ def test_a_bulk_expiry_batch_walks_the_expiry_index_without_sorting(
 def _seed_purgeable(storage: SQLStorage, rows: int, now: datetime) -> None:
     """A backlog inserted set-based, as a burst leaves it: no statistics on any of it (no
     ``ANALYZE``). ``rows`` of each: procedures ended long ago (one in ten still owes an effect),
-    open procedures with an undelivered mail, delivered and dead outbox items, old ledger
+    open procedures with an undelivered mail, delivered and dead outbox items (one in ten dead
+    items an account change), old ledger
     entries (one in ten a freeze mark) and the lock rows of their insureds."""
     d = storage.db.dialect
     old, recent = d.time(now - timedelta(days=90)), d.time(now - timedelta(minutes=5))
@@ -790,6 +791,13 @@ def _seed_purgeable(storage: SQLStorage, rows: int, now: datetime) -> None:
             f"{box} SELECT 'dead-' || i, 'end-' || i, ?::timestamptz + i * interval '1 s', NULL,"
             f" NULL, 5, '{{}}', ?::timestamptz + i * interval '1 s' {series}",
             (old, old, rows),
+        )
+        # Their kinds: dead mails, and one in ten a dead account change (kept, with its
+        # procedure, until an operator resolves it).
+        tx.execute(
+            "UPDATE outbox SET kind = CASE WHEN mod(substr(id, 6)::int, 10) = 5"
+            " THEN 'record_consents' ELSE 'security_code' END WHERE id LIKE ?",
+            ("dead-%",),
         )
         tx.execute(
             "INSERT INTO ledger (insured_id, procedure_id, kind, at) SELECT 'i-' || i, 'end-' || i,"
