@@ -285,16 +285,16 @@ def test_a_purge_racing_the_relays_that_bury_never_loses_a_procedure(
     owing: list[OutboxItem] = []
     mails: list[OutboxItem] = []
     for n in range(24):
-        _p, (owed,) = _ended_with(
-            sql_storage,
-            f"c-{n:02d}",
-            lambda p, n=n: [_owed(p, f"oc-{n:02d}", AccountAction.RECORD_CONSENTS)],
-        )
-        owing.append(owed)
-        _p, (mail,) = _ended_with(
-            sql_storage, f"m-{n:02d}", lambda p, n=n: [mail_item(f"om-{n:02d}", p.id)]
-        )
-        mails.append(mail)
+        consents_id, mail_id = f"oc-{n:02d}", f"om-{n:02d}"
+
+        def consents(p: Procedure, item_id: str = consents_id) -> list[OutboxItem]:
+            return [_owed(p, item_id, AccountAction.RECORD_CONSENTS)]
+
+        def mail_of(p: Procedure, item_id: str = mail_id) -> list[OutboxItem]:
+            return [mail_item(item_id, p.id)]
+
+        owing.extend(_ended_with(sql_storage, f"c-{n:02d}", consents)[1])
+        mails.extend(_ended_with(sql_storage, f"m-{n:02d}", mail_of)[1])
     maintenance = sql_storage.maintenance(batch_size=2)
     barrier = threading.Barrier(8)
     purged: list[int] = []
