@@ -243,6 +243,7 @@ def test_every_lookup_has_its_index(sql_storage: SQLStorage) -> None:
         "outbox_pending_by_procedure",
         "outbox_done",
         "outbox_dead",
+        "outbox_dead_by_procedure",
     } <= _index_names(sql_storage)
 
 
@@ -840,20 +841,40 @@ def test_a_purge_batch_walks_its_index_without_sorting(pg_storage: SQLStorage, b
 @pytest.mark.postgres
 def test_a_procedure_purge_batch_asks_the_outbox_by_procedure(pg_storage: SQLStorage) -> None:
     """Whether an ended procedure still owes an effect is one probe of the index of undelivered
-    items by procedure: a join against every undelivered item (a mail backlog) costs each batch
-    ``batch_size`` times that backlog, or the whole backlog."""
+    items by procedure, and whether it has a dead account change (kept, with its procedure)
+    one probe of the index of dead items by procedure: a join against every undelivered item
+    (a mail backlog) or every dead one costs each batch ``batch_size`` times that backlog, or
+    the whole backlog."""
     now = T0 + timedelta(days=120)
     # Large enough that the undelivered items are more than a page: the planner then prefers a
     # scan of all of outbox_due for each candidate to the probe, unless it cannot.
     _seed_purgeable(pg_storage, 1000, now)
     sql, params = pg_storage.maintenance(batch_size=50)._purge_procedures_batch(now)
     plan = _plan(pg_storage, sql, params)
-    probe = plan.split("SubPlan")[-1]
-    assert "SubPlan" in plan and "Scan using outbox_pending_by_procedure on outbox o" in probe, plan
-    assert "Index Cond: ((procedure_id >= p.id) AND (procedure_id <= p.id))" in probe, plan
+    probes = plan.split("SubPlan")[1:]
+    assert len(probes) == 4, plan  # each named in the filter, then shown
+    pending = [p for p in probes if "outbox_pending_by_procedure on outbox" in p]
+    dead = [p for p in probes if "outbox_dead_by_procedure on outbox" in p]
+    assert len(pending) == len(dead) == 1, plan
+    for probe in (*pending, *dead):
+        assert "Index Cond: ((procedure_id >= p.id) AND (procedure_id <= p.id))" in probe, plan
+    assert "kind" in dead[0] and "kind" not in pending[0], plan
     picked = plan.split("LockRows")[-1]
     assert "outbox_due" not in plan and "Join" not in picked and "Materialize" not in plan, plan
+    assert "Index Scan using outbox_dead on" not in plan, plan
     assert "Sort" not in plan, plan
+
+
+def test_sqlite_procedure_purge_probes_the_outbox_by_procedure(
+    sqlite_storage: SQLStorage,
+) -> None:
+    """On SQLite too, each candidate's two probes are searches of the outbox's indexes by
+    procedure, never a scan."""
+    sql, params = sqlite_storage.maintenance()._purge_procedures_batch(T0)
+    plan = " ".join(str(r) for r in sqlite_storage.db.query(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert "SEARCH o USING INDEX outbox_pending_by_procedure (procedure_id=?)" in plan, plan
+    assert "SEARCH o USING INDEX outbox_dead_by_procedure (procedure_id=?)" in plan, plan
+    assert "SCAN o" not in plan, plan
 
 
 @pytest.mark.postgres
