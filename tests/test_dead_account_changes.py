@@ -194,7 +194,7 @@ def test_resolving_refuses_what_is_not_a_dead_letter(sqlite_storage: SQLStorage)
     )
     store.update_outbox(attrs.evolve(done, effect=done.effect.settled(), done_at=T0, attempts=1))
     maintenance = sqlite_storage.maintenance()
-    for item_id in ("o-pending", "o-done", "nobody", ""):
+    for item_id in ("o-pending", "o-done", "nobody", "", "o-\ud800", "o" * 10**6, "o-done\x00"):
         assert maintenance.resolve_dead_letter(item_id) is False
     assert _ids(sqlite_storage, "outbox") == {"o-pending", "o-done"}
     for bad in (None, 1, b"o-pending", ["o-pending"]):
@@ -202,7 +202,10 @@ def test_resolving_refuses_what_is_not_a_dead_letter(sqlite_storage: SQLStorage)
             maintenance.resolve_dead_letter(bad)  # type: ignore[arg-type]
         assert refused.value.field == "item_id"
     assert _ids(sqlite_storage, "outbox") == {"o-pending", "o-done"}
-    del pending
+    # A host's str subclass counts for its value.
+    store.update_outbox(_buried(pending))
+    assert maintenance.resolve_dead_letter(type("ItemId", (str,), {})("o-pending")) is True
+    assert _ids(sqlite_storage, "outbox") == {"o-done"}
 
 
 # --- attacks: odd rows ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ Every step is idempotent: running it again finds nothing more to do.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -38,11 +39,16 @@ from email_change._machine import FREEZE_MARKS, ProcedureState, expiry_cutoffs
 from email_change._policy import Policy
 from email_change._ports import Clock
 from email_change._records import MailKind
+from email_change._values import plain_text
 from email_change.adapters.sql._db import Database
 from email_change.adapters.sql._expiry import due_predicate, expired_record
 from email_change.adapters.sql._store import unavailable_as
 
 __all__ = ["Maintenance", "MaintenanceReport", "Retention"]
+
+#: Outbox item ids are the service's own (128 random bits in hex), of the shape of its
+#: procedure ids.
+_ITEM_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 @attrs.frozen(kw_only=True)
@@ -301,12 +307,15 @@ class Maintenance:
         (for a dead account change: the account, and the consents, recorded by hand from its
         procedure); returns whether it was there. Its procedure is then purged at its
         retention like any other. An item that is not dead (pending, delivered, or unknown) is
-        left alone: ``False``. An ``item_id`` that is not a ``str`` is
-        :class:`~email_change.InvalidArgument`."""
-        if type(item_id) is not str:
+        left alone: ``False``, and so is an id that cannot be one. An ``item_id`` that is not a
+        ``str`` is :class:`~email_change.InvalidArgument`."""
+        text = plain_text(item_id)
+        if text is None:
             raise InvalidArgument(field="item_id")
+        if not _ITEM_ID.fullmatch(text):
+            return False  # not an id the service makes (huge, non-ASCII...): not even looked up
         with unavailable_as(self.dependency), self.db.transaction() as tx:
-            gone = tx.execute("DELETE FROM outbox WHERE id = ? AND dead_at IS NOT NULL", (item_id,))
+            gone = tx.execute("DELETE FROM outbox WHERE id = ? AND dead_at IS NOT NULL", (text,))
         return gone == 1
 
     def purge_insureds(self) -> int:
