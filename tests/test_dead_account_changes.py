@@ -193,6 +193,9 @@ def test_resolving_refuses_what_is_not_a_dead_letter(sqlite_storage: SQLStorage)
         ],
     )
     store.update_outbox(attrs.evolve(done, effect=done.effect.settled(), done_at=T0, attempts=1))
+    # A delivered item keeps no kind: no purge asks, and its row stays as small as before.
+    kinds = dict(sqlite_storage.db.query("SELECT id, kind FROM outbox"))
+    assert kinds == {"o-pending": "record_consents", "o-done": None}
     maintenance = sqlite_storage.maintenance()
     for item_id in ("o-pending", "o-done", "nobody", "", "o-\ud800", "o" * 10**6, "o-done\x00"):
         assert maintenance.resolve_dead_letter(item_id) is False

@@ -95,7 +95,8 @@ def unavailable_as(dependency: str) -> Iterator[None]:
 
 
 def outbox_kind(effect: MailEffect | AccountEffect) -> str:
-    """What an outbox row's ``kind`` column holds: the mail's kind, or the account action.
+    """What an outbox row's ``kind`` column holds (until the item is delivered): the mail's
+    kind, or the account action.
 
     In the clear even when the item is sealed, so that the purges can tell a dead account change
     (which they keep) from a dead mail: it is not personal data (the audit stream and the
@@ -300,6 +301,7 @@ class SQLProcedureStore:
         # A settled item is never due again: no next attempt in its row (the due index skips
         # it anyway), and none in its JSON if it was the item's creation (the usual case).
         settled = item.done_at is not None or item.dead_at is not None
+        delivered = item.done_at is not None and item.dead_at is None
         if isinstance(self._box, PlainRecords):
             # What the columns hold is not written twice: the JSON keeps the effect (its
             # procedure is a column too) and the last error. A sealed payload keeps everything,
@@ -323,7 +325,9 @@ class SQLProcedureStore:
             d.time(item.dead_at),
             item.attempts,
             d.json(self._box.seal(data, associated=f"outbox/{item.id}")),
-            outbox_kind(item.effect),
+            # Kept while the item may still die, and once dead (the purges read it); a delivered
+            # item's kind matters to no purge, and its row stays as small as before.
+            None if delivered else outbox_kind(item.effect),
         )
 
     def _write(self, tx: Transaction, commit: Commit) -> None:
@@ -361,7 +365,8 @@ class SQLProcedureStore:
     def update_outbox_items(self, items: Sequence[OutboxItem]) -> None:
         # A delivered or dead item stays so: a slower relay reporting a failure on the same item
         # must not make it due again (its mail would go out twice). The kind is written again:
-        # a row inserted without one (by an earlier version, during an upgrade) gets it here.
+        # a row inserted without one (by an earlier version, during an upgrade) gets it when it
+        # dies, and a delivered one drops it (see ``_outbox_row``).
         rows = [(*self._outbox_row(item)[3:], item.id) for item in items]
         if not rows:
             return
