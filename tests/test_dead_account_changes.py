@@ -25,6 +25,7 @@ from email_change import (
     OutboxItem,
     Procedure,
 )
+from email_change._cli import main
 from email_change.adapters import memory
 from email_change.adapters.sql import (
     Database,
@@ -34,6 +35,7 @@ from email_change.adapters.sql import (
     SQLStorage,
     migrate,
     open_database,
+    open_sqlite,
 )
 from email_change.adapters.sql._encryption import EncryptedRecordError, is_sealed
 from email_change.adapters.sql._store import SQLProcedureStore
@@ -178,6 +180,36 @@ def test_an_operator_learns_of_the_dead_consents_records_them_and_resolves_it(
     assert list(w.service.relay.dead_letters()) == []
     assert maintenance.run(w.clock.now() + timedelta(days=400)).procedures_purged == 1
     assert sqlite_storage.store.load(pid) is None
+
+
+def test_the_command_line_lists_the_dead_consents_and_resolves_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``email-change relay --dead-letters`` shows the dead account change (its action and
+    procedure, never an address or a consent); ``--resolve ITEM_ID`` deletes it (status 0),
+    says so, and then refuses it as no dead letter (status 1, one line); without a store it is a
+    usage error (status 2)."""
+    path = tmp_path / "ec.sqlite3"
+    with open_sqlite(path) as storage:
+        _proc, (owed,) = _ended_with(
+            storage, "p-cli", lambda p: [_owed(p, "o-cli", AccountAction.RECORD_CONSENTS)]
+        )
+        storage.store.update_outbox(_buried(owed))
+    store = ["--sqlite", str(path)]
+    assert main(["relay", "--dead-letters", *store]) == 0
+    [line] = capsys.readouterr().out.strip().splitlines()
+    assert "o-cli record_consents procedure=p-cli" in line and "error=DeliveryRefused" in line
+    assert "general_information" not in line and "@" not in line
+    assert main(["relay", "--resolve", "o-cli", *store]) == 0
+    assert capsys.readouterr().out.startswith("resolved o-cli: deleted")
+    assert main(["relay", "--resolve", "o-cli", *store]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "email-change relay: o-cli is not a dead letter; nothing changed"
+    ]
+    assert main(["relay", "--resolve", "o-cli"]) == 2
+    assert "--resolve needs the store" in capsys.readouterr().err
+    with open_sqlite(path) as storage:
+        assert storage.maintenance().run(LATER).procedures_purged == 1
 
 
 def test_resolving_refuses_what_is_not_a_dead_letter(sqlite_storage: SQLStorage) -> None:
