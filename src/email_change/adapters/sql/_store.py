@@ -5,9 +5,11 @@ expiry columns ``expiry_anchor`` and ``codes_sent`` that the machine's expiry sp
 matched on) and the rest of the record as JSON (``Procedure.to_dict()`` without what the columns
 hold, which :meth:`load` puts back), so what :meth:`load` returns is exactly what was committed.
 An outbox item is one row the same way (its effect's fields beside its own in the JSON); once
-settled, its row has no next attempt. With encryption at rest, the sealed JSON holds the whole
-record or item, so that it authenticates all of it. Rows written by earlier versions (every field
-in the JSON, with type tags) are read as they are.
+settled, its row has no next attempt. Its ``kind`` column (:func:`outbox_kind`) is in the clear
+until it is delivered, so that the purges can keep a dead account change and its procedure.
+With encryption at rest, the sealed JSON holds the whole record or item, so that it
+authenticates all of it. Rows written by earlier versions (every field in the JSON, with type
+tags) are read as they are.
 
 :meth:`transaction` is one write transaction that holds the insured: SQLite's ``BEGIN IMMEDIATE``
 (the whole file), PostgreSQL's lock on the insured's row of ``insureds``. Its commit writes the
