@@ -23,6 +23,7 @@ __all__ = [
     "LATEST",
     "channel",
     "clock_answer",
+    "clock_reading",
     "in_reach",
     "instant",
     "insured_id",
@@ -142,12 +143,34 @@ def reason(value: object) -> str:
 
 
 def instant(value: object, field: str) -> datetime | None:
-    """A timezone-aware :class:`~datetime.datetime`, or ``None``; anything else names ``field``."""
+    """A timezone-aware :class:`~datetime.datetime` in UTC, or ``None``; anything else names
+    ``field``.
+
+    Taken in UTC once, here: an aware datetime in a zone with summer time adds a ``timedelta``
+    in wall time (``16:00+02:00 + 15 min`` across the autumn change is 75 minutes later), so
+    every deadline the library computes from it is computed in UTC, where it is absolute. A zone
+    whose offset cannot be read (it raises) is no timezone-aware datetime.
+
+    >>> from zoneinfo import ZoneInfo
+    >>> instant(datetime(2026, 10, 25, 2, 50, tzinfo=ZoneInfo("Europe/Paris")), "at")
+    datetime.datetime(2026, 10, 25, 0, 50, tzinfo=datetime.timezone.utc)
+    """
     if value is None:
         return None
-    if type(value) is not datetime or value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidArgument(field=field)
-    return value
+    if type(value) is datetime and value.tzinfo is not None:
+        at = _in_utc(value)
+        if at is not None:
+            return at
+    raise InvalidArgument(field=field)
+
+
+def _in_utc(value: datetime) -> datetime | None:
+    """``value`` (a datetime) in UTC, or ``None`` if it is naive or its zone fails."""
+    try:
+        # The zone is the caller's code: whatever it raises, the instant cannot be read.
+        return None if value.utcoffset() is None else value.astimezone(UTC)
+    except Exception:  # noqa: BLE001 - any failure of a zone is an unreadable instant
+        return None
 
 
 def in_reach(value: datetime) -> bool:
@@ -160,21 +183,33 @@ def in_reach(value: datetime) -> bool:
     return EARLIEST <= value <= LATEST
 
 
+def clock_reading(clock: Clock) -> datetime | None:
+    """The time by ``clock`` in UTC (like :func:`instant`), or ``None`` if the clock is failing:
+    it raises, or answers something other than a timezone-aware datetime :func:`in_reach` (a
+    naive one, ``None``, a ``str``, one whose zone raises). The one rule every clock answer the
+    library takes is checked by; the caller says what a failing clock is to it."""
+    try:
+        told = clock.now()
+    except Exception:  # noqa: BLE001 - a host's clock may fail in any way
+        log.warning("the clock failed", exc_info=True)
+        return None
+    # A datetime subclass counts (a host's test clock, freezegun's): it compares as one.
+    at = _in_utc(told) if isinstance(told, datetime) else None
+    if at is None or not in_reach(at):
+        log.warning("the clock answered no usable time (%s)", type(told).__name__)
+        return None
+    return at
+
+
 def clock_answer(clock: Clock) -> datetime:
-    """The time by the service's clock: a timezone-aware datetime :func:`in_reach`, else the
-    clock is failing and ``ServiceUnavailable(dependency="clock")`` is raised.
+    """The time by the service's clock, in UTC (:func:`clock_reading`), else the clock is
+    failing and ``ServiceUnavailable(dependency="clock")`` is raised.
 
     The service and its relay ask through here before every instant they compute or write:
     an answer off the calendar, naive, of another type (or a clock that raises) is refused
     before anything is read or written, and nothing is counted.
     """
-    try:
-        told = clock.now()
-        # A datetime subclass counts (a host's test clock, freezegun's): it compares as one.
-        if isinstance(told, datetime) and told.utcoffset() is not None and in_reach(told):
-            return told
-    except Exception:
-        log.warning("the clock failed", exc_info=True)
-    else:
-        log.warning("the clock answered no usable time (%s)", type(told).__name__)
-    raise ServiceUnavailable(dependency="clock")
+    at = clock_reading(clock)
+    if at is None:
+        raise ServiceUnavailable(dependency="clock")
+    return at

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
-from email_change._arguments import MAX_LIMIT, in_reach, instant
+from email_change._arguments import MAX_LIMIT, clock_reading, in_reach, instant
 from email_change._errors import InvalidArgument
 from email_change._machine import FREEZE_MARKS, ProcedureState, expiry_cutoffs
 from email_change._policy import Policy
@@ -136,20 +136,23 @@ class Maintenance:
         self._batch = batch_size
 
     def _now(self, now: object) -> datetime:
-        """``now`` checked, or the clock's answer checked the same way, before anything is read
-        or written: :class:`InvalidArgument` naming ``now`` (or ``clock``) for anything but a
-        timezone-aware datetime from :data:`~email_change._arguments.EARLIEST` to
-        :data:`~email_change._arguments.LATEST`, and naming ``retention`` when a cutoff
+        """``now`` checked, or the clock's answer, in UTC, before anything is read or written:
+        :class:`InvalidArgument` naming ``now`` for anything but a timezone-aware datetime
+        (:func:`~email_change._arguments.instant`) from :data:`~email_change._arguments.EARLIEST`
+        to :data:`~email_change._arguments.LATEST`, naming ``clock`` for a clock answer the
+        service would refuse (:func:`~email_change._arguments.clock_reading`: a clock that
+        raises too), and naming ``retention`` when a cutoff
         (``now - retention``) would fall off the calendar. Every statement of a run is built
         here once, so no step can fail on an instant after an earlier one committed."""
-        at, field = instant(now, "now"), "now"
+        at = instant(now, "now")
         if at is None:
-            field = "clock"
-            at = datetime.now(UTC) if self._clock is None else instant(self._clock.now(), field)
+            # The clock's answer by the service's own rule (a datetime subclass counts); a
+            # failing clock is a wrong argument of this run, not a service outage.
+            at = datetime.now(UTC) if self._clock is None else clock_reading(self._clock)
             if at is None:
-                raise InvalidArgument(field=field)
-        if not in_reach(at):
-            raise InvalidArgument(field=field)
+                raise InvalidArgument(field="clock")
+        elif not in_reach(at):
+            raise InvalidArgument(field="now")
         try:
             for build in (
                 self._expiry_batch,
