@@ -122,6 +122,9 @@ class _Call:
     audited: bool = False
     #: Added to every audit record of the call (a support agent's id, roles and reason).
     detail: dict[str, str] = attrs.field(factory=dict)
+    #: The last time the clock answered during the call: a refusal is audited at it when the
+    #: clock fails afterwards (a refused try is in the trail however the clock behaves next).
+    last_reading: datetime | None = None
 
     def saw(self, proc: Procedure) -> Procedure:
         self.procedure_id, self.state = proc.id, proc.state
@@ -198,7 +201,7 @@ class EmailChangeService:
             locale = arguments.locale(locale)
             authenticated = arguments.instant(authenticated_at, "authenticated_at")
             max_age = self.policy.max_authentication_age
-            if max_age and not _fresh(authenticated, self._now(), max_age):
+            if max_age and not _fresh(authenticated, self._now(call), max_age):
                 raise AuthenticationTooOld()
             address = None
             for _ in range(MAX_REPLAYS):
@@ -207,9 +210,9 @@ class EmailChangeService:
                     call.saw(existing)
                     if existing.state is ProcedureState.AWAITING_CONFIRMATION:
                         raise AwaitingConfirmation()
-                    if not self._past_deadline(existing, self._now()):
+                    if not self._past_deadline(existing, self._now(call)):
                         return ProcedureView.of(existing, self.policy, resumed=True)
-                    self._expire_if_due(insured, existing.id)
+                    self._expire_if_due(call, insured, existing.id)
                     continue
                 if address is None:  # asked once, before the insured is held
                     address = self._call(
@@ -221,7 +224,7 @@ class EmailChangeService:
                     with self._store.transaction(insured) as tx:
                         if tx.open_procedure() is not None:
                             continue  # another request opened one first: resume it
-                        now = self._now()
+                        now = self._now(call)
                         proc = Procedure(
                             id=self._rng.token_bytes(16).hex(),
                             insured_id=insured,
@@ -341,8 +344,9 @@ class EmailChangeService:
         with self._audited(call):
             batch = arguments.limit(limit)
             done = 0
-            for proc in self._store.procedures_due(expiry_cutoffs(self.policy, self._now()), batch):
-                expired = self._expire_if_due(proc.insured_id, proc.id)
+            due = expiry_cutoffs(self.policy, self._now(call))
+            for proc in self._store.procedures_due(due, batch):
+                expired = self._expire_if_due(call, proc.insured_id, proc.id)
                 done += expired is not None and expired.state is ProcedureState.EXPIRED
             return done
 
@@ -379,12 +383,12 @@ class EmailChangeService:
 
     def _audit_refusal(self, call: _Call, error: EmailChangeError) -> None:
         if not call.audited:
-            at: datetime | None = None
-            with contextlib.suppress(ServiceUnavailable):
-                at = self._now()
+            # A fresh reading if the clock answers, else the call's last one: a refusal decided
+            # on a good reading is audited even if the clock fails right after.
+            at = arguments.clock_reading(self._clock) or call.last_reading
             if at is None:
-                # The clock is failing (and may be what is refused): the refusal is logged,
-                # since no time can be given to the audit sink.
+                # The clock never answered during the call (it may be what is refused): the
+                # refusal is logged, since no time can be given to the audit sink.
                 log.error("%s refused (%s), not audited: the clock failed", call.event, error.code)
                 return
             self._audit_record(
@@ -406,11 +410,13 @@ class EmailChangeService:
         call.procedure_id = pid
         return insured, pid
 
-    def _now(self) -> datetime:
+    def _now(self, call: _Call) -> datetime:
         # Checked at every reading, before the instant is used: an answer no deadline can be
         # computed from is ServiceUnavailable(dependency="clock"), inside a transaction too
-        # (which it rolls back), never an OverflowError half-way through an event.
-        return arguments.clock_answer(self._clock)
+        # (which it rolls back), never an OverflowError half-way through an event. In UTC, so
+        # every deadline is absolute time, whatever zone the host's clock answers in.
+        call.last_reading = now = arguments.clock_answer(self._clock)
+        return now
 
     def _call(self, dependency: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -453,16 +459,17 @@ class EmailChangeService:
         deadline = deadline_of(proc, self.policy)
         return deadline is not None and now >= deadline
 
-    def _expire_if_due(self, insured_id: str, procedure_id: str) -> Procedure | None:
-        """Expire the procedure if it is due; returns it as it now stands (``None``: a race)."""
+    def _expire_if_due(self, call: _Call, insured_id: str, procedure_id: str) -> Procedure | None:
+        """Expire the procedure if it is due, during ``call``; returns it as it now stands
+        (``None``: a race)."""
         try:
             with self._store.transaction(insured_id) as tx:
-                now = self._now()
+                now = self._now(call)
                 proc = tx.load(procedure_id)
                 if proc is None or not self._past_deadline(proc, now):
                     return proc
-                call = _Call("expire", insured_id, proc.id, proc.state)
-                fired = self._fire(tx, call, proc, "expire", now)
+                expire = _Call("expire", insured_id, proc.id, proc.state)
+                fired = self._fire(tx, expire, proc, "expire", now)
         except ConcurrentUpdate:
             return None
         self._report(fired)
@@ -471,9 +478,9 @@ class EmailChangeService:
     def _view(self, call: _Call, insured_id: str, procedure_id: str) -> ProcedureView:
         for _ in range(MAX_REPLAYS):
             proc = self._owned(call, self._store.load(procedure_id), insured_id)
-            if not self._past_deadline(proc, self._now()):
+            if not self._past_deadline(proc, self._now(call)):
                 return ProcedureView.of(proc, self.policy)
-            now_standing = self._expire_if_due(insured_id, procedure_id)
+            now_standing = self._expire_if_due(call, insured_id, procedure_id)
             if now_standing is not None:
                 return ProcedureView.of(self._owned(call, now_standing, insured_id), self.policy)
         raise ConcurrentUpdate()
@@ -490,7 +497,7 @@ class EmailChangeService:
         event = call.event
         if late_inputs is not None:
             peek = self._owned(call, self._store.load(procedure_id), insured_id)
-            if accepts(peek.state, event) and not self._past_deadline(peek, self._now()):
+            if accepts(peek.state, event) and not self._past_deadline(peek, self._now(call)):
                 inputs.update(late_inputs())
                 late_inputs = None
         first_state: ProcedureState | None = None
@@ -498,7 +505,7 @@ class EmailChangeService:
             expired = False
             try:
                 with self._store.transaction(insured_id) as tx:
-                    now = self._now()
+                    now = self._now(call)
                     proc = self._owned(call, tx.load(procedure_id), insured_id)
                     if first_state is None:
                         first_state = proc.state

@@ -129,7 +129,7 @@ class SupportService:
         call, engine = self._call("support_find"), self._service
         with engine._audited(call):
             insured = self._check(call, agent, reason, insured_id)
-            step = self._step(insured)
+            step = self._step(call, insured)
             stored: list[Procedure] = []
             if self._procedures is not None:
                 stored = list(self._procedures.procedures_of(insured, RECENT_PROCEDURES))
@@ -197,12 +197,12 @@ class SupportService:
         call.detail.update(agent=agent.id, roles=",".join(agent.roles), reason=why)
         return insured
 
-    def _step(self, insured: str) -> Step:
+    def _step(self, call: _Call, insured: str) -> Step:
         engine = self._service
         with engine._store.transaction(insured) as tx:  # read only: nothing is committed
             history = tuple(tx.ledger_since(LEDGER_START))
         return Step(
-            now=engine._now(),
+            now=engine._now(call),
             policy=engine.policy,
             keyring=engine._keyring,
             rng=engine._rng,
@@ -225,7 +225,7 @@ class SupportService:
         with engine._audited(call):
             insured = self._check(call, agent, reason, insured_id)
             with engine._store.transaction(insured) as tx:
-                now = engine._now()
+                now = engine._now(call)
                 history = tuple(tx.ledger_since(LEDGER_START))
                 step = Step(
                     now=now,
@@ -253,7 +253,7 @@ class SupportService:
 
     def _record(self, call: _Call, outcome: str, at: datetime | None = None) -> AuditRecord:
         return AuditRecord(
-            at=at or self._service._now(),
+            at=at or self._service._now(call),
             insured_id=call.insured_id,
             procedure_id=call.procedure_id,
             event=call.event,
