@@ -165,12 +165,18 @@ def instant(value: object, field: str) -> datetime | None:
 
 
 def _in_utc(value: datetime) -> datetime | None:
-    """``value`` (a datetime) in UTC, or ``None`` if it is naive or its zone fails."""
+    """``value`` (a datetime, or a subclass) as a plain datetime in UTC, or ``None`` if it is
+    naive or its zone fails. Only ``datetime``'s own methods run, never a subclass's."""
     try:
         # The zone is the caller's code: whatever it raises, the instant cannot be read.
-        return None if value.utcoffset() is None else value.astimezone(UTC)
+        if datetime.utcoffset(value) is None:
+            return None
+        at = datetime.astimezone(value, UTC)
     except Exception:  # noqa: BLE001 - any failure of a zone is an unreadable instant
         return None
+    if type(at) is not datetime:  # a subclass's result is one too
+        at = datetime.combine(datetime.date(at), datetime.time(at), UTC)
+    return at
 
 
 def in_reach(value: datetime) -> bool:
@@ -190,7 +196,7 @@ def clock_reading(clock: Clock) -> datetime | None:
     library takes is checked by; the caller says what a failing clock is to it."""
     try:
         told = clock.now()
-    except Exception:  # noqa: BLE001 - a host's clock may fail in any way
+    except Exception:  # a host's clock may fail in any way
         log.warning("the clock failed", exc_info=True)
         return None
     # A datetime subclass counts (a host's test clock, freezegun's): it compares as one.
