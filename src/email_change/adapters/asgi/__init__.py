@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from email_change._errors import EmailChangeError
 from email_change._messages import Messages
 from email_change._ports import Clock, SessionEndReader
 from email_change._service import EmailChangeService
@@ -139,6 +140,7 @@ def create_app(
         lifetime=timedelta(seconds=settings.session_lifetime),
     )
     renderer = Renderer(msgs, settings)
+    handlers = exception_handlers(msgs, renderer, login_page=authenticate is not None, clock=clock)
     context = PageContext(
         service=service,
         messages=msgs,
@@ -194,9 +196,9 @@ def create_app(
                 same_site="lax",
                 https_only=settings.https_only,
             ),
-            Middleware(SessionGuard, sessions=sessions),
+            Middleware(SessionGuard, sessions=sessions, refused=handlers[EmailChangeError]),
         ],
-        exception_handlers=exception_handlers(msgs, renderer, login_page=authenticate is not None),
+        exception_handlers=handlers,
         lifespan=(
             None
             if settings.relay_interval is None

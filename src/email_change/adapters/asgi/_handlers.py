@@ -12,7 +12,15 @@ from starlette.responses import Response
 
 from email_change._errors import EmailChangeError
 from email_change._messages import Messages
-from email_change.adapters.asgi._http import ApiProblem, error_fields, is_api, pick_locale, problem
+from email_change._ports import Clock
+from email_change.adapters.asgi._http import (
+    ApiProblem,
+    error_fields,
+    is_api,
+    pick_locale,
+    problem,
+    retry_after,
+)
 from email_change.adapters.asgi._pages import redirect
 from email_change.adapters.asgi._render import Renderer
 
@@ -32,16 +40,21 @@ _HTTP = {
 
 
 def exception_handlers(
-    messages: Messages, renderer: Renderer, *, login_page: bool
+    messages: Messages, renderer: Renderer, *, login_page: bool, clock: Clock
 ) -> dict[Any, Handler]:
-    """The handlers, for Starlette's ``exception_handlers``."""
+    """The handlers, for Starlette's ``exception_handlers``. ``clock`` is the service's: a
+    ``Retry-After`` counts from its time."""
 
     async def library_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EmailChangeError)  # noqa: S101 - registered for this class
         if is_api(request):
             locale = pick_locale(request, messages)
             return problem(
-                exc.http_status, exc.code, messages.error_message(exc, locale), **error_fields(exc)
+                exc.http_status,
+                exc.code,
+                messages.error_message(exc, locale),
+                headers=retry_after(exc, clock),
+                **error_fields(exc),
             )
         message = messages.error_message(exc, renderer.locale(request))
         return renderer.render(request, "error.html", exc.http_status, message=message)

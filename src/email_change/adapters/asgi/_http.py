@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from http import HTTPStatus
 from typing import Any
@@ -10,8 +11,10 @@ import attrs
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from email_change._arguments import clock_reading
 from email_change._errors import EmailChangeError
 from email_change._messages import Messages
+from email_change._ports import Clock
 
 __all__ = [
     "API_PREFIX",
@@ -23,6 +26,7 @@ __all__ = [
     "jsonable",
     "pick_locale",
     "problem",
+    "retry_after",
 ]
 
 PROBLEM_JSON = "application/problem+json"
@@ -39,8 +43,15 @@ class ApiProblem(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
-def problem(status: int, code: str, detail: str, **fields: Any) -> JSONResponse:
-    """An RFC 9457 problem response."""
+def problem(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **fields: Any,
+) -> JSONResponse:
+    """An RFC 9457 problem response (with ``headers``: :func:`retry_after`'s)."""
     body = {
         "type": f"tag:email-change,2026:problem:{code}",
         "title": HTTPStatus(status).phrase,
@@ -49,12 +60,23 @@ def problem(status: int, code: str, detail: str, **fields: Any) -> JSONResponse:
         "code": code,
         **{k: jsonable(v) for k, v in fields.items()},
     }
-    headers = {}
-    retry_at = fields.get("retry_at")
-    if isinstance(retry_at, datetime):
-        seconds = max(1, int((retry_at - datetime.now(retry_at.tzinfo)).total_seconds()) + 1)
-        headers["Retry-After"] = str(seconds)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return JSONResponse(
+        body, status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {})
+    )
+
+
+def retry_after(error: EmailChangeError, clock: Clock) -> dict[str, str]:
+    """The ``Retry-After`` header of a refusal that says when to retry (``retry_at``), in
+    seconds from now by ``clock``: the service's, checked by its rule, so the header and the
+    service count from the same time. On a clock the service refuses it is left out (the body
+    still says ``retry_at``)."""
+    retry_at = getattr(error, "retry_at", None)
+    if not isinstance(retry_at, datetime):
+        return {}
+    now = clock_reading(clock)
+    if now is None:
+        return {}
+    return {"Retry-After": str(max(1, int((retry_at - now).total_seconds()) + 1))}
 
 
 def error_fields(error: EmailChangeError) -> dict[str, Any]:

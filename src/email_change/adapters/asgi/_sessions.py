@@ -12,6 +12,10 @@ original. What makes a session end for real is on the server:
 * a session of an insured who may not log in (a registered address awaits confirmation) is
   refused, even before the relay has told the directory.
 
+Every time is the clock's answer checked by the service's own rule
+(:func:`~email_change._arguments.clock_answer`), in UTC: on a clock the service refuses, no
+session is opened or checked, and the app answers as the service does (503).
+
 :class:`SessionGuard` checks all three before any page or API handler runs, and forgets a
 refused session; :func:`session_insured` then reads only what it verified.
 """
@@ -21,17 +25,21 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 from anyio import to_thread
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from email_change._errors import EmailChangeError
+from email_change._arguments import clock_answer
+from email_change._errors import EmailChangeError, ServiceUnavailable
 from email_change._ports import Clock, SessionEndReader
 from email_change._service import EmailChangeService
+from email_change.adapters.asgi._http import problem
 
 __all__ = [
     "SESSION_INSURED",
@@ -159,8 +167,8 @@ class Sessions:
         ``pending``: the credentials were right but the login is refused (step 5): the session
         may only ask for a new confirmation mail.
         """
+        now = self.now()  # before anything changes: on a failing clock, nothing does
         self.log_out(request)
-        now = self.clock.now()
         request.session[_ID] = self.ledger.open(insured_id, now=now)
         request.session[_ISSUED] = now.isoformat()
         request.session[_PENDING if pending else SESSION_INSURED] = insured_id
@@ -179,17 +187,26 @@ class Sessions:
         self.ledger.close_all(insured_id)
         self.log_out(request)
 
-    def verify(self, session: dict[str, Any]) -> tuple[str, str] | None:
-        """The (kind, insured) of a session that still holds, or ``None``. Blocking: the
-        directory and the store are read."""
+    def now(self) -> datetime:
+        """The time by the clock, in UTC, checked as the service checks it: a clock the service
+        refuses is ``ServiceUnavailable(dependency="clock")`` here too."""
+        return clock_answer(self.clock)
+
+    def verify(
+        self, session: dict[str, Any], now: datetime | None = None
+    ) -> tuple[str, str] | None:
+        """The (kind, insured) of a session that still holds at ``now`` (default: :meth:`now`),
+        or ``None``. Blocking: the directory and the store are read."""
         kind = SESSION_INSURED if SESSION_INSURED in session else _PENDING
         insured, session_id, issued = session.get(kind), session.get(_ID), _issued_at(session)
         if not (isinstance(insured, str) and isinstance(session_id, str) and issued is not None):
             return None
-        return (kind, insured) if self._holds(kind, insured, session_id, issued) else None
+        now = self.now() if now is None else now
+        return (kind, insured) if self._holds(kind, insured, session_id, issued, now) else None
 
-    def _holds(self, kind: str, insured: str, session_id: str, issued: datetime) -> bool:
-        now = self.clock.now()
+    def _holds(
+        self, kind: str, insured: str, session_id: str, issued: datetime, now: datetime
+    ) -> bool:
         if now - issued > self.lifetime or not self.ledger.is_open(session_id, insured, now=now):
             return False
         ended = self.ended.sessions_ended_at(insured) if self.ended is not None else None
@@ -212,17 +229,27 @@ def _issued_at(session: dict[str, Any]) -> datetime | None:
     return issued if issued.tzinfo is not None else None
 
 
+#: How the app answers a refusal of the library (its exception handler for them).
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
 class SessionGuard:
     """ASGI middleware, inside Starlette's ``SessionMiddleware``: verifies the session first.
 
     A session that no longer holds is closed and emptied, so the browser's cookie is replaced.
     When the store or the directory cannot be read, the request goes on without a login (and the
-    cookie is kept): nothing is shown to a session that could not be checked.
+    cookie is kept): nothing is shown to a session that could not be checked. When the clock
+    fails (:meth:`Sessions.now`), no session can be checked and no step run: the request is
+    answered with ``ServiceUnavailable`` by ``refused`` (the app's handler of library errors:
+    a 503 problem under ``/api``, a page elsewhere), and the cookie is kept.
     """
 
-    def __init__(self, app: ASGIApp, *, sessions: Sessions) -> None:
+    def __init__(
+        self, app: ASGIApp, *, sessions: Sessions, refused: ErrorHandler | None = None
+    ) -> None:
         self.app = app
         self.sessions = sessions
+        self.refused = refused or _plain_problem
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -230,7 +257,13 @@ class SessionGuard:
             session: dict[str, Any] = scope["session"]
             if SESSION_INSURED in session or _PENDING in session:
                 try:
-                    verified = await to_thread.run_sync(self.sessions.verify, session)
+                    now = await to_thread.run_sync(self.sessions.now)
+                except ServiceUnavailable as down:
+                    answer = await self.refused(Request(scope, receive), down)
+                    await answer(scope, receive, send)
+                    return
+                try:
+                    verified = await to_thread.run_sync(self.sessions.verify, session, now)
                 except EmailChangeError:
                     verified = None
                 else:
@@ -244,6 +277,12 @@ class SessionGuard:
         if isinstance(session_id, str):
             self.sessions.ledger.close(session_id)
         session.clear()
+
+
+async def _plain_problem(_request: Request, exc: Exception) -> Response:
+    """The refusal as a bare problem, for a guard built without the app's handler."""
+    assert isinstance(exc, EmailChangeError)  # noqa: S101 - only called with one
+    return problem(exc.http_status, exc.code, exc.code)
 
 
 def _verified(request: Request, kind: str) -> str | None:
