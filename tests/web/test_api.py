@@ -113,6 +113,37 @@ def test_revert_from_the_notice_to_the_previous_address(api: TestClient, wired: 
     assert wired.directory.pending_address(INSURED) is None
 
 
+def test_retry_after_counts_from_the_services_clock(wired: Wired) -> None:
+    """The header says what the body's ``retry_at`` says, by the service's clock (the app's
+    ``clock``), not the machine's: 30 s of cooldown, rounded up. On a clock the service refuses
+    the header is left out, and the refusal still goes out."""
+    clock = _ToldClock(wired.clock)
+    app = create_app(
+        wired.service, settings=wired.settings, current_insured=header_insured, clock=clock
+    )
+    with TestClient(app, headers={"x-test-insured": INSURED}) as api:
+        pid = _started(api)
+        assert api.post(f"{P}/{pid}/code/resend").headers["Retry-After"] == "31"
+        wired.clock.advance(seconds=20)
+        assert api.post(f"{P}/{pid}/code/resend").headers["Retry-After"] == "11"
+        clock.told = None
+        refused = api.post(f"{P}/{pid}/code/resend")
+        # The service reads its own clock (the fake one, right); only the app's answers None.
+        assert refused.status_code == 429
+        assert "Retry-After" not in refused.headers
+
+
+class _ToldClock:
+    def __init__(self, clock: object) -> None:
+        self.clock, self.told = clock, _RIGHT
+
+    def now(self) -> object:
+        return self.clock.now() if self.told is _RIGHT else self.told  # type: ignore[attr-defined]
+
+
+_RIGHT = object()
+
+
 def test_resend_code_and_cooldown(api: TestClient, wired: Wired) -> None:
     pid = _started(api)
     body = _problem(api.post(f"{P}/{pid}/code/resend"), 429, "resend.cooldown")

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from email_change.adapters import memory
-from tests.web.asgi_support import INSURED, SERIAL, Wired, web_app, wire
+from tests.web.asgi_support import INSURED, OTHER, SERIAL, Wired, web_app, wire
 
 COOKIE = "email_change_session"
 NEW = "jeanne.nouvelle@exemple.fr"
@@ -317,3 +317,72 @@ def test_without_a_directory_that_tells_registration_still_ends_the_apps_session
         wired.service.confirm(wired.last_token(NEW))
         _refused_everywhere(thief)
         _refused_everywhere(laptop)
+
+
+class _StoppedClock:
+    """The service's fake clock while ``told`` is set: answers ``told`` (a clock that stopped
+    making sense)."""
+
+    def __init__(self, clock: memory.FakeClock) -> None:
+        self.clock, self.told = clock, None
+
+    def now(self) -> datetime:
+        return self.clock.now() if self.told is None else self.told
+
+
+def _on_a_clock(wired: Wired, clock: _StoppedClock) -> tuple[Starlette, object]:
+    from email_change.adapters.asgi import InMemorySessionLedger, create_app, session_insured
+
+    ledger = InMemorySessionLedger(idle=timedelta(minutes=30))
+    web = create_app(
+        wired.service,
+        settings=wired.settings,
+        current_insured=session_insured,
+        authenticate=lambda login, pw: login if pw == "pw" else None,
+        session_ledger=ledger,
+        clock=clock,  # type: ignore[arg-type]
+    )
+    return web, ledger
+
+
+def test_a_login_on_a_clock_the_service_refuses_changes_nothing(wired: Wired) -> None:
+    """The login reads the clock before it closes the browser's session or opens another: on a
+    time the service refuses (here the year 9999) the page is a 503, the ledger holds the same
+    session, and the browser is still logged in once the clock is right."""
+    clock = _StoppedClock(wired.clock)
+    web, ledger = _on_a_clock(wired, clock)
+    with TestClient(web, follow_redirects=False) as owner:
+        _login(owner)
+        token = _token(owner, "/mes-informations")
+        cookie = owner.cookies[COOKIE]
+        clock.told = datetime.max.replace(tzinfo=UTC)  # type: ignore[assignment]
+        answer = owner.post(
+            "/connexion", data={"csrf_token": token, "login": OTHER, "password": "pw"}
+        )
+        assert answer.status_code == 503
+        assert owner.cookies[COOKIE] == cookie
+        assert len(ledger) == 1  # type: ignore[arg-type]
+        clock.told = None
+        assert owner.get("/mes-informations").status_code == 200
+        assert owner.get(f"{P}/current").status_code == 404  # still INSURED's session
+
+
+def test_a_page_checked_on_a_failing_clock_is_503_and_keeps_the_session(wired: Wired) -> None:
+    """The page as the API: the service's 503 (a page, outside ``/api``), the cookie kept, and
+    the session holds again once the clock answers."""
+    clock = _StoppedClock(wired.clock)
+    web, _ledger = _on_a_clock(wired, clock)
+    with TestClient(web, follow_redirects=False) as owner:
+        _login(owner)
+        _token(owner, "/mes-informations")  # the session has its CSRF token
+        cookie = owner.cookies[COOKIE]
+        clock.told = datetime(1960, 1, 1, tzinfo=UTC)  # type: ignore[assignment]
+        page = owner.get("/mes-informations")
+        assert page.status_code == 503
+        assert "indisponible" in page.text
+        problem = owner.get(f"{P}/current")
+        assert problem.status_code == 503
+        assert problem.json()["code"] == "service.unavailable"
+        assert owner.cookies[COOKIE] == cookie
+        clock.told = None
+        assert owner.get("/mes-informations").status_code == 200
