@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
+from email_change.adapters import memory
 from email_change.adapters.asgi import create_app
 from tests.web.asgi_support import INSURED, OTHER, SERIAL, Wired, header_insured
 
@@ -134,11 +136,13 @@ def test_retry_after_counts_from_the_services_clock(wired: Wired) -> None:
 
 
 class _ToldClock:
-    def __init__(self, clock: object) -> None:
+    """The service's fake clock, or ``told`` once it is set (``None``: a failing clock)."""
+
+    def __init__(self, clock: memory.FakeClock) -> None:
         self.clock, self.told = clock, _RIGHT
 
-    def now(self) -> object:
-        return self.clock.now() if self.told is _RIGHT else self.told  # type: ignore[attr-defined]
+    def now(self) -> datetime:
+        return self.clock.now() if self.told is _RIGHT else self.told  # type: ignore[return-value]
 
 
 _RIGHT = object()

@@ -343,7 +343,7 @@ def _on_a_clock(wired: Wired, clock: _StoppedClock) -> tuple[Starlette, object]:
         current_insured=session_insured,
         authenticate=lambda login, pw: login if pw == "pw" else None,
         session_ledger=ledger,
-        clock=clock,  # type: ignore[arg-type]
+        clock=clock,
     )
     return web, ledger
 
