@@ -243,6 +243,7 @@ def test_every_lookup_has_its_index(sql_storage: SQLStorage) -> None:
         "outbox_pending_by_procedure",
         "outbox_done",
         "outbox_dead",
+        "outbox_dead_by_procedure",
     } <= _index_names(sql_storage)
 
 
@@ -416,7 +417,7 @@ def test_upgrade_from_5_keeps_the_outbox_and_settles_items_without_a_next_attemp
                     d.json({"effect": {"kind": "security_code"}}),
                 ),
             )
-    assert migrate(db) == [6]
+    assert migrate(db, target=6) == [6]
     storage = open_database(db)
     pending, done = storage.store.outbox_items(["o-pending", "o-done"])
     assert (pending.next_attempt_at, pending.done_at) == (T0, None)
@@ -748,7 +749,8 @@ def test_a_bulk_expiry_batch_walks_the_expiry_index_without_sorting(
 def _seed_purgeable(storage: SQLStorage, rows: int, now: datetime) -> None:
     """A backlog inserted set-based, as a burst leaves it: no statistics on any of it (no
     ``ANALYZE``). ``rows`` of each: procedures ended long ago (one in ten still owes an effect),
-    open procedures with an undelivered mail, delivered and dead outbox items, old ledger
+    open procedures with an undelivered mail, delivered and dead outbox items (one in ten dead
+    items an account change), old ledger
     entries (one in ten a freeze mark) and the lock rows of their insureds."""
     d = storage.db.dialect
     old, recent = d.time(now - timedelta(days=90)), d.time(now - timedelta(minutes=5))
@@ -791,6 +793,13 @@ def _seed_purgeable(storage: SQLStorage, rows: int, now: datetime) -> None:
             f" NULL, 5, '{{}}', ?::timestamptz + i * interval '1 s' {series}",
             (old, old, rows),
         )
+        # Their kinds: dead mails, and one in ten a dead account change (kept, with its
+        # procedure, until an operator resolves it).
+        tx.execute(
+            "UPDATE outbox SET kind = CASE WHEN mod(substr(id, 6)::int, 10) = 5"
+            " THEN 'record_consents' ELSE 'security_code' END WHERE id LIKE ?",
+            ("dead-%",),
+        )
         tx.execute(
             "INSERT INTO ledger (insured_id, procedure_id, kind, at) SELECT 'i-' || i, 'end-' || i,"
             " CASE WHEN mod(i, 10) = 0 THEN 'frozen' ELSE 'code_sent' END,"
@@ -832,20 +841,40 @@ def test_a_purge_batch_walks_its_index_without_sorting(pg_storage: SQLStorage, b
 @pytest.mark.postgres
 def test_a_procedure_purge_batch_asks_the_outbox_by_procedure(pg_storage: SQLStorage) -> None:
     """Whether an ended procedure still owes an effect is one probe of the index of undelivered
-    items by procedure: a join against every undelivered item (a mail backlog) costs each batch
-    ``batch_size`` times that backlog, or the whole backlog."""
+    items by procedure, and whether it has a dead account change (kept, with its procedure)
+    one probe of the index of dead items by procedure: a join against every undelivered item
+    (a mail backlog) or every dead one costs each batch ``batch_size`` times that backlog, or
+    the whole backlog."""
     now = T0 + timedelta(days=120)
     # Large enough that the undelivered items are more than a page: the planner then prefers a
     # scan of all of outbox_due for each candidate to the probe, unless it cannot.
     _seed_purgeable(pg_storage, 1000, now)
     sql, params = pg_storage.maintenance(batch_size=50)._purge_procedures_batch(now)
     plan = _plan(pg_storage, sql, params)
-    probe = plan.split("SubPlan")[-1]
-    assert "SubPlan" in plan and "Scan using outbox_pending_by_procedure on outbox o" in probe, plan
-    assert "Index Cond: ((procedure_id >= p.id) AND (procedure_id <= p.id))" in probe, plan
+    probes = plan.split("SubPlan")[1:]
+    assert len(probes) == 4, plan  # each named in the filter, then shown
+    pending = [p for p in probes if "outbox_pending_by_procedure on outbox" in p]
+    dead = [p for p in probes if "outbox_dead_by_procedure on outbox" in p]
+    assert len(pending) == len(dead) == 1, plan
+    for probe in (*pending, *dead):
+        assert "Index Cond: ((procedure_id >= p.id) AND (procedure_id <= p.id))" in probe, plan
+    assert "kind" in dead[0] and "kind" not in pending[0], plan
     picked = plan.split("LockRows")[-1]
     assert "outbox_due" not in plan and "Join" not in picked and "Materialize" not in plan, plan
+    assert "Index Scan using outbox_dead on" not in plan, plan
     assert "Sort" not in plan, plan
+
+
+def test_sqlite_procedure_purge_probes_the_outbox_by_procedure(
+    sqlite_storage: SQLStorage,
+) -> None:
+    """On SQLite too, each candidate's two probes are searches of the outbox's indexes by
+    procedure, never a scan."""
+    sql, params = sqlite_storage.maintenance()._purge_procedures_batch(T0)
+    plan = " ".join(str(r) for r in sqlite_storage.db.query(f"EXPLAIN QUERY PLAN {sql}", params))
+    assert "SEARCH o USING INDEX outbox_pending_by_procedure (procedure_id=?)" in plan, plan
+    assert "SEARCH o USING INDEX outbox_dead_by_procedure (procedure_id=?)" in plan, plan
+    assert "SCAN o" not in plan, plan
 
 
 @pytest.mark.postgres

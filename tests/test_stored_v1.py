@@ -17,13 +17,18 @@ from email_change._codec import decode, encode
 from email_change._records import Commit, OutboxItem, Procedure
 from email_change.adapters.memory import InMemoryProcedureStore, SeededRandom
 from email_change.adapters.sql import (
+    Database,
     Maintenance,
     RecordEncryption,
+    SQLiteDatabase,
     SQLStorage,
+    migrate,
+    open_database,
     open_postgres,
     open_sqlite,
 )
 from email_change.adapters.sql._db import SQLITE
+from email_change.adapters.sql._store import outbox_kind
 from tests import stored_v1
 
 STORED: dict[str, Any] = json.loads(stored_v1.DATA.read_text())
@@ -31,12 +36,12 @@ PROCEDURES = {p.id: p for p in stored_v1.procedures()}
 ITEMS = {i.id: i for i in stored_v1.outbox_items()}
 
 
-def _insert(storage: SQLStorage, rows: dict[str, list[dict[str, Any]]]) -> None:
+def _insert(db: Database, rows: dict[str, list[dict[str, Any]]]) -> None:
     """The rows as they were stored, on this engine (times and JSON in its own types)."""
-    d = storage.db.dialect
+    d = db.dialect
     times = {"updated_at", "ended_at", "expiry_anchor", "created_at", "next_attempt_at"}
     times |= {"done_at", "dead_at", "at"}
-    with storage.db.transaction() as tx:
+    with db.transaction() as tx:
         for table, table_rows in rows.items():
             for row in table_rows:
                 values = {k: v for k, v in row.items() if k != "seq"}
@@ -77,10 +82,33 @@ def old_rows(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLStor
         schema = request.getfixturevalue("pg_schema")
         storage = open_postgres(dsn, schema=schema, max_size=2, encryption=encryption)
     try:
-        _insert(storage, STORED["sqlite-sealed" if sealed else "sqlite"])
+        _insert(storage.db, STORED["sqlite-sealed" if sealed else "sqlite"])
         yield storage
     finally:
         storage.close()
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+def test_the_upgrade_to_schema_7_reads_the_kind_of_every_old_undelivered_item(
+    tmp_path: Path, sealed: bool
+) -> None:
+    """Rows of every old shape (each value tagged, the effect nested; sealed whole): migrated
+    from schema 6, each item not delivered gets its kind, read from its payload through the
+    keyring; a delivered one is left null. The dead directory change keeps its procedure."""
+    db = SQLiteDatabase(tmp_path / "v1.sqlite3")
+    try:
+        assert migrate(db, target=6)[-1] == 6
+
+        _insert(db, STORED["sqlite-sealed" if sealed else "sqlite"])
+        storage = open_database(db, encryption=_sealed() if sealed else None)
+        kinds = dict(db.query("SELECT id, kind FROM outbox"))
+        assert kinds == {
+            i.id: None if i.done_at is not None else outbox_kind(i.effect) for i in ITEMS.values()
+        }
+        assert kinds["v1-o-dead"] == "end_sessions"
+        assert list(storage.store.outbox_items(list(ITEMS))) == list(ITEMS.values())
+    finally:
+        db.close()
 
 
 def test_old_procedure_rows_read_as_written(old_rows: SQLStorage) -> None:
@@ -136,7 +164,7 @@ def test_old_rows_move_on_and_are_written_anew(old_rows: SQLStorage) -> None:
 def test_old_rows_of_the_embedded_default_read(tmp_path: Path) -> None:
     for state, rows in STORED["embedded_journeys"].items():
         with open_sqlite(tmp_path / f"{state}.sqlite3") as storage:
-            _insert(storage, rows)
+            _insert(storage.db, rows)
             (row,) = rows["procedures"]
             proc = storage.store.load(row["id"])
             assert proc is not None

@@ -31,7 +31,7 @@ from email_change._messages import MailSettings
 from email_change._policy_file import POLICY_ENV, PolicyFile, PolicyFileError, read_policy_file
 from email_change._ports import AccountDirectory, Mailer, ProcedureStore, VitaleRegistry
 from email_change._records import MailEffect
-from email_change.adapters.sql import CardImportError, SchemaTooNew
+from email_change.adapters.sql import CardImportError, Database, Maintenance, SchemaTooNew
 
 __all__ = ["main"]
 
@@ -54,6 +54,8 @@ class Backend:
     directory: AccountDirectory
     registry: VitaleRegistry
     durable: bool
+    #: The SQL database (its ``Maintenance``), or ``None`` for the in-memory store.
+    db: Database | None = None
 
 
 def _open_store(args: argparse.Namespace) -> Backend:
@@ -80,6 +82,7 @@ def _open_store(args: argparse.Namespace) -> Backend:
             directory=storage.directory,
             registry=storage.registry,
             durable=True,
+            db=storage.db,
         )
     from email_change.adapters import memory
 
@@ -240,6 +243,8 @@ def _cmd_diagram(args: argparse.Namespace) -> int:
 def _cmd_relay(args: argparse.Namespace) -> int:
     if args.dead_letters:
         return _list_dead_letters(args)
+    if args.resolve is not None:
+        return _resolve_dead_letter(args)
     # The configuration first: a mistake there must not leave a new database file behind.
     keyring, mailer, mail_settings = _keyring(args), _mailer(args), _mail_settings(args)
     numbers = _policy(args)
@@ -294,6 +299,20 @@ def _list_dead_letters(args: argparse.Namespace) -> int:
             f" attempts={item.attempts} error={item.last_error}"
         )
     return 0
+
+
+def _resolve_dead_letter(args: argparse.Namespace) -> int:
+    # The operator has put right what the dead letter owed: the purges may now take it and its
+    # procedure (a dead account change holds both until then).
+    if not (args.sqlite or args.postgres):
+        raise CliError("--resolve needs the store: --sqlite PATH or --postgres DSN")
+    db = _open_store(args).db
+    assert db is not None  # noqa: S101 - a SQL store option opens a database
+    if Maintenance(db).resolve_dead_letter(args.resolve):
+        print(f"resolved {args.resolve}: deleted; its procedure is purged at its retention")
+        return 0
+    _fail(f"{PROG} relay: {args.resolve} is not a dead letter; nothing changed")
+    return 1
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -371,6 +390,22 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--postgres", metavar="DSN", help="PostgreSQL connection string")
     parser.add_argument("--schema", metavar="NAME", help="with --postgres: the schema to use")
+
+
+def _dead_letter_options(relay: argparse.ArgumentParser) -> None:
+    """The relay's options for an operator's dead letters: list them, resolve one."""
+    relay.add_argument(
+        "--dead-letters",
+        action="store_true",
+        help="list the items the relay gave up on (most recent first, at most --limit), then exit",
+    )
+    relay.add_argument(
+        "--resolve",
+        metavar="ITEM_ID",
+        help="delete this dead letter once what it owed is put right by hand (a dead account "
+        "change keeps it and its procedure from the purges until then), then exit; status 1 if "
+        "it is not a dead letter",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -462,11 +497,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _store_options(relay)
     relay.add_argument("--once", action="store_true", help="one pass over due items, then exit")
-    relay.add_argument(
-        "--dead-letters",
-        action="store_true",
-        help="list the items the relay gave up on (most recent first, at most --limit), then exit",
-    )
+    _dead_letter_options(relay)
     relay.add_argument(
         "--interval", type=seconds, default=2.0, metavar="SECONDS", help="idle time between passes"
     )

@@ -558,24 +558,15 @@ def test_a_confirmed_change_stays_disputable_for_the_whole_dispute_window(
 # --- consents: a dead record_consents
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "A record_consents the directory refused for good is a dead letter that keeps no"
-        " consents (buried()); the purge takes a dead item for one that owes nothing, so the"
-        " procedure, the only copy left, goes after ended_procedures (and the dead letter after"
-        " dead_outbox). Telling a dead account change from a dead mail needs the item's kind,"
-        " which a sealed row hides from SQL: not a small fix."
-    ),
-)
 def test_a_procedure_whose_consents_never_reached_the_directory_is_never_purged(
     sql_storage: SQLStorage,
 ) -> None:
-    """BROKEN on main (xfail). The promise: consents' only copy is never removed. The relay gives
-    up on the ``record_consents`` change (a permanent refusal, ``DeliveryRefused``) exactly as
-    it does in ``Relay._bury``; the change is then confirmed and ends; a month on, the
-    maintenance run deletes the dead letter and the procedure, and the consent choices are
-    nowhere."""
+    """BROKEN on main (a strict xfail until schema 7). The promise: consents' only copy is never
+    removed. The relay gives up on the ``record_consents`` change (a permanent refusal,
+    ``DeliveryRefused``) exactly as it does in ``Relay._bury``; the change is then confirmed and
+    ends; a month on, the maintenance run deleted the dead letter and the procedure, and the
+    consent choices were nowhere. Now the dead account change keeps its procedure (and itself)
+    until an operator resolves it."""
     store = sql_storage.store
     proc = full_procedure("p-dc", "i-dc")
     assert proc.consents

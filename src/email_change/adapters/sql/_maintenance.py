@@ -13,20 +13,22 @@ so it runs while the service runs:
 * **Purge** deletes ended procedures older than ``Retention.ended_procedures`` (never one that
   still owes an undelivered effect), ledger entries older than ``Retention.ledger`` (at least the
   policy's rolling window, or budgets would forget failures), delivered outbox items older than
-  ``Retention.delivered_outbox`` and dead letters older than ``Retention.dead_outbox``. Items
-  still being retried are never purged.
+  ``Retention.delivered_outbox`` and dead mails older than ``Retention.dead_outbox``. Items
+  still being retried, and dead account changes, are never purged.
 
 Consents: a procedure record holds the insured's consent choices, but the copy of record is the
 account directory's (the ``record_consents`` effect delivers them there). A procedure is purged
-only once that effect is delivered or dead. A dead one (the directory refused it for good) keeps
-no consents, so the procedure's copy is then the only one until the purge: see "Consents" in
-``docs/storage.md``.
+only once none of its outbox items is pending, and none is a dead account change: a dead one (the
+directory refused it for good) keeps no consents, so the procedure's copy is then the only one.
+Such a dead letter, and its procedure, stay until an operator resolves it
+(:meth:`Maintenance.resolve_dead_letter`): see "Consents" in ``docs/storage.md``.
 
 Every step is idempotent: running it again finds nothing more to do.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -36,11 +38,17 @@ from email_change._errors import InvalidArgument
 from email_change._machine import FREEZE_MARKS, ProcedureState, expiry_cutoffs
 from email_change._policy import Policy
 from email_change._ports import Clock
+from email_change._records import MailKind
+from email_change._values import plain_text
 from email_change.adapters.sql._db import Database
 from email_change.adapters.sql._expiry import due_predicate, expired_record
 from email_change.adapters.sql._store import unavailable_as
 
 __all__ = ["Maintenance", "MaintenanceReport", "Retention"]
+
+#: Outbox item ids are the service's own (128 random bits in hex), of the shape of its
+#: procedure ids.
+_ITEM_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 @attrs.frozen(kw_only=True)
@@ -228,24 +236,31 @@ class Maintenance:
         index in ``procedure_id`` order can serve its ``ORDER BY``; the range is the equality
         (one value, in the column's collation), written so that the order is not dropped as
         constant.
+
+        A candidate with a dead account change (:func:`_kept_dead_letter`) is kept too: one more
+        probe, of ``outbox_dead_by_procedure``, written the same way. Both probes read the
+        statement's one snapshot, so an item a relay buries while the batch runs is seen either
+        pending or dead, and keeps its procedure either way.
         """
         d = self.db.dialect
         cutoff = d.time(at - self.retention.ended_procedures)
         key = d.row_key
+        kept, kept_params = _kept_dead_letter("o")
         if d.locks_rows:
-            owes = (
-                "o.procedure_id >= p.id AND o.procedure_id <= p.id"
-                " AND o.done_at IS NULL AND o.dead_at IS NULL ORDER BY o.procedure_id OFFSET 0"
-            )
+            same = "o.procedure_id >= p.id AND o.procedure_id <= p.id"
+            order = " ORDER BY o.procedure_id OFFSET 0"
         else:
-            owes = "o.procedure_id = p.id AND o.done_at IS NULL AND o.dead_at IS NULL"
+            same, order = "o.procedure_id = p.id", ""
+        owes = f"{same} AND o.done_at IS NULL AND o.dead_at IS NULL{order}"
+        holds = f"{same} AND o.dead_at IS NOT NULL AND {kept}{order}"
         sql = (
             f"DELETE FROM procedures WHERE {key} IN (SELECT p.{key} FROM procedures p"  # noqa: S608 - constants only
             " WHERE p.ended_at IS NOT NULL AND p.ended_at < ?"
             f" AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {owes})"
+            f" AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {holds})"
             f" ORDER BY p.ended_at LIMIT ?{d.skip_locked})"
         )
-        return sql, (cutoff, self._batch)
+        return sql, (cutoff, *kept_params, self._batch)
 
     def purge_ledger(self, now: datetime | None = None) -> int:
         """Delete ledger entries counted before ``now - retention.ledger``.
@@ -291,17 +306,35 @@ class Maintenance:
         return sql, (cutoff, self._batch)
 
     def purge_dead_outbox(self, now: datetime | None = None) -> int:
-        """Delete dead letters older than ``retention.dead_outbox``."""
+        """Delete dead mails older than ``retention.dead_outbox`` (never a dead account change)."""
         return self._batches(*self._purge_dead_outbox_batch(self._now(now)))
 
     def _purge_dead_outbox_batch(self, at: datetime) -> tuple[str, tuple[object, ...]]:
         cutoff = self.db.dialect.time(at - self.retention.dead_outbox)
         key = self.db.dialect.row_key
+        kept, kept_params = _kept_dead_letter("outbox")
         sql = (
             f"DELETE FROM outbox WHERE {key} IN (SELECT {key} FROM outbox WHERE dead_at IS NOT NULL"  # noqa: S608
-            f" AND dead_at < ? ORDER BY dead_at LIMIT ?{self.db.dialect.skip_locked})"
+            f" AND dead_at < ? AND NOT {kept}"
+            f" ORDER BY dead_at LIMIT ?{self.db.dialect.skip_locked})"
         )
-        return sql, (cutoff, self._batch)
+        return sql, (cutoff, *kept_params, self._batch)
+
+    def resolve_dead_letter(self, item_id: str) -> bool:
+        """Delete the dead letter ``item_id``, once an operator has put right what it owed
+        (for a dead account change: the account, and the consents, recorded by hand from its
+        procedure); returns whether it was there. Its procedure is then purged at its
+        retention like any other. An item that is not dead (pending, delivered, or unknown) is
+        left alone: ``False``, and so is an id that cannot be one. An ``item_id`` that is not a
+        ``str`` is :class:`~email_change.InvalidArgument`."""
+        text = plain_text(item_id)
+        if text is None:
+            raise InvalidArgument(field="item_id")
+        if not _ITEM_ID.fullmatch(text):
+            return False  # not an id the service makes (huge, non-ASCII...): not even looked up
+        with unavailable_as(self.dependency), self.db.transaction() as tx:
+            gone = tx.execute("DELETE FROM outbox WHERE id = ? AND dead_at IS NOT NULL", (text,))
+        return gone == 1
 
     def purge_insureds(self) -> int:
         """Delete the lock rows of insureds whose ledger is empty (PostgreSQL; none on SQLite).
@@ -353,3 +386,16 @@ class Maintenance:
             dead_purged=self.purge_dead_outbox(at),
             insureds_purged=self.purge_insureds(),
         )
+
+
+def _kept_dead_letter(alias: str) -> tuple[str, tuple[str, ...]]:
+    """The condition, on a dead outbox row, that keeps it (and its procedure) from every purge:
+    anything not known to be a mail. A dead account change means the directory and the procedure
+    disagree, and the procedure may hold the only copy of what it owed (the consents of a
+    ``record_consents``, the address of a ``confirm`` or ``restore_address``): it stays until an
+    operator resolves it (:meth:`Maintenance.resolve_dead_letter`). A row with no kind (written
+    by an earlier version during the upgrade) or a kind this version does not know is kept too.
+    A dead mail owes nothing anyone can still deliver: it goes at its retention."""
+    mails = tuple(sorted(k.value for k in MailKind))
+    among = ", ".join("?" * len(mails))
+    return f"({alias}.kind IS NULL OR {alias}.kind NOT IN ({among}))", mails

@@ -23,6 +23,7 @@ import attrs
 from email_change._machine import expiry_anchor
 from email_change._records import Procedure
 from email_change.adapters.sql._db import Database, Dialect, Transaction
+from email_change.adapters.sql._store import item_of_row, outbox_kind
 
 __all__ = ["MIGRATIONS", "Migration", "SchemaTooNew", "current_version", "migrate"]
 
@@ -72,6 +73,19 @@ def _anchors(tx: Transaction, d: Dialect, open_record: RecordOpener) -> None:
             "UPDATE procedures SET expiry_anchor = ?, codes_sent = ? WHERE id = ?",
             (d.time(expiry_anchor(proc)), proc.codes_sent, proc_id),
         )
+
+
+def _outbox_kinds(tx: Transaction, d: Dialect, open_record: RecordOpener) -> None:
+    """Step 7's data: the kind of each outbox item not delivered (pending or dead), read from
+    its payload (sealed ones too). A delivered item's kind matters to no purge: left null."""
+    rows = tx.query(
+        "SELECT id, procedure_id, created_at, next_attempt_at, done_at, dead_at, attempts, item"
+        " FROM outbox WHERE done_at IS NULL"
+    )
+    tx.executemany(
+        "UPDATE outbox SET kind = ? WHERE id = ?",
+        [(outbox_kind(item_of_row(row, d, open_record).effect), row[0]) for row in rows],
+    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -269,6 +283,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         engine_statements={
             "postgresql": ("ALTER TABLE outbox ALTER COLUMN next_attempt_at DROP NOT NULL",),
         },
+    ),
+    Migration(
+        version=7,
+        description="outbox: each item's kind; dead letters by procedure",
+        statements=(
+            # The mail's kind or the account action, in the clear even when the item is sealed:
+            # the purges keep a dead account change and its procedure (the procedure may hold
+            # the only copy of the insured's consents) and must tell it from a dead mail. Null
+            # where unknown (a row an earlier version wrote during the upgrade): kept.
+            "ALTER TABLE outbox ADD COLUMN kind TEXT",
+            # The purge of ended procedures asks, for each candidate, whether it has a dead
+            # letter that it must keep.
+            (
+                "CREATE INDEX outbox_dead_by_procedure ON outbox (procedure_id)"
+                " WHERE dead_at IS NOT NULL"
+            ),
+        ),
+        backfill=_outbox_kinds,
     ),
 )
 

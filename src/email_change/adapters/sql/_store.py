@@ -5,9 +5,11 @@ expiry columns ``expiry_anchor`` and ``codes_sent`` that the machine's expiry sp
 matched on) and the rest of the record as JSON (``Procedure.to_dict()`` without what the columns
 hold, which :meth:`load` puts back), so what :meth:`load` returns is exactly what was committed.
 An outbox item is one row the same way (its effect's fields beside its own in the JSON); once
-settled, its row has no next attempt. With encryption at rest, the sealed JSON holds the whole
-record or item, so that it authenticates all of it. Rows written by earlier versions (every field
-in the JSON, with type tags) are read as they are.
+settled, its row has no next attempt. Its ``kind`` column (:func:`outbox_kind`) is in the clear
+until it is delivered, so that the purges can keep a dead account change and its procedure.
+With encryption at rest, the sealed JSON holds the whole record or item, so that it
+authenticates all of it. Rows written by earlier versions (every field in the JSON, with type
+tags) are read as they are.
 
 :meth:`transaction` is one write transaction that holds the insured: SQLite's ``BEGIN IMMEDIATE``
 (the whole file), PostgreSQL's lock on the insured's row of ``insureds``. Its commit writes the
@@ -19,7 +21,7 @@ transaction is rolled back, so nothing is written.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +40,13 @@ from email_change._records import (
     OutboxItem,
     Procedure,
 )
-from email_change.adapters.sql._db import Database, Transaction, Unavailable, UniqueViolation
+from email_change.adapters.sql._db import (
+    Database,
+    Dialect,
+    Transaction,
+    Unavailable,
+    UniqueViolation,
+)
 from email_change.adapters.sql._encryption import (
     EncryptedRecordError,
     PlainRecords,
@@ -47,7 +55,7 @@ from email_change.adapters.sql._encryption import (
 )
 from email_change.adapters.sql._expiry import due_predicate, expired_by_sweep
 
-__all__ = ["SQLProcedureStore"]
+__all__ = ["SQLProcedureStore", "item_of_row", "outbox_kind"]
 
 # What a procedure is loaded from: its columns, and the JSON of the rest (see ``_proc_row``).
 _PROC = (
@@ -86,6 +94,17 @@ def unavailable_as(dependency: str) -> Iterator[None]:
         yield
     except Unavailable as exc:
         raise ServiceUnavailable(dependency=dependency) from exc
+
+
+def outbox_kind(effect: MailEffect | AccountEffect) -> str:
+    """What an outbox row's ``kind`` column holds (until the item is delivered): the mail's
+    kind, or the account action.
+
+    In the clear even when the item is sealed, so that the purges can tell a dead account change
+    (which they keep) from a dead mail: it is not personal data (the audit stream and the
+    dead-letter listing show it too).
+    """
+    return effect.kind.value if isinstance(effect, MailEffect) else effect.action.value
 
 
 class SQLProcedureStore:
@@ -255,35 +274,7 @@ class SQLProcedureStore:
         return f"{_PROC} WHERE {due} ORDER BY expiry_anchor LIMIT ?", (*params, limit)
 
     def _item(self, row: Sequence[Any]) -> OutboxItem:
-        item_id, procedure_id, created_at, next_attempt_at, done_at, dead_at, attempts, raw = row
-        stored, d = self._d.from_json(raw), self._d
-        data = self._box.open(stored, associated=f"outbox/{item_id}")
-        if is_sealed(stored):
-            # A sealed payload holds the whole item, so that it authenticates all of it.
-            return decode(data, OutboxItem)  # type: ignore[no-any-return]
-        # The columns give back what the JSON leaves out (an item written whole, before they
-        # were left out, has them in its JSON too: the same values). The effect's fields are
-        # beside the item's own (``"effect": {...}`` in rows written before).
-        if "effect" not in data:
-            effect = {k: v for k, v in data.items() if k not in _ITEM_FIELDS}
-            data = {k: v for k, v in data.items() if k in _ITEM_FIELDS}
-            data["effect"] = effect
-        effect = data["effect"]
-        if "procedure_id" not in effect:
-            data["effect"] = {**effect, "procedure_id": procedure_id}
-        given: dict[str, Any] = {"id": item_id, "attempts": attempts}
-        for name, column in (
-            ("created_at", created_at),
-            ("next_attempt_at", next_attempt_at),
-            ("done_at", done_at),
-            ("dead_at", dead_at),
-        ):
-            if column is not None and name not in data:
-                given[name] = d.from_time(column)
-        if next_attempt_at is None and "next_attempt_at" not in data:
-            # Settled: never due again; its next attempt was its creation (see ``_outbox_row``).
-            given["next_attempt_at"] = given["created_at"]
-        return decode(data, OutboxItem, given=given)  # type: ignore[no-any-return]
+        return item_of_row(row, self._d, lambda stored, at: self._box.open(stored, associated=at))
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -312,6 +303,7 @@ class SQLProcedureStore:
         # A settled item is never due again: no next attempt in its row (the due index skips
         # it anyway), and none in its JSON if it was the item's creation (the usual case).
         settled = item.done_at is not None or item.dead_at is not None
+        delivered = item.done_at is not None and item.dead_at is None
         if isinstance(self._box, PlainRecords):
             # What the columns hold is not written twice: the JSON keeps the effect (its
             # procedure is a column too) and the last error. A sealed payload keeps everything,
@@ -335,6 +327,9 @@ class SQLProcedureStore:
             d.time(item.dead_at),
             item.attempts,
             d.json(self._box.seal(data, associated=f"outbox/{item.id}")),
+            # Kept while the item may still die, and once dead (the purges read it); a delivered
+            # item's kind matters to no purge, and its row stays as small as before.
+            None if delivered else outbox_kind(item.effect),
         )
 
     def _write(self, tx: Transaction, commit: Commit) -> None:
@@ -362,7 +357,7 @@ class SQLProcedureStore:
         )
         tx.executemany(
             "INSERT INTO outbox (id, procedure_id, created_at, next_attempt_at,"
-            " done_at, dead_at, attempts, item) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " done_at, dead_at, attempts, item, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             outbox,
         )
 
@@ -371,14 +366,16 @@ class SQLProcedureStore:
 
     def update_outbox_items(self, items: Sequence[OutboxItem]) -> None:
         # A delivered or dead item stays so: a slower relay reporting a failure on the same item
-        # must not make it due again (its mail would go out twice).
+        # must not make it due again (its mail would go out twice). The kind is written again:
+        # a row inserted without one (by an earlier version, during an upgrade) gets it when it
+        # dies, and a delivered one drops it (see ``_outbox_row``).
         rows = [(*self._outbox_row(item)[3:], item.id) for item in items]
         if not rows:
             return
         with unavailable_as(self.dependency), self.db.transaction() as tx:
             tx.executemany(
                 "UPDATE outbox SET next_attempt_at = ?, done_at = ?, dead_at = ?, attempts = ?,"
-                " item = ? WHERE id = ? AND done_at IS NULL AND dead_at IS NULL",
+                " item = ?, kind = ? WHERE id = ? AND done_at IS NULL AND dead_at IS NULL",
                 rows,
             )
 
@@ -416,6 +413,42 @@ class _SQLTransaction:
         self._store._write(self._tx, commit)
         if proc is not None:
             self._committed.add(proc.id)
+
+
+def item_of_row(
+    row: Sequence[Any], d: Dialect, open_payload: Callable[[Any, str], Any]
+) -> OutboxItem:
+    """The outbox item of a row read by ``_ITEM``, its payload opened by ``open_payload``
+    (the store's encryption, or a migration's reader of stored payloads)."""
+    item_id, procedure_id, created_at, next_attempt_at, done_at, dead_at, attempts, raw = row
+    stored = d.from_json(raw)
+    data = open_payload(stored, f"outbox/{item_id}")
+    if is_sealed(stored):
+        # A sealed payload holds the whole item, so that it authenticates all of it.
+        return decode(data, OutboxItem)  # type: ignore[no-any-return]
+    # The columns give back what the JSON leaves out (an item written whole, before they
+    # were left out, has them in its JSON too: the same values). The effect's fields are
+    # beside the item's own (``"effect": {...}`` in rows written before).
+    if "effect" not in data:
+        effect = {k: v for k, v in data.items() if k not in _ITEM_FIELDS}
+        data = {k: v for k, v in data.items() if k in _ITEM_FIELDS}
+        data["effect"] = effect
+    effect = data["effect"]
+    if "procedure_id" not in effect:
+        data["effect"] = {**effect, "procedure_id": procedure_id}
+    given: dict[str, Any] = {"id": item_id, "attempts": attempts}
+    for name, column in (
+        ("created_at", created_at),
+        ("next_attempt_at", next_attempt_at),
+        ("done_at", done_at),
+        ("dead_at", dead_at),
+    ):
+        if column is not None and name not in data:
+            given[name] = d.from_time(column)
+    if next_attempt_at is None and "next_attempt_at" not in data:
+        # Settled: never due again; its next attempt was its creation (see ``_outbox_row``).
+        given["next_attempt_at"] = given["created_at"]
+    return decode(data, OutboxItem, given=given)  # type: ignore[no-any-return]
 
 
 def _ledger(query: Any, insured_id: str, since: datetime, d: Any) -> tuple[LedgerEntry, ...]:
