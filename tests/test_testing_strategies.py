@@ -32,7 +32,7 @@ CARDS = [
 @given(ecst.accepted_addresses())
 def test_accepted_addresses_are_accepted_under_the_default_policy(address: str) -> None:
     parsed = ec.parse_address(address)
-    assert parsed.key == parsed.value.casefold()
+    assert parsed.key == parsed.value.lower()
 
 
 @SOME

@@ -51,7 +51,7 @@ from email_change._records import (
     OutboxItem,
     Procedure,
 )
-from email_change._values import ConsentRecord, EmailAddress
+from email_change._values import ConsentRecord, EmailAddress, address_key
 
 __all__ = ["decode", "decode_procedure", "encode"]
 
@@ -199,14 +199,14 @@ def _encode_address(value: Any) -> Any:
     if type(value) is not EmailAddress:
         raise _refuse(value, "an address")
     text = _encode_text(value.value)
-    if type(value.key) is str and value.key == text.casefold():
+    if type(value.key) is str and value.key == address_key(text):
         return text
     return {"value": text, "key": _encode_text(value.key)}
 
 
 def _decode_address(data: Any, _seen: object) -> EmailAddress:
     if type(data) is str:
-        key = data.casefold()
+        key = address_key(data)
         # One string where the two are equal (a lower-case address): a record lives in memory.
         return EmailAddress(value=data, key=data if key == data else key)
     return EmailAddress(value=data["value"], key=data["key"])

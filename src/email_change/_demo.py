@@ -274,7 +274,7 @@ def _journey(world: DemoWorld, stream: TextIO) -> int:
         )
     elif world.previous_run is not None:
         say("The previous run finished its procedure: starting a fresh one.")
-    target = CURRENT if current.casefold() == NEW.casefold() else NEW
+    target = CURRENT if current.lower() == NEW.lower() else NEW
 
     def named(mails: list[EmailMessage], kind: MailKind, to: str, label: str) -> EmailMessage:
         message = the_mail(mails, kind, to)

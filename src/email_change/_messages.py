@@ -29,7 +29,7 @@ import attrs
 from email_change._errors import EmailChangeError, InvalidAddress
 from email_change._mime import MailParts
 from email_change._records import MailEffect, MailKind, OutboxItem
-from email_change._values import CardModel, ascii_form, known_address, parse_address
+from email_change._values import CardModel, address_key, ascii_form, known_address, parse_address
 
 __all__ = ["MAIL_KIND_HEADER", "MailSettings", "Messages", "is_addressed_to"]
 
@@ -271,7 +271,7 @@ def _address_key(text: str) -> str:
     try:
         return known_address(text).key
     except InvalidAddress:
-        return text.strip().casefold()  # not an address: compared as written, case aside
+        return address_key(text.strip())  # not an address: compared as written, case aside
 
 
 #: The CLDR plural categories, and the key naming the counted parameter.

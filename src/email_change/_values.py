@@ -28,6 +28,7 @@ __all__ = [
     "ConsentPurpose",
     "ConsentRecord",
     "EmailAddress",
+    "address_key",
     "ascii_form",
     "known_address",
     "mask_address",
@@ -119,7 +120,7 @@ class EmailAddress:
     """An address as typed (normalised for delivery) and its comparison key.
 
     ``value`` is what mail is sent to: the local part as typed, the domain lower-cased and
-    IDNA-normalised. ``key`` compares addresses case-insensitively.
+    IDNA-normalised. ``key`` compares addresses case-insensitively (:func:`address_key`).
     """
 
     value: str
@@ -194,7 +195,23 @@ def _address(raw: object, *, allow_smtputf8: bool, new: bool) -> EmailAddress:
     # becomes two characters) or shorten it (``e`` and a combining accent become ``é``).
     if new and len(valid.local_part.encode("utf-8")) > LOCAL_PART_MAX_OCTETS:
         raise InvalidAddress(reason="too_long")
-    return EmailAddress(value=normalized, key=normalized.casefold())
+    return EmailAddress(value=normalized, key=address_key(normalized))
+
+
+def address_key(normalized: str) -> str:
+    """The comparison key of a normalised address: the same mailbox, case aside.
+
+    Lower case by Python's one-to-one case mapping (``str.lower``), never by case folding:
+    folding makes ``straße`` and ``strasse``, or ``ſ`` and ``s``, one key, and they are
+    different mailboxes (no mail server folds a local part). So a confirmation must name the
+    mailbox the new address names, and a move from ``strasse@`` to ``straße@`` is a change.
+
+    >>> address_key("Jeanne.Martin@exemple.fr"), address_key("STRAẞE@exemple.fr")
+    ('jeanne.martin@exemple.fr', 'straße@exemple.fr')
+    >>> address_key("straße@exemple.fr") == address_key("STRASSE@exemple.fr")
+    False
+    """
+    return normalized.lower()
 
 
 def ascii_form(address: str) -> str | None:

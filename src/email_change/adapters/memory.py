@@ -103,7 +103,7 @@ class InMemoryMailer:
             if self.fail_next:
                 self.fail_next -= 1
                 raise ConnectionError("simulated mail server failure")
-            if str(message["To"]).casefold() in {a.casefold() for a in self.refused}:
+            if str(message["To"]).lower() in {a.lower() for a in self.refused}:
                 raise DeliveryRefused("550 simulated permanent refusal of the recipient")
             self.outbox.append(message)
 

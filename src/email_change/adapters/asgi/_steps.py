@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from email_change._errors import ConsentMissing, EmailChangeError, MismatchedConfirmation
 from email_change._machine import AddressForm, ProcedureState
-from email_change._values import Channel, ConsentPurpose, parse_address
+from email_change._values import Channel, ConsentPurpose, address_key, parse_address
 from email_change._views import NextStep, ProcedureView
 from email_change.adapters.asgi._http import error_fields
 from email_change.adapters.asgi._pages import (
@@ -288,7 +288,7 @@ def address_form_errors(form: FormData, *, allow_smtputf8: bool) -> dict[str, Em
         key = parse_address(new, allow_smtputf8=allow_smtputf8).key
     except EmailChangeError as exc:
         found["new_address"] = exc
-        same = bool(again.strip()) and again.strip().casefold() == new.strip().casefold()
+        same = bool(again.strip()) and address_key(again.strip()) == address_key(new.strip())
     else:
         try:
             same = parse_address(again, allow_smtputf8=allow_smtputf8).key == key
