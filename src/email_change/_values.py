@@ -202,9 +202,10 @@ def address_key(normalized: str) -> str:
     """The comparison key of a normalised address: the same mailbox, case aside.
 
     Lower case by Python's one-to-one case mapping (``str.lower``), never by case folding:
-    folding makes ``straße`` and ``strasse``, or ``ſ`` and ``s``, one key, and they are
-    different mailboxes (no mail server folds a local part). So a confirmation must name the
-    mailbox the new address names, and a move from ``strasse@`` to ``straße@`` is a change.
+    folding makes ``straße`` and ``strasse`` one key (and the long s and ``s``), and they can be
+    different mailboxes (a mail server may tell them apart; none has to fold a local part). So
+    a confirmation must name the mailbox the new address names, and a move from ``strasse@``
+    to ``straße@`` is a change.
 
     >>> address_key("Jeanne.Martin@exemple.fr"), address_key("STRAẞE@exemple.fr")
     ('jeanne.martin@exemple.fr', 'straße@exemple.fr')
