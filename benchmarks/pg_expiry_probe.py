@@ -1,7 +1,7 @@
 """Bulk expiry on PostgreSQL: what each side makes the server do, beside its time.
 
     EMAIL_CHANGE_TEST_PG_DSN=... .venv/bin/python -m benchmarks.pg_expiry_probe \\
-        [--rows 1000000] [--runs 1] [--sides raw,library,library-unlocked]
+        [--rows 1000000] [--runs 1] [--sides raw,library,library-sorting-only]
 
 Each run of each side gets a fresh schema seeded with ``--rows`` due procedures (seeding not
 timed, not counted), the sides alternating which goes first. Printed per side: seconds, the
@@ -11,8 +11,11 @@ timed part, and the WAL records, full-page images and bytes it wrote (``pg_stat_
 reported: server-wide, so other clients' work counts too).
 ``library`` is ``Maintenance.expire_abandoned``'s batches (5,000 rows, one transaction each);
 ``library-unlocked`` the same batches without ``FOR UPDATE SKIP LOCKED``, to see what the row
-locks cost (not safe beside the service: a diagnostic only); ``raw`` the one ``UPDATE`` of
-``make bench``. Not a test, and not run by ``make bench``.
+locks cost (not safe beside the service: a diagnostic only); ``library-sorting-only`` the same
+batches under the setup of before JIT and the synchronous commit were turned off;
+``library-by-ctid`` the batches joined on ``ctid`` instead of the primary key (not kept: no
+faster, and it skips a row updated since the statement began); ``library-20000`` batches of
+20,000; ``raw`` the one ``UPDATE`` of ``make bench``. Not a test, and not run by ``make bench``.
 """
 
 # ruff: noqa: S101 - a benchmark checks its own results
@@ -61,16 +64,27 @@ def _raw(storage: SQLStorage) -> int:
         return tx.execute(sql, params)
 
 
-def _batches(storage: SQLStorage, *, locked: bool) -> int:
+#: The batch setup before JIT and the synchronous commit were turned off for maintenance.
+SORTING_ONLY = "SELECT set_config('enable_sort', 'off', true)"
+
+
+def _batches(
+    storage: SQLStorage, *, locked: bool = True, setup: str | None = None, by_ctid: bool = False
+) -> int:
     maintenance = storage.maintenance(batch_size=5000)
-    if locked:
+    if locked and setup is None and not by_ctid:
         return maintenance.expire_abandoned(AT)
     sql, params = maintenance._expiry_batch(AT)
-    sql = sql.replace(storage.db.dialect.skip_locked, "")
+    if not locked:
+        sql = sql.replace(storage.db.dialect.skip_locked, "")
+    if by_ctid:
+        sql = sql.replace("SELECT id FROM", "SELECT ctid FROM").replace(
+            "procedures.id = picked.id", "procedures.ctid = picked.ctid"
+        )
     total = 0
     while True:
         with storage.db.transaction() as tx:
-            tx.query(storage.db.dialect.batch_setup)
+            tx.query(setup or storage.db.dialect.batch_setup)
             changed = tx.execute(sql, params)
         total += changed
         if changed < 5000:
@@ -79,9 +93,16 @@ def _batches(storage: SQLStorage, *, locked: bool) -> int:
 
 SIDES: dict[str, Callable[[SQLStorage], int]] = {
     "raw": _raw,
-    "library": lambda s: _batches(s, locked=True),
+    "library": _batches,
     "library-unlocked": lambda s: _batches(s, locked=False),
+    "library-sorting-only": lambda s: _batches(s, setup=SORTING_ONLY),
+    "library-by-ctid": lambda s: _batches(s, by_ctid=True),
+    "library-20000": lambda s: storage_batches(s, 20_000),
 }
+
+
+def storage_batches(storage: SQLStorage, size: int) -> int:
+    return storage.maintenance(batch_size=size).expire_abandoned(AT)
 
 
 def measure(dsn: str, side: str, rows: int) -> dict[str, Any]:
@@ -107,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--sides", default="raw,library,library-unlocked")
+    parser.add_argument("--sides", default="raw,library,library-sorting-only")
     args = parser.parse_args()
     dsn = os.environ["EMAIL_CHANGE_TEST_PG_DSN"]
     sides = args.sides.split(",")
