@@ -117,6 +117,21 @@ CALLS: dict[str, tuple[int, Call]] = {
 }
 
 
+Armed = tuple[World, Call, str, str, ToldClock, tuple[object, ...]]
+
+
+def _told_at(call: str, told: object) -> Armed:
+    """A world at ``call``'s step, what it stores, and its clock answering ``told`` from now on."""
+    step, act = CALLS[call]
+    w = _world()
+    insured, pid = _at_step(w, step) if step else (w.insured().id, "")
+    clock = w.clock
+    assert isinstance(clock, ToldClock)
+    before = _stored(w, insured)
+    clock.told = told
+    return w, act, insured, pid, clock, before
+
+
 @pytest.mark.parametrize("told", BAD_ANSWERS, ids=repr)
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_a_clock_answer_off_the_calendar_is_refused_and_changes_nothing(
@@ -125,13 +140,7 @@ def test_a_clock_answer_off_the_calendar_is_refused_and_changes_nothing(
     """BROKEN on main: ``OverflowError`` (an answer near either end: ``start`` computing the
     code's expiry, ``view`` the deadline...), ``ValueError`` (a naive answer) or
     ``AttributeError`` (``None``, a ``str``), none of them an ``EmailChangeError``."""
-    step, act = CALLS[call]
-    w = _world()
-    insured, pid = _at_step(w, step) if step else (w.insured().id, "")
-    clock = w.clock
-    assert isinstance(clock, ToldClock)
-    before = _stored(w, insured)
-    clock.told = told
+    w, act, insured, pid, clock, before = _told_at(call, told)
     with pytest.raises(ec.ServiceUnavailable) as refused:
         act(w, insured, pid)
     assert refused.value.dependency == "clock"
@@ -212,13 +221,7 @@ def test_a_whole_journey_runs_at_either_end_of_the_range(policy: ec.Policy, edge
 def test_any_clock_answer_either_works_or_is_refused_and_changes_nothing(
     told: datetime, call: str
 ) -> None:
-    step, act = CALLS[call]
-    w = _world()
-    insured, pid = _at_step(w, step) if step else (w.insured().id, "")
-    clock = w.clock
-    assert isinstance(clock, ToldClock)
-    before = _stored(w, insured)
-    clock.told = told
+    w, act, insured, pid, _clock, before = _told_at(call, told)
     try:
         act(w, insured, pid)
     except ec.ServiceUnavailable as refused:

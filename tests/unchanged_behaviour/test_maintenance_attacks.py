@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import attrs
@@ -85,6 +86,16 @@ def _snapshot(storage: SQLStorage) -> tuple[object, ...]:
     )
 
 
+def _refused_by_name(storage: SQLStorage, field: str, act: Callable[[], object]) -> None:
+    """``act`` is refused with ``InvalidArgument`` naming ``field``, and the stored rows are
+    as they were."""
+    before = _snapshot(storage)
+    with pytest.raises(ec.InvalidArgument) as refused:
+        act()
+    assert refused.value.field == field
+    assert _snapshot(storage) == before
+
+
 @pytest.mark.parametrize("batch_size", [0, -1, None, "5", 2.5, True, 10**30, b"1"])
 def test_a_bad_batch_size_is_refused_by_name(sql_storage: SQLStorage, batch_size: object) -> None:
     """BROKEN on main for ``None``, ``"5"``, ``b"1"`` (a bare ``TypeError`` from a comparison),
@@ -123,12 +134,8 @@ def test_a_bad_now_is_refused_by_name_and_changes_nothing(
     subtraction, a ``date`` an ``AttributeError``, a naive datetime a ``ValueError`` from deep
     in the dialect."""
     _seed_work(sql_storage)
-    before = _snapshot(sql_storage)
     maintenance = sql_storage.maintenance()
-    with pytest.raises(ec.InvalidArgument) as refused:
-        getattr(maintenance, step)(now)
-    assert refused.value.field == "now"
-    assert _snapshot(sql_storage) == before
+    _refused_by_name(sql_storage, "now", lambda: getattr(maintenance, step)(now))
     # A good ``now`` does the work, so the seed was not inert.
     assert maintenance.run(T0 + timedelta(days=90)) != MaintenanceReport()
 
@@ -145,12 +152,7 @@ def test_a_clock_that_tells_no_aware_time_is_refused_by_name(
             return told
 
     _seed_work(sql_storage)
-    before = _snapshot(sql_storage)
-    maintenance = sql_storage.maintenance(clock=Broken())
-    with pytest.raises(ec.InvalidArgument) as refused:
-        maintenance.run()
-    assert refused.value.field == "clock"
-    assert _snapshot(sql_storage) == before
+    _refused_by_name(sql_storage, "clock", sql_storage.maintenance(clock=Broken()).run)
 
 
 # --- instants off the calendar -------------------------------------------------------------------
@@ -206,12 +208,8 @@ def test_a_now_off_the_calendar_is_refused_by_name_and_changes_nothing(
     (``now - 30 days``); a ``now`` whose UTC time is off the calendar (``datetime.max`` at
     UTC-12) raised it from the dialect."""
     _seed_ancient(sql_storage)
-    before = _snapshot(sql_storage)
     maintenance = sql_storage.maintenance()
-    with pytest.raises(ec.InvalidArgument) as refused:
-        getattr(maintenance, step)(now)
-    assert refused.value.field == "now"
-    assert _snapshot(sql_storage) == before
+    _refused_by_name(sql_storage, "now", lambda: getattr(maintenance, step)(now))
 
 
 @pytest.mark.parametrize("told", _OFF_CALENDAR, ids=repr)
@@ -225,11 +223,7 @@ def test_a_clock_answer_off_the_calendar_is_refused_by_name(
             return told
 
     _seed_ancient(sql_storage)
-    before = _snapshot(sql_storage)
-    with pytest.raises(ec.InvalidArgument) as refused:
-        sql_storage.maintenance(clock=Stuck()).run()
-    assert refused.value.field == "clock"
-    assert _snapshot(sql_storage) == before
+    _refused_by_name(sql_storage, "clock", sql_storage.maintenance(clock=Stuck()).run)
 
 
 @pytest.mark.parametrize(
@@ -248,12 +242,8 @@ def test_a_retention_that_reaches_off_the_calendar_is_refused_before_any_step(
     """BROKEN on main: the run expired the due procedure, committed, then raised a bare
     ``OverflowError`` at the purge whose cutoff (``now - retention``) falls before the year 1."""
     _seed_work(sql_storage)
-    before = _snapshot(sql_storage)
     maintenance = sql_storage.maintenance(retention=retention)
-    with pytest.raises(ec.InvalidArgument) as refused:
-        maintenance.run(T0 + timedelta(days=90))
-    assert refused.value.field == "retention"
-    assert _snapshot(sql_storage) == before
+    _refused_by_name(sql_storage, "retention", lambda: maintenance.run(T0 + timedelta(days=90)))
 
 
 @pytest.mark.parametrize("edge", ["earliest", "latest"])

@@ -15,7 +15,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from email_change import Clock
 from email_change.adapters import memory
+from email_change.adapters.asgi import InMemorySessionLedger
 from tests.web.asgi_support import INSURED, OTHER, SERIAL, Wired, web_app, wire
 
 COOKIE = "email_change_session"
@@ -226,17 +228,7 @@ def test_an_idle_session_ends_and_so_does_an_old_one(
 
 
 def test_the_hosts_own_ledger_is_used(wired: Wired) -> None:
-    from email_change.adapters.asgi import InMemorySessionLedger, create_app, session_insured
-
-    ledger = InMemorySessionLedger(idle=timedelta(minutes=30))
-    web = create_app(
-        wired.service,
-        settings=wired.settings,
-        current_insured=session_insured,
-        authenticate=lambda login, pw: login if pw == "pw" else None,
-        session_ledger=ledger,
-        clock=wired.clock,
-    )
+    web, ledger = _on_a_clock(wired, wired.clock)
     with TestClient(web, follow_redirects=False) as owner:
         _login(owner)
         assert len(ledger) == 1
@@ -333,8 +325,8 @@ class _StoppedClock:
         return self.told
 
 
-def _on_a_clock(wired: Wired, clock: _StoppedClock) -> tuple[Starlette, object]:
-    from email_change.adapters.asgi import InMemorySessionLedger, create_app, session_insured
+def _on_a_clock(wired: Wired, clock: Clock) -> tuple[Starlette, InMemorySessionLedger]:
+    from email_change.adapters.asgi import create_app, session_insured
 
     ledger = InMemorySessionLedger(idle=timedelta(minutes=30))
     web = create_app(
@@ -365,7 +357,7 @@ def test_a_login_on_a_clock_the_service_refuses_changes_nothing(wired: Wired) ->
         )
         assert answer.status_code == 503
         assert owner.cookies[COOKIE] == cookie
-        assert len(ledger) == 1  # type: ignore[arg-type]
+        assert len(ledger) == 1
         clock.told = None
         assert owner.get("/mes-informations").status_code == 200
         assert owner.get(f"{P}/current").status_code == 404  # still INSURED's session
