@@ -77,6 +77,17 @@ def _seed_work(storage: SQLStorage) -> None:
     _mark(storage, "i-old", LedgerKind.WRONG_CODE, T0)
 
 
+#: Every step of a maintenance run that takes a ``now``.
+_STEPS = [
+    "run",
+    "expire_abandoned",
+    "purge_procedures",
+    "purge_ledger",
+    "purge_outbox",
+    "purge_dead_outbox",
+]
+
+
 def _snapshot(storage: SQLStorage) -> tuple[object, ...]:
     q = storage.db.query
     return (
@@ -116,17 +127,7 @@ _BAD_NOW = [
 
 
 @pytest.mark.parametrize("now", _BAD_NOW, ids=repr)
-@pytest.mark.parametrize(
-    "step",
-    [
-        "run",
-        "expire_abandoned",
-        "purge_procedures",
-        "purge_ledger",
-        "purge_outbox",
-        "purge_dead_outbox",
-    ],
-)
+@pytest.mark.parametrize("step", _STEPS)
 def test_a_bad_now_is_refused_by_name_and_changes_nothing(
     sql_storage: SQLStorage, now: object, step: str
 ) -> None:
@@ -168,14 +169,6 @@ _OFF_CALENDAR = [
     datetime.max.replace(tzinfo=_WEST),
     EARLIEST - timedelta(microseconds=1),
     LATEST + timedelta(microseconds=1),
-]
-_STEPS = [
-    "run",
-    "expire_abandoned",
-    "purge_procedures",
-    "purge_ledger",
-    "purge_outbox",
-    "purge_dead_outbox",
 ]
 
 
