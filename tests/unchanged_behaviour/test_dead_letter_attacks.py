@@ -200,3 +200,90 @@ def test_the_command_line_refuses_an_odd_id_on_one_line(
     assert not any(c < " " or c in "\x7f\u2028\u2029" for c in err.rstrip("\n"))
     with open_sqlite(path) as storage:
         assert _ids(storage, "outbox") == {"o-o"}
+
+
+def test_the_command_line_lists_the_dead_letters_of_a_store_encrypted_at_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The docs send an operator to ``email-change relay --dead-letters`` to learn of a dead
+    consents change, "with or without encryption at rest". On a store sealed at rest the
+    command must list it, or refuse with a clear usage error (status 2); not an internal
+    error. (``--resolve`` works: it reads no payload.)"""
+    from tests.conftest import at_rest
+
+    path = tmp_path / "ec.sqlite3"
+    with open_sqlite(path, encryption=at_rest()) as storage:
+        _p, (owed,) = _ended_with(
+            storage, "p-s", lambda p: [_owed(p, "o-s", AccountAction.RECORD_CONSENTS)]
+        )
+        storage.store.update_outbox(_buried(owed))
+    status = main(["relay", "--dead-letters", "--sqlite", str(path)])
+    out, err = capsys.readouterr()
+    assert "internal error" not in err, err
+    assert (status == 0 and "o-s record_consents" in out) or status == 2
+
+
+def bury_in_process(dsn: str, schema: str, ids: list[str], barrier: object) -> int:
+    """In a spawned process: for each (consents, mail) pair of ids, bury the consents change
+    and deliver the mail, as a relay does (alternately one write each, or both in one)."""
+    from email_change.adapters.sql import open_postgres
+
+    storage = open_postgres(dsn, schema=schema, max_size=2)
+    try:
+        store = storage.store
+        barrier.wait()  # type: ignore[attr-defined]
+        done = 0
+        for n, (consents_id, mail_id) in enumerate(itertools.pairwise(ids)):
+            if n % 2:
+                continue
+            owed, mail = store.outbox_items([consents_id, mail_id])
+            delivered = attrs.evolve(mail, effect=mail.effect.settled(), done_at=T0, attempts=1)
+            if n % 4:
+                store.update_outbox_items([_buried(owed), delivered])
+            else:
+                store.update_outbox(delivered)
+                store.update_outbox(_buried(owed))
+            done += 1
+        return done
+    finally:
+        storage.close()
+
+
+@pytest.mark.postgres
+def test_relays_burying_in_processes_while_maintenance_runs_keep_every_procedure(
+    pg_storage: SQLStorage, pg_dsn: str, pg_schema: str
+) -> None:
+    """2 processes bury the consents changes of 40 ended procedures (and deliver their mails),
+    while 3 processes run maintenance long after every retention, behind one barrier. Every
+    procedure and every dead consents change is still there; only the delivered mails went."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tests.unchanged_behaviour._maintenance_workers import maintain_in_process
+
+    pairs: list[list[str]] = [[], []]
+    for n in range(40):
+
+        def owed(p: object, n: int = n) -> list[object]:
+            return [
+                _owed(p, f"oc-{n:02d}", AccountAction.RECORD_CONSENTS),  # type: ignore[arg-type]
+                mail_item(f"om-{n:02d}", p.id),  # type: ignore[attr-defined]
+            ]
+
+        _ended_with(pg_storage, f"c-{n:02d}", owed)  # type: ignore[arg-type]
+        pairs[n % 2] += [f"oc-{n:02d}", f"om-{n:02d}"]
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(5, mp_context=context) as pool:
+        barrier = manager.Barrier(5)
+        buriers = [pool.submit(bury_in_process, pg_dsn, pg_schema, ids, barrier) for ids in pairs]
+        maintainers = [
+            pool.submit(maintain_in_process, pg_dsn, pg_schema, LATER.isoformat(), 6, barrier)
+            for _ in range(3)
+        ]
+        assert sum(f.result(timeout=300) for f in buriers) == 40
+        totals = [f.result(timeout=300) for f in maintainers]
+    assert sum(t[1] for t in totals) == 0  # no procedure purged
+    assert sum(t[4] for t in totals) == 0  # no dead letter purged
+    assert _ids(pg_storage, "procedures") == {f"c-{n:02d}" for n in range(40)}
+    assert {i.id for i in pg_storage.store.dead_outbox(100)} == {f"oc-{n:02d}" for n in range(40)}
+    assert pg_storage.maintenance().run(LATER).procedures_purged == 0
