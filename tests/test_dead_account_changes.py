@@ -204,7 +204,7 @@ def test_the_command_line_lists_the_dead_consents_and_resolves_it(
     assert capsys.readouterr().out.startswith("resolved o-cli: deleted")
     assert main(["relay", "--resolve", "o-cli", *store]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "email-change relay: o-cli is not a dead letter; nothing changed"
+        "email-change relay: 'o-cli' is not a dead letter; nothing changed"
     ]
     assert main(["relay", "--resolve", "o-cli"]) == 2
     assert "--resolve needs the store" in capsys.readouterr().err

@@ -31,7 +31,13 @@ from email_change._messages import MailSettings
 from email_change._policy_file import POLICY_ENV, PolicyFile, PolicyFileError, read_policy_file
 from email_change._ports import AccountDirectory, Mailer, ProcedureStore, VitaleRegistry
 from email_change._records import MailEffect
-from email_change.adapters.sql import CardImportError, Database, Maintenance, SchemaTooNew
+from email_change.adapters.sql import (
+    CardImportError,
+    Database,
+    EncryptedRecordError,
+    Maintenance,
+    SchemaTooNew,
+)
 
 __all__ = ["main"]
 
@@ -290,7 +296,15 @@ def _cmd_relay(args: argparse.Namespace) -> int:
 
 def _list_dead_letters(args: argparse.Namespace) -> int:
     # What an operator reads: ids, kinds, times and errors; never an address or a secret.
-    for item in _open_store(args).store.dead_outbox(args.limit):
+    try:
+        items = _open_store(args).store.dead_outbox(args.limit)
+    except EncryptedRecordError:
+        raise CliError(
+            "this store is encrypted at rest, and the command line has no keys: list its dead"
+            " letters with relay.dead_letters() on a storage opened with its keyring"
+            " (--resolve ITEM_ID needs no key)"
+        ) from None
+    for item in items:
         effect = item.effect
         kind = effect.kind.value if isinstance(effect, MailEffect) else effect.action.value
         dead_at = item.dead_at.isoformat() if item.dead_at else "?"
@@ -311,7 +325,8 @@ def _resolve_dead_letter(args: argparse.Namespace) -> int:
     if Maintenance(db).resolve_dead_letter(args.resolve):
         print(f"resolved {args.resolve}: deleted; its procedure is purged at its retention")
         return 0
-    _fail(f"{PROG} relay: {args.resolve} is not a dead letter; nothing changed")
+    # !a: the id as typed, quoted, with no line break or terminal control let through.
+    _fail(f"{PROG} relay: {args.resolve!a} is not a dead letter; nothing changed")
     return 1
 
 

@@ -268,6 +268,11 @@ class OutboxItem:
     #: Set when the relay gave up on the item (a permanent refusal, or its attempts spent).
     dead_at: datetime | None = None
 
+    @property
+    def pending(self) -> bool:
+        """Still owed: neither delivered nor given up on (a dead item keeps no payload to send)."""
+        return self.done_at is None and self.dead_at is None
+
 
 @attrs.frozen(kw_only=True)
 class OutboxBacklog:

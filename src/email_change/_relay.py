@@ -164,8 +164,9 @@ class OutboxRelay:
         return self._store.dead_outbox(limit)
 
     def deliver(self, ids: Sequence[str]) -> RelayReport:
-        """Deliver these items now if they are still pending (called right after a commit)."""
-        items = [i for i in self._store.outbox_items(ids) if i.done_at is None]
+        """Deliver these items now if they are still pending (called right after a commit): a
+        delivered or dead one is left alone (a dead one kept no payload to send)."""
+        items = [i for i in self._store.outbox_items(ids) if i.pending]
         return self._deliver_all(items)
 
     def run_once(self, limit: int = 100) -> RelayReport:

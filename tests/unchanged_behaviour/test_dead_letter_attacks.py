@@ -84,7 +84,8 @@ def test_a_relay_asked_to_deliver_a_dead_letter_leaves_it_dead_and_its_procedure
     sql_storage: SQLStorage,
 ) -> None:
     """``relay.deliver([id])`` on a dead consents change (an operator "retrying" through the
-    public relay): the row stays dead, so the procedure, with the consents, stays."""
+    public relay): nothing is sent (the dead item kept no consents: the directory would have
+    been told to record none), the row stays dead, so the procedure, with the consents, stays."""
     from email_change.testing import world
 
     store = sql_storage.store
@@ -94,7 +95,10 @@ def test_a_relay_asked_to_deliver_a_dead_letter_leaves_it_dead_and_its_procedure
     store.update_outbox(_buried(owed))
     directory = _AcceptingDirectory()
     w = world(store=store, directory=directory)
-    w.service.relay.deliver(["o-r"])
+    report = w.service.relay.deliver(["o-r"])
+    # Nothing is sent: a dead item kept no consents, so a retry would record none.
+    assert directory.calls == []
+    assert report == type(report)()
     assert [i.id for i in store.dead_outbox(10)] == ["o-r"]
     assert sql_storage.maintenance().run(LATER).procedures_purged == 0
     proc = store.load("p-r")

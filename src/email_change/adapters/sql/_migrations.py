@@ -14,6 +14,7 @@ Never edit a released step: add a new one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +24,10 @@ import attrs
 from email_change._machine import expiry_anchor
 from email_change._records import Procedure
 from email_change.adapters.sql._db import Database, Dialect, Transaction
+from email_change.adapters.sql._encryption import EncryptedRecordError
 from email_change.adapters.sql._store import item_of_row, outbox_kind
+
+log = logging.getLogger("email_change")
 
 __all__ = ["MIGRATIONS", "Migration", "SchemaTooNew", "current_version", "migrate"]
 
@@ -77,15 +81,27 @@ def _anchors(tx: Transaction, d: Dialect, open_record: RecordOpener) -> None:
 
 def _outbox_kinds(tx: Transaction, d: Dialect, open_record: RecordOpener) -> None:
     """Step 7's data: the kind of each outbox item not delivered (pending or dead), read from
-    its payload (sealed ones too). A delivered item's kind matters to no purge: left null."""
+    its payload (sealed ones too). A delivered item's kind matters to no purge: left null.
+
+    A sealed payload that does not open stops the step (the keys are missing: nothing is
+    applied). A payload that opens but that this version cannot read (an action or mail kind
+    it does not know, a row edited by hand) is left with no kind, which every purge keeps, and
+    is named in the log: the store opens, and an operator can look at the row and resolve it."""
     rows = tx.query(
         "SELECT id, procedure_id, created_at, next_attempt_at, done_at, dead_at, attempts, item"
         " FROM outbox WHERE done_at IS NULL"
     )
-    tx.executemany(
-        "UPDATE outbox SET kind = ? WHERE id = ?",
-        [(outbox_kind(item_of_row(row, d, open_record).effect), row[0]) for row in rows],
-    )
+    kinds = []
+    for row in rows:
+        try:
+            kind: str | None = outbox_kind(item_of_row(row, d, open_record).effect)
+        except EncryptedRecordError:
+            raise
+        except Exception:  # noqa: BLE001 - any payload this version cannot read is kept, named
+            log.warning("outbox item %r: payload not readable by this version, kept", row[0])
+            kind = None
+        kinds.append((kind, row[0]))
+    tx.executemany("UPDATE outbox SET kind = ? WHERE id = ?", kinds)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
