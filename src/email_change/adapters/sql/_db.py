@@ -76,7 +76,8 @@ class Dialect:
     #: What a maintenance batch selects to name the rows it picked and then changes, in the same
     #: statement. SQLite: ``rowid``, the table's own b-tree key, so each row is found without a
     #: probe of the primary-key index (a rowid is stable within a statement; only ``VACUUM`` may
-    #: renumber it). PostgreSQL: the primary key.
+    #: renumber it). PostgreSQL: the primary key (bulk expiry names its rows by ``ctid``
+    #: instead, read by a TID scan: see ``Maintenance._expiry_batch``).
     row_key: str = "id"
 
     def sql(self, text: str) -> str:

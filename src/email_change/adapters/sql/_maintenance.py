@@ -167,19 +167,30 @@ class Maintenance:
             raise InvalidArgument(field="retention") from None
         return at
 
-    def _batches(self, sql: str, params: tuple[object, ...]) -> int:
-        """Run one batch after another, each in a transaction of its own, until one changes fewer
-        than ``batch_size`` rows. Each batch walks its index in order, never sorts and is never
-        compiled to machine code (:attr:`~email_change.adapters.sql._db.Dialect.batch_setup`)."""
+    def _batches(self, sql: str, params: tuple[object, ...], *, counted: bool = False) -> int:
+        """Run one batch after another, each in a transaction of its own, until one picks fewer
+        than ``batch_size`` rows (or changes none); returns how many rows they changed. Each
+        batch walks its index in order, never sorts and is never compiled to machine code
+        (:attr:`~email_change.adapters.sql._db.Dialect.batch_setup`).
+
+        A ``counted`` statement answers one row, how many rows it picked and how many it changed
+        (PostgreSQL's bulk expiry, which can leave a row it picked: see :meth:`_expiry_batch`);
+        any other changes every row it picks, and its row count is both."""
         setup = self.db.dialect.batch_setup
         total = 0
         while True:
             with unavailable_as(self.dependency), self.db.transaction() as tx:
                 if setup:
                     tx.query(setup)
-                changed = tx.execute(sql, params)
+                if counted:
+                    ((picked, changed),) = tx.query(sql, params)
+                    picked, changed = int(picked), int(changed)
+                else:
+                    picked = changed = tx.execute(sql, params)
             total += changed
-            if changed < self._batch:
+            # A batch that changed nothing ends the run too, so that a row picked and left
+            # every time (none is, but a trigger could) cannot keep it going.
+            if picked < self._batch or changed == 0:
                 return total
 
     def expire_abandoned(self, now: datetime | None = None) -> int:
@@ -187,22 +198,33 @@ class Maintenance:
 
         Each batch is one statement: the oldest ``batch_size`` due rows nobody holds, locked
         (PostgreSQL) and taken in the order of the expiry index, then updated where the
-        conditions still hold. On PostgreSQL the chosen rows are a materialised ``WITH`` the
-        ``UPDATE`` joins on the primary key, and the batch neither sorts nor is compiled (see
-        :attr:`~email_change.adapters.sql._db.Dialect.batch_setup`). On SQLite the ``UPDATE``
-        names the chosen rows by ``rowid``, so it finds each in the table itself, with no probe
-        of the primary-key index (:attr:`~email_change.adapters.sql._db.Dialect.row_key`).
+        conditions still hold. The ``UPDATE`` names the chosen rows by their address in the
+        table, so it finds each without a probe of the primary-key index: ``rowid`` on SQLite
+        (:attr:`~email_change.adapters.sql._db.Dialect.row_key`), ``ctid`` on PostgreSQL (see
+        :meth:`_expiry_batch`), where the batch also neither sorts nor is compiled
+        (:attr:`~email_change.adapters.sql._db.Dialect.batch_setup`).
         """
         sql, params = self._expiry_batch(self._now(now))
-        return self._batches(sql, params)
+        return self._batches(sql, params, counted=self.db.dialect.locks_rows)
 
     def _expiry_batch(self, at: datetime) -> tuple[str, tuple[object, ...]]:
-        """The statement (``?`` placeholders) and parameters of one batch of bulk expiry."""
+        """The statement (``?`` placeholders) and parameters of one batch of bulk expiry.
+
+        On PostgreSQL the batch picks and locks its rows in a materialised ``WITH``, and the
+        ``UPDATE`` reads them by ``ctid`` (a TID scan), not through the primary key. A row a
+        request updated after the statement's snapshot was taken, and before the pick locked it,
+        is picked as its new version, which that snapshot does not see: the ``UPDATE`` then
+        leaves it (a join on the primary key would have found it), and a later batch takes it.
+        So the statement answers how many rows it picked and how many it changed (a
+        ``counted`` batch), and only a batch that picked fewer than ``batch_size`` ends the
+        run. A ``ctid`` is stable while the row is locked, so it names the locked version.
+        """
         d = self.db.dialect
         due, due_params = due_predicate(expiry_cutoffs(self.policy, at), d)
         record, record_params = expired_record(d, at)
+        key = "ctid" if d.locks_rows else d.row_key
         pick = (
-            f"SELECT {d.row_key} FROM procedures WHERE {due}"  # noqa: S608 - generated, placeholders only
+            f"SELECT {key} FROM procedures WHERE {due}"  # noqa: S608 - generated, placeholders only
             f" ORDER BY expiry_anchor LIMIT ?{d.skip_locked}"
         )
         pick_params = (*due_params, self._batch)
@@ -212,9 +234,13 @@ class Maintenance:
         )
         update_params = (ProcedureState.EXPIRED.value, d.time(at), d.time(at), *record_params)
         if d.locks_rows:
+            # The repeated conditions are wrapped in ``IS TRUE`` (the same filter) so that no
+            # index can serve them: only the TID scan reads the picked rows.
             sql = (
-                f"WITH picked AS MATERIALIZED ({pick}) {update}"
-                f" FROM picked WHERE procedures.id = picked.id AND {due}"
+                f"WITH picked AS MATERIALIZED ({pick}), expired AS ({update}"  # noqa: S608
+                f" WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked)) AND ({due}) IS TRUE"
+                " RETURNING 1)"
+                " SELECT (SELECT count(*) FROM picked), (SELECT count(*) FROM expired)"
             )
             params = (*pick_params, *update_params, *due_params)
         else:
