@@ -582,3 +582,61 @@ def test_racing_runs_and_requests_expire_each_due_procedure_once_and_count_it(
     assert sum(counts) + final == expired
     # The race did race: some requests were refused because a run had expired the procedure.
     assert expired > 0
+
+
+def _hammer(dsn: str, schema: str, stop: Any) -> None:
+    """A spawned process: update the open ``hot-`` rows again and again (each stays due, as
+    after a wrong code) until ``stop`` is set."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        while not stop.is_set():
+            conn.execute(
+                "UPDATE procedures SET version = version + 1"
+                " WHERE id LIKE 'hot%%' AND state = 'code_sent'"
+            )
+
+
+@pytest.mark.postgres
+@pytest.mark.xfail(
+    strict=True,
+    reason="a run also ends at a batch that changed nothing: with batches of 1, a batch that "
+    "picks a due row a writer updated after the statement's snapshot (picked 1, changed 0) "
+    "ends the run while due rows nobody holds are left, which docs/storage.md says never "
+    "happens ('such a row never ends the run early')",
+)
+def test_a_row_updated_under_the_batch_never_ends_the_run_early(
+    pg_storage: SQLStorage, pg_dsn: str, pg_schema: str
+) -> None:
+    """BROKEN (a race that most rounds show). Each round: one due row, oldest in the index,
+    updated over and over by another process (it stays due, as after a wrong code), and 50
+    due rows touched by nobody but maintenance. With batches of 1 every batch can pick one of
+    the 50 (none is ever locked), so a run may end only once none is left: yet runs return
+    with some still due. Up to 200 rounds, until one shows it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    writer = context.Process(target=_hammer, args=(pg_dsn, pg_schema, stop))
+    [first] = _seed(pg_storage, "hot-w", 1)
+    writer.start()
+    left_behind = []
+    try:
+        # The writer is at work once the row's version has moved on (a condition, not a wait).
+        while _states(pg_storage, "hot-w")[first][1] < 100:
+            assert writer.is_alive()
+        pg_storage.maintenance().expire_abandoned(NOW)
+        for round_ in range(200):
+            _seed(pg_storage, f"hot-{round_}", 1, at=T0 - timedelta(minutes=1))
+            _seed(pg_storage, f"cold{round_}", 50)
+            pg_storage.maintenance(batch_size=1).expire_abandoned(NOW)
+            left = _states(pg_storage, f"cold{round_}")
+            left_behind.append(sum(state == "code_sent" for state, _v in left.values()))
+            if left_behind[-1]:
+                break  # shown: no need for more rounds
+            pg_storage.maintenance(batch_size=100).expire_abandoned(NOW)
+    finally:
+        stop.set()
+        writer.join(timeout=60)
+    assert not any(left_behind), left_behind
