@@ -29,6 +29,7 @@ Every step is idempotent: running it again finds nothing more to do.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -40,7 +41,7 @@ from email_change._policy import Policy
 from email_change._ports import Clock
 from email_change._records import MailKind
 from email_change._values import plain_text
-from email_change.adapters.sql._db import Database
+from email_change.adapters.sql._db import Database, Transaction
 from email_change.adapters.sql._expiry import due_predicate, expired_record
 from email_change.adapters.sql._store import unavailable_as
 
@@ -167,29 +168,39 @@ class Maintenance:
             raise InvalidArgument(field="retention") from None
         return at
 
-    def _batches(self, sql: str, params: tuple[object, ...], *, counted: bool = False) -> int:
+    def _batches(
+        self,
+        sql: str,
+        params: tuple[object, ...],
+        *,
+        retake: Callable[[Transaction, list[str]], int] | None = None,
+    ) -> int:
         """Run one batch after another, each in a transaction of its own, until one picks fewer
         than ``batch_size`` rows (or changes none); returns how many rows they changed. Each
         batch walks its index in order, never sorts and is never compiled to machine code
         (:attr:`~email_change.adapters.sql._db.Dialect.batch_setup`).
 
-        A ``counted`` statement answers one row, how many rows it picked and how many it changed
-        (PostgreSQL's bulk expiry, which can leave a row it picked: see :meth:`_expiry_batch`);
-        any other changes every row it picks, and its row count is both."""
+        With ``retake``, the statement answers one row: how many rows it picked, how many it
+        changed, and the ids of those it picked and left (``NULL`` when none), which ``retake``
+        then changes in the same transaction (PostgreSQL's bulk expiry: see
+        :meth:`_expiry_batch`). Any other statement changes every row it picks, and its row
+        count is both."""
         setup = self.db.dialect.batch_setup
         total = 0
         while True:
             with unavailable_as(self.dependency), self.db.transaction() as tx:
                 if setup:
                     tx.query(setup)
-                if counted:
-                    ((picked, changed),) = tx.query(sql, params)
-                    picked, changed = int(picked), int(changed)
-                else:
+                if retake is None:
                     picked = changed = tx.execute(sql, params)
+                else:
+                    ((picked, changed, left),) = tx.query(sql, params)
+                    picked, changed = int(picked), int(changed)
+                    if left:
+                        changed += retake(tx, [str(i) for i in left])
             total += changed
             # A batch that changed nothing ends the run too, so that a row picked and left
-            # every time (none is, but a trigger could) cannot keep it going.
+            # every time (none is, but a host's trigger could) cannot keep it going.
             if picked < self._batch or changed == 0:
                 return total
 
@@ -204,8 +215,16 @@ class Maintenance:
         :meth:`_expiry_batch`), where the batch also neither sorts nor is compiled
         (:attr:`~email_change.adapters.sql._db.Dialect.batch_setup`).
         """
-        sql, params = self._expiry_batch(self._now(now))
-        return self._batches(sql, params, counted=self.db.dialect.locks_rows)
+        at = self._now(now)
+        sql, params = self._expiry_batch(at)
+        if not self.db.dialect.locks_rows:
+            return self._batches(sql, params)
+        again, (before, after) = self._expiry_retake(at)
+
+        def retake(tx: Transaction, ids: list[str]) -> int:
+            return tx.execute(again, (*before, ids, *after))
+
+        return self._batches(sql, params, retake=retake)
 
     def _expiry_batch(self, at: datetime) -> tuple[str, tuple[object, ...]]:
         """The statement (``?`` placeholders) and parameters of one batch of bulk expiry.
@@ -213,40 +232,61 @@ class Maintenance:
         On PostgreSQL the batch picks and locks its rows in a materialised ``WITH``, and the
         ``UPDATE`` reads them by ``ctid`` (a TID scan), not through the primary key. A row a
         request updated after the statement's snapshot was taken, and before the pick locked it,
-        is picked as its new version, which that snapshot does not see: the ``UPDATE`` then
-        leaves it (a join on the primary key would have found it), and a later batch takes it.
-        So the statement answers how many rows it picked and how many it changed (a
-        ``counted`` batch), and only a batch that picked fewer than ``batch_size`` ends the
-        run. A ``ctid`` is stable while the row is locked, so it names the locked version.
+        is picked as its new version, which that snapshot does not see: the ``UPDATE`` leaves
+        it (a join on the primary key would have followed the update to it). So the statement
+        answers how many rows it picked, how many it changed, and the ids of those it left;
+        the batch then expires those by id in the same transaction, whose next statement sees
+        them (:meth:`_expiry_retake`; the batch still holds their locks). A ``ctid`` is stable
+        while the row is locked, so it names the locked version.
         """
         d = self.db.dialect
-        due, due_params = due_predicate(expiry_cutoffs(self.policy, at), d)
-        record, record_params = expired_record(d, at)
-        key = "ctid" if d.locks_rows else d.row_key
+        (due, due_params), (update, update_params) = self._expiry_parts(at)
+        key = "ctid, id" if d.locks_rows else d.row_key
         pick = (
             f"SELECT {key} FROM procedures WHERE {due}"  # noqa: S608 - generated, placeholders only
             f" ORDER BY expiry_anchor LIMIT ?{d.skip_locked}"
         )
         pick_params = (*due_params, self._batch)
-        update = (
-            "UPDATE procedures SET state = ?, version = version + 1, updated_at = ?,"  # noqa: S608
-            f" ended_at = ?, expiry_anchor = NULL, record = {record}"
-        )
-        update_params = (ProcedureState.EXPIRED.value, d.time(at), d.time(at), *record_params)
         if d.locks_rows:
             # The repeated conditions are wrapped in ``IS TRUE`` (the same filter) so that no
-            # index can serve them: only the TID scan reads the picked rows.
+            # index can serve them: only the TID scan reads the picked rows. The ids left are
+            # computed only when a row was left (a ``CASE`` runs its sub-select on demand).
             sql = (
                 f"WITH picked AS MATERIALIZED ({pick}), expired AS ({update}"  # noqa: S608
                 f" WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked)) AND ({due}) IS TRUE"
-                " RETURNING 1)"
-                " SELECT (SELECT count(*) FROM picked), (SELECT count(*) FROM expired)"
+                " RETURNING id)"
+                " SELECT (SELECT count(*) FROM picked), (SELECT count(*) FROM expired),"
+                " CASE WHEN (SELECT count(*) FROM picked) > (SELECT count(*) FROM expired)"
+                " THEN ARRAY(SELECT id FROM picked EXCEPT SELECT id FROM expired) END"
             )
             params = (*pick_params, *update_params, *due_params)
         else:
             sql = f"{update} WHERE {d.row_key} IN ({pick}) AND {due}"
             params = (*update_params, *pick_params, *due_params)
         return sql, params
+
+    def _expiry_parts(
+        self, at: datetime
+    ) -> tuple[tuple[str, tuple[object, ...]], tuple[str, tuple[object, ...]]]:
+        """The due condition and the ``UPDATE ... SET`` that expires, with their parameters."""
+        d = self.db.dialect
+        due, due_params = due_predicate(expiry_cutoffs(self.policy, at), d)
+        record, record_params = expired_record(d, at)
+        update = (
+            "UPDATE procedures SET state = ?, version = version + 1, updated_at = ?,"  # noqa: S608
+            f" ended_at = ?, expiry_anchor = NULL, record = {record}"
+        )
+        update_params = (ProcedureState.EXPIRED.value, d.time(at), d.time(at), *record_params)
+        return (due, tuple(due_params)), (update, update_params)
+
+    def _expiry_retake(
+        self, at: datetime
+    ) -> tuple[str, tuple[tuple[object, ...], tuple[object, ...]]]:
+        """PostgreSQL: the statement that expires, by id, the rows a batch picked and its TID
+        scan left (see :meth:`_expiry_batch`), and its parameters before and after the array
+        of ids. The batch holds their locks, and the conditions are checked again."""
+        (due, due_params), (update, update_params) = self._expiry_parts(at)
+        return f"{update} WHERE id = ANY(?) AND {due}", (update_params, due_params)
 
     def purge_procedures(self, now: datetime | None = None) -> int:
         """Delete procedures ended before ``now - retention.ended_procedures``."""
