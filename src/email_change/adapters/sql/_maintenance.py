@@ -207,12 +207,13 @@ class Maintenance:
     def expire_abandoned(self, now: datetime | None = None) -> int:
         """Expire open procedures due at ``now`` under the policy; returns how many.
 
-        Each batch is one statement: the oldest ``batch_size`` due rows nobody holds, locked
-        (PostgreSQL) and taken in the order of the expiry index, then updated where the
-        conditions still hold. The ``UPDATE`` names the chosen rows by their address in the
-        table, so it finds each without a probe of the primary-key index: ``rowid`` on SQLite
-        (:attr:`~email_change.adapters.sql._db.Dialect.row_key`), ``ctid`` on PostgreSQL (see
-        :meth:`_expiry_batch`), where the batch also neither sorts nor is compiled
+        Each batch is one statement (on PostgreSQL, two when a request updated a row while the
+        batch picked it: see :meth:`_expiry_batch`): the oldest ``batch_size`` due rows nobody
+        holds, locked (PostgreSQL) and taken in the order of the expiry index, then updated
+        where the conditions still hold. The ``UPDATE`` names the chosen rows by their address
+        in the table, so it finds each without a probe of the primary-key index: ``rowid`` on
+        SQLite (:attr:`~email_change.adapters.sql._db.Dialect.row_key`), ``ctid`` on PostgreSQL
+        (see :meth:`_expiry_batch`), where the batch also neither sorts nor is compiled
         (:attr:`~email_change.adapters.sql._db.Dialect.batch_setup`).
         """
         at = self._now(now)
