@@ -125,7 +125,10 @@ class _TickingDatabase:
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    # A kill can cut a write short (one that crosses a page of the file stops there on a fatal
+    # signal). Each record starts a line of its own, so a torn one is a line by itself, which
+    # ``_read`` skips, and never glued to the next.
+    line = ("\n" + json.dumps(record, sort_keys=True) + "\n").encode()
     _tick()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
@@ -137,7 +140,8 @@ def _append(path: Path, record: dict[str, Any]) -> None:
 def _read(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{") and line.endswith("}")]
 
 
 class JournalMailer:

@@ -258,3 +258,16 @@ def test_postgres_survives_sigkill(pg_dsn: str, pg_schema: str, tmp_path: Path) 
     )
     _report("postgres", figures)
     _landed_mid_journey("postgres", figures)
+
+
+def test_a_journal_line_cut_by_a_kill_is_skipped_and_the_next_one_read(tmp_path: Path) -> None:
+    """A kill can cut a journal write short (a write that crosses a page of the file stops
+    there on a fatal signal): the next record must not be glued to the torn one, which would
+    make the whole line unreadable and fail the check after a kill that the product survived."""
+    path = tmp_path / "mails.jsonl"
+    crash_worker._append(path, {"id": "first", "to": "a@exemple.fr"})
+    whole = (path.read_bytes().strip(b"\n") + b"\n").decode()
+    with path.open("a") as journal:
+        journal.write(whole[: len(whole) // 2])  # what a kill in the middle of a write leaves
+    crash_worker._append(path, {"id": "second", "to": "b@exemple.fr"})
+    assert [r["id"] for r in crash_worker._read(path)] == ["first", "second"]
